@@ -1,0 +1,238 @@
+//! The validated config the proxy runs on, and the matching of requests against it.
+//!
+//! Everything here was checked when the config was loaded (fields are public so that tools
+//! and tests can build values; the proxy should only use loaded ones). Matching is deny-by-default and first-match-wins. Real secret values live
+//! only in [`secrecy::SecretString`]; nothing in this module formats one (`Secret` has a
+//! hand-written `Debug` and no `Display`/`Serialize`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use secrecy::SecretString;
+
+use crate::host::HostPattern;
+use crate::path::PathPatterns;
+
+/// A loaded, validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Explicit proxy listener; default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// CA directory (relative to the process's working directory); default `./.keyswap/ca`.
+    pub ca_dir: PathBuf,
+    /// Audit destination; default `./.keyswap/audit.jsonl`, `-` = stdout.
+    pub audit_log: AuditLog,
+    pub upstream: Upstream,
+    /// In file order; `secrets[i].id == SecretId(i)`.
+    pub secrets: Vec<Secret>,
+    /// Inline tasks and `tasks_dir/*.yaml`, by id.
+    pub tasks: BTreeMap<String, Task>,
+    /// Non-fatal notes for `keyswap check`; never contain a secret value.
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    pub fn task(&self, id: &str) -> Option<&Task> {
+        self.tasks.get(id)
+    }
+
+    /// The secret with this id. Ids come from this config, so the index is always valid;
+    /// an id from another config snapshot panics.
+    pub fn secret(&self, id: SecretId) -> &Secret {
+        &self.secrets[id.0]
+    }
+
+    pub fn secret_by_name(&self, name: &str) -> Option<SecretId> {
+        self.secrets.iter().find(|s| s.name == name).map(|s| s.id)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditLog {
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Upstream {
+    /// Extra PEM roots (checked to exist and be readable; parsed by the proxy).
+    pub extra_roots: Option<PathBuf>,
+    /// `(lowercased host, port)` → address, like curl `--resolve`.
+    pub resolve: HashMap<(String, u16), SocketAddr>,
+    /// Dial loopback/private/link-local addresses (resolve entries are always allowed).
+    pub allow_private: bool,
+}
+
+/// Index of a secret in [`Config::secrets`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SecretId(pub usize);
+
+/// A credential: the placeholder the agent holds and the real value swapped in for it.
+#[derive(Clone)]
+pub struct Secret {
+    pub id: SecretId,
+    pub name: String,
+    pub placeholder: String,
+    pub value: SecretString,
+}
+
+impl fmt::Debug for Secret {
+    // Written by hand so that the value can never be formatted, even redacted.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secret")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("placeholder", &self.placeholder)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One task: who may connect (token) until when, and what it may reach.
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub id: String,
+    /// Proxy password; `None` = no password.
+    pub token: Option<SecretString>,
+    pub expires: Option<SystemTime>,
+    pub rules: Vec<Rule>,
+}
+
+/// The outcome of matching a request against a task.
+#[derive(Debug, Clone, Copy)]
+pub enum RouteMatch<'a> {
+    Rule(&'a Rule),
+    /// No rule matches this host and port at all.
+    HostNotAllowed,
+    /// Some rule matches host and port, but none the method and path.
+    RouteNotAllowed,
+}
+
+impl Task {
+    /// Expired at `now` (a task whose `expires` is `now` is expired).
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        self.expires.is_some_and(|expires| now >= expires)
+    }
+
+    /// First rule whose host pattern and port match (the CONNECT-time check; decides
+    /// tunnel vs intercept).
+    pub fn first_rule_for_host(&self, scheme: Scheme, host: &str, port: u16) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .find(|rule| rule.matches_host(scheme, host, port))
+    }
+
+    /// First rule matching host, port, method and the already-normalised path. Tunnel rules
+    /// are skipped: an intercepted request can never be served by a rule that promises no
+    /// interception (they still count for `HostNotAllowed` vs `RouteNotAllowed`).
+    pub fn match_route(
+        &self,
+        scheme: Scheme,
+        host: &str,
+        port: u16,
+        method: &str,
+        path: &str,
+    ) -> RouteMatch<'_> {
+        let mut host_allowed = false;
+        for rule in self
+            .rules
+            .iter()
+            .filter(|rule| rule.matches_host(scheme, host, port))
+        {
+            host_allowed = true;
+            if !rule.tunnel && rule.matches_route(method, path) {
+                return RouteMatch::Rule(rule);
+            }
+        }
+        if host_allowed {
+            RouteMatch::RouteNotAllowed
+        } else {
+            RouteMatch::HostNotAllowed
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// Where a rule lets placeholders be swapped. A rule without `swap_in:` swaps in headers
+/// only; with `swap_in:` exactly the listed places (`[query]` means no headers). Tunnel
+/// rules get `Default` (all false): nothing is swapped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwapIn {
+    pub headers: bool,
+    pub query: bool,
+    pub body: bool,
+}
+
+impl SwapIn {
+    /// What a rule without `swap_in:` gets.
+    pub const HEADERS_ONLY: SwapIn = SwapIn {
+        headers: true,
+        query: false,
+        body: false,
+    };
+}
+
+/// One entry of a task's `allow:` list.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Position in the task's allow list.
+    pub index: usize,
+    pub host: HostPattern,
+    /// `None` = the scheme's default port (443 for https, 80 for http).
+    pub port: Option<u16>,
+    /// Uppercase; `None` = any. Compared case-sensitively (RFC 9110 §9.1).
+    pub methods: Option<Vec<String>>,
+    /// `None` = any path.
+    pub paths: Option<PathPatterns>,
+    pub secrets: Vec<SecretId>,
+    /// CONNECT is passed through without interception; never has methods, paths, secrets
+    /// or `swap_in`.
+    pub tunnel: bool,
+    pub swap_in: SwapIn,
+}
+
+impl Rule {
+    pub fn matches_host(&self, scheme: Scheme, host: &str, port: u16) -> bool {
+        port == self.port.unwrap_or(scheme.default_port()) && self.host.matches(host)
+    }
+
+    /// Method (exact, case-sensitive) and normalised path.
+    pub fn matches_route(&self, method: &str, path: &str) -> bool {
+        let method_ok = match &self.methods {
+            Some(methods) => methods.iter().any(|allowed| allowed == method),
+            None => true,
+        };
+        method_ok
+            && match &self.paths {
+                Some(paths) => paths.matches(path),
+                None => true,
+            }
+    }
+
+    pub fn grants(&self, id: SecretId) -> bool {
+        self.secrets.contains(&id)
+    }
+}

@@ -1,0 +1,155 @@
+//! Raw config → [`Config`]: every check that is not about YAML types, collecting *all*
+//! errors (with file, line, column, field path and a fix) before failing.
+//!
+//! `top` checks the top level and `upstream`, `secrets` the secret definitions, `tasks`
+//! the tasks (inline and `tasks_dir`) and `rules` their allow lists. Secret values are read
+//! and compared only through [`crate::secrets`], so no message built here can contain one.
+//! All paths are used as written: relative paths are relative to the process's working
+//! directory, not to the config file.
+
+mod rules;
+mod secrets;
+mod tasks;
+mod top;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::SystemTime;
+
+use crate::de::{self, Located};
+use crate::error::{ConfigError, ConfigErrors, Sink};
+use crate::locate::{self, Node, Pos};
+use crate::model::Config;
+use crate::raw::RawConfig;
+use crate::secrets::EnvSource;
+use tasks::Defined;
+
+/// Where errors about the file as a whole (e.g. a missing `version`) point.
+const TOP: Pos = Pos { line: 1, column: 1 };
+
+/// State shared by the checks of one load.
+pub(crate) struct Checker<'a> {
+    pub env: &'a dyn EnvSource,
+    pub now: SystemTime,
+    pub warnings: Vec<String>,
+}
+
+impl Checker<'_> {
+    /// Warnings read like errors without a fix: `file:line:col field: note`.
+    pub fn warn(&mut self, file: &Path, pos: Pos, field: &str, note: impl AsRef<str>) {
+        let note = note.as_ref();
+        self.warnings.push(format!(
+            "{}:{}:{} {field}: {note}",
+            file.display(),
+            pos.line,
+            pos.column
+        ));
+    }
+
+    /// A warning about the config as a whole.
+    pub fn note(&mut self, file: &Path, note: impl AsRef<str>) {
+        self.warnings
+            .push(format!("{}: {}", file.display(), note.as_ref()));
+    }
+}
+
+/// Loads a config from its text. `file` is used in messages and to name the main file.
+pub(crate) fn load(text: &str, file: &Path, env: &dyn EnvSource) -> Result<Config, ConfigErrors> {
+    let mut checker = Checker {
+        env,
+        now: SystemTime::now(),
+        warnings: Vec::new(),
+    };
+    let mut errors = Vec::new();
+    let mut task_file_errors = Vec::new();
+    let config = {
+        let mut sink = Sink {
+            file,
+            errors: &mut errors,
+        };
+        check(text, &mut sink, &mut checker, &mut task_file_errors)
+    };
+    sort(&mut errors);
+    errors.extend(task_file_errors);
+    match config {
+        Some(config) if errors.is_empty() => Ok(config),
+        _ => Err(ConfigErrors(errors)),
+    }
+}
+
+/// Orders one file's errors by position (they are found section by section).
+pub(crate) fn sort(errors: &mut [ConfigError]) {
+    errors.sort_by_key(|e| (e.line, e.column));
+}
+
+/// Parses the text into a raw value, reporting syntax and schema errors. Returns the value
+/// with the positioned tree it was read from; `None` when nothing usable could be read.
+pub(crate) fn read_raw<T: serde::de::DeserializeOwned>(
+    text: &str,
+    root_path: &str,
+    sink: &mut Sink<'_>,
+) -> Option<(T, Node)> {
+    let (tree, problems) = match locate::parse(text) {
+        Ok(parsed) => parsed,
+        Err(p) => {
+            sink.error(p.pos, &p.field, p.message, p.fix);
+            return None;
+        }
+    };
+    for p in problems {
+        sink.error(p.pos, &p.field, p.message, p.fix);
+    }
+    let (raw, schema_errors) = de::from_node::<T>(&tree, root_path);
+    for e in schema_errors {
+        sink.error(e.pos, &e.path, e.message, e.fix);
+    }
+    raw.map(|raw| (raw, tree))
+}
+
+fn check(
+    text: &str,
+    sink: &mut Sink<'_>,
+    checker: &mut Checker<'_>,
+    task_file_errors: &mut Vec<ConfigError>,
+) -> Option<Config> {
+    let (raw, tree) = read_raw::<RawConfig>(text, "", sink)?;
+    top::check_version(&raw, sink);
+    let listen = top::check_listen(raw.listen.as_ref(), sink, checker);
+    let (ca_dir, audit_log) = top::check_paths(&raw, sink);
+    let upstream = raw
+        .upstream
+        .as_ref()
+        .map(|u| top::check_upstream(u, sink))
+        .unwrap_or_default();
+    let secrets = secrets::check_secrets(raw.secrets.as_ref(), sink, checker);
+    let defined = Defined {
+        secrets: &secrets,
+        declared: tree.keys_of("secrets").into_iter().collect::<BTreeSet<_>>(),
+    };
+    let tasks = tasks::check_all(&raw, &defined, sink, checker, task_file_errors);
+    tasks::warn_unused_secrets(&secrets, &tasks, sink.file, checker);
+    Some(Config {
+        listen,
+        ca_dir,
+        audit_log,
+        upstream,
+        secrets,
+        tasks,
+        warnings: std::mem::take(&mut checker.warnings),
+    })
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Site {
+    pub pos: Pos,
+    pub path: String,
+}
+
+impl<T> From<&Located<T>> for Site {
+    fn from(l: &Located<T>) -> Site {
+        Site {
+            pos: l.pos,
+            path: l.path.clone(),
+        }
+    }
+}

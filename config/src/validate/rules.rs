@@ -1,0 +1,221 @@
+//! One task's `allow:` rules: raw → [`Rule`]. Owns the checks of every rule field (host
+//! pattern, port, methods, path globs, granted secrets, tunnel, `swap_in`) and the warning
+//! about rules that CONNECT can never choose. Never sees a secret value.
+
+use std::path::Path;
+
+use super::tasks::Defined;
+use super::{Checker, Site};
+use crate::de::Located;
+use crate::error::Sink;
+use crate::host::HostPattern;
+use crate::model::{Rule, SecretId, SwapIn};
+use crate::path::PathPatterns;
+use crate::raw::{RawRule, RawSwapIn};
+
+/// RFC 9110 §5.6.2 token characters (methods are tokens).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Checks one rule; `None` if any of its fields has an error (all are reported).
+pub(super) fn check_rule(
+    index: usize,
+    raw: &Located<RawRule>,
+    defined: &Defined<'_>,
+    sink: &mut Sink<'_>,
+) -> Option<Rule> {
+    let r = &raw.value;
+    let errors_before = sink.errors.len();
+    let host = match &r.host {
+        None => {
+            sink.missing(raw, "host", "add e.g. `host: api.example.com`");
+            None
+        }
+        Some(h) => HostPattern::parse(&h.value)
+            .map_err(|e| sink.at(h, e.message, e.fix))
+            .ok(),
+    };
+    let port = r.port.as_ref().and_then(|p| check_port(p, sink));
+    let methods = r.methods.as_ref().map(|list| check_methods(list, sink));
+    let paths = r.paths.as_ref().and_then(|list| check_paths(list, sink));
+    let secrets = r
+        .secrets
+        .as_ref()
+        .map(|list| check_granted(list, defined, sink))
+        .unwrap_or_default();
+    let tunnel = r.tunnel.as_ref().is_some_and(|t| t.value);
+    if tunnel {
+        check_tunnel_alone(r, sink);
+    }
+    let swap_in = match &r.swap_in {
+        None if tunnel => SwapIn::default(),
+        None => SwapIn::HEADERS_ONLY,
+        Some(list) => check_swap_in(list, sink),
+    };
+    if sink.errors.len() > errors_before {
+        return None;
+    }
+    Some(Rule {
+        index,
+        host: host?,
+        port,
+        methods,
+        paths,
+        secrets,
+        tunnel,
+        swap_in,
+    })
+}
+
+fn check_port(port: &Located<u64>, sink: &mut Sink<'_>) -> Option<u16> {
+    match u16::try_from(port.value) {
+        Ok(p) if p > 0 => Some(p),
+        _ => {
+            let message = format!("port {} is out of range", port.value);
+            sink.at(port, message, "use a port from 1 to 65535");
+            None
+        }
+    }
+}
+
+/// Methods as tokens, uppercased (matching is case-sensitive, so `get` in the file means GET).
+fn check_methods(list: &Located<Vec<Located<String>>>, sink: &mut Sink<'_>) -> Vec<String> {
+    if list.value.is_empty() {
+        sink.at(
+            list,
+            "methods is empty, so nothing would match",
+            "list methods, e.g. [GET, POST], or remove methods to allow any",
+        );
+    }
+    let mut methods = Vec::new();
+    for m in &list.value {
+        if is_token(&m.value) {
+            methods.push(m.value.to_ascii_uppercase());
+        } else {
+            sink.at(
+                m,
+                format!("\"{}\" is not an HTTP method", m.value),
+                "write a method name such as GET or POST",
+            );
+        }
+    }
+    methods
+}
+
+fn check_paths(list: &Located<Vec<Located<String>>>, sink: &mut Sink<'_>) -> Option<PathPatterns> {
+    if list.value.is_empty() {
+        sink.at(
+            list,
+            "paths is empty, so nothing would match",
+            "list path patterns, e.g. [\"/repos/**\"], or remove paths to allow any",
+        );
+        return None;
+    }
+    let sources: Vec<&str> = list.value.iter().map(|p| p.value.as_str()).collect();
+    PathPatterns::new(&sources)
+        .map_err(|errors| {
+            for e in errors {
+                sink.at(&list.value[e.index], e.message, e.fix);
+            }
+        })
+        .ok()
+}
+
+/// The secrets a rule grants, each once, in the order written.
+fn check_granted(
+    list: &Located<Vec<Located<String>>>,
+    defined: &Defined<'_>,
+    sink: &mut Sink<'_>,
+) -> Vec<SecretId> {
+    let mut granted = Vec::new();
+    for name in &list.value {
+        match defined.id(&name.value) {
+            Some(id) if !granted.contains(&id) => granted.push(id),
+            Some(_) => {}
+            // Declared but broken: its own definition already has an error.
+            None if defined.declared.contains(&name.value) => {}
+            None => {
+                let known: Vec<&str> = defined.declared.iter().map(String::as_str).collect();
+                let fix = if known.is_empty() {
+                    "define it under secrets: (no secrets are defined)".to_string()
+                } else {
+                    format!("use one of the defined secrets: {}", known.join(", "))
+                };
+                let message = format!("secret \"{}\" is not defined", name.value);
+                sink.at(name, message, fix);
+            }
+        }
+    }
+    granted
+}
+
+/// A tunnel is not intercepted: nothing in it can be filtered or swapped, so a rule that
+/// asks for that would silently promise what the proxy cannot do.
+fn check_tunnel_alone(r: &RawRule, sink: &mut Sink<'_>) {
+    let unfiltered = "methods and paths cannot be checked";
+    let unswapped = "nothing can be swapped";
+    let conflicts = [
+        (r.methods.as_ref().map(Site::from), "methods", unfiltered),
+        (r.paths.as_ref().map(Site::from), "paths", unfiltered),
+        (r.secrets.as_ref().map(Site::from), "secrets", unswapped),
+        (r.swap_in.as_ref().map(Site::from), "swap_in", unswapped),
+    ];
+    for (site, field, consequence) in conflicts {
+        if let Some(site) = site {
+            sink.error(
+                site.pos,
+                &site.path,
+                format!("tunnel: true cannot be combined with {field}: a tunnel is not intercepted, so {consequence}"),
+                format!("remove {field}, or remove tunnel: true"),
+            );
+        }
+    }
+}
+
+fn check_swap_in(list: &Located<Vec<Located<RawSwapIn>>>, sink: &mut Sink<'_>) -> SwapIn {
+    if list.value.is_empty() {
+        sink.at(
+            list,
+            "swap_in is empty, so nothing would be swapped",
+            "list where to swap (headers, query, body), or remove swap_in for headers only",
+        );
+    }
+    let mut swap_in = SwapIn::default();
+    for place in &list.value {
+        match place.value {
+            RawSwapIn::Headers => swap_in.headers = true,
+            RawSwapIn::Query => swap_in.query = true,
+            RawSwapIn::Body => swap_in.body = true,
+        }
+    }
+    swap_in
+}
+
+/// A rule after an earlier one for the same host and port with the other kind (tunnel vs
+/// intercept) is never chosen at CONNECT time.
+pub(super) fn warn_shadowed(
+    rules: &[Rule],
+    sites: &[Site],
+    file: &Path,
+    checker: &mut Checker<'_>,
+) {
+    for (j, later) in rules.iter().enumerate() {
+        let earlier = rules[..j]
+            .iter()
+            .find(|r| r.host == later.host && r.port == later.port && r.tunnel != later.tunnel);
+        if let Some(earlier) = earlier {
+            let note = if earlier.tunnel {
+                format!(
+                    "never used: allow[{}] tunnels the same host and port without interception",
+                    earlier.index
+                )
+            } else {
+                format!("never used: allow[{}] intercepts the same host and port, so it is not tunnelled", earlier.index)
+            };
+            checker.warn(file, sites[j].pos, &sites[j].path, note);
+        }
+    }
+}

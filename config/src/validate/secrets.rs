@@ -1,0 +1,230 @@
+//! The `secrets:` section: names, placeholders, the one source of each value, and the
+//! clashes between placeholders and real values. Values are read and compared only through
+//! [`crate::secrets`]; messages name secrets and sources, never values.
+
+use std::path::Path;
+
+use secrecy::SecretString;
+
+use super::{Checker, Site};
+use crate::de::{Entries, Located};
+use crate::error::Sink;
+use crate::model::{Secret, SecretId};
+use crate::raw::RawSecret;
+use crate::secrets::{self, Source};
+
+pub(super) fn check_secrets(
+    raw: Option<&Located<Entries<Located<RawSecret>>>>,
+    sink: &mut Sink<'_>,
+    checker: &mut Checker<'_>,
+) -> Vec<Secret> {
+    let entries = raw.map(|r| r.value.0.as_slice()).unwrap_or_default();
+    let mut secrets = Vec::new();
+    let mut sites: Vec<(Site, Site)> = Vec::new();
+    for (name, raw) in entries {
+        check_secret_name(name, sink);
+        let placeholder = check_placeholder(raw, sink);
+        let value = read_secret_value(name, raw, sink, checker);
+        if let (Some(placeholder), Some((value, source_site))) = (placeholder, value) {
+            if secrets::has_outer_whitespace(&value) {
+                checker.warn(
+                    sink.file,
+                    source_site.pos,
+                    &source_site.path,
+                    format!(
+                        "the value of secret \"{}\" starts or ends with whitespace",
+                        name.value
+                    ),
+                );
+            }
+            let id = SecretId(secrets.len());
+            secrets.push(Secret {
+                id,
+                name: name.value.clone(),
+                placeholder: placeholder.value.clone(),
+                value,
+            });
+            sites.push((Site::from(placeholder), source_site));
+        }
+    }
+    check_secret_clashes(&secrets, &sites, sink);
+    secrets
+}
+
+fn check_secret_name(name: &Located<String>, sink: &mut Sink<'_>) {
+    let n = &name.value;
+    let valid = (1..=64).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if !valid {
+        sink.at(
+            name,
+            format!("\"{n}\" is not a valid secret name"),
+            "use 1 to 64 characters of a-z, 0-9, \"_\" and \"-\"",
+        );
+    }
+}
+
+fn check_placeholder<'r>(
+    raw: &'r Located<RawSecret>,
+    sink: &mut Sink<'_>,
+) -> Option<&'r Located<String>> {
+    let Some(placeholder) = &raw.value.placeholder else {
+        sink.missing(
+            raw,
+            "placeholder",
+            "add the token the agent will hold, e.g. `placeholder: ks-github-placeholder-0001`",
+        );
+        return None;
+    };
+    if let Some(problem) = secrets::placeholder_problem(&placeholder.value) {
+        sink.at(placeholder, problem.message, problem.fix);
+        return None;
+    }
+    Some(placeholder)
+}
+
+fn valid_env_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['=', '\0'])
+}
+
+/// Reads the value from the one source the secret names. Returns it with the site of the
+/// source field (where problems with the value are reported).
+fn read_secret_value(
+    name: &Located<String>,
+    raw: &Located<RawSecret>,
+    sink: &mut Sink<'_>,
+    checker: &Checker<'_>,
+) -> Option<(SecretString, Site)> {
+    let r = &raw.value;
+    let mut present: Vec<(&str, Site)> = Vec::new();
+    if let Some(v) = &r.from_env {
+        present.push(("from_env", v.into()));
+    }
+    if let Some(v) = &r.from_file {
+        present.push(("from_file", v.into()));
+    }
+    if let Some(v) = &r.from_command {
+        present.push(("from_command", v.into()));
+    }
+    let fix_one = "keep exactly one of from_env, from_file or from_command";
+    match present.as_slice() {
+        [] => {
+            let message = format!("secret \"{}\" has no source for its value", name.value);
+            sink.error(
+                raw.pos,
+                &raw.path,
+                message,
+                "add one of from_env, from_file or from_command",
+            );
+            return None;
+        }
+        [_] => {}
+        [(first, _), rest @ ..] => {
+            for (field, site) in rest {
+                let message = format!("secret \"{}\" has both {first} and {field}", name.value);
+                sink.error(site.pos, &site.path, message, fix_one);
+            }
+            return None;
+        }
+    }
+    let argv: Vec<String>;
+    let (source, site) = if let Some(env) = &r.from_env {
+        if !valid_env_name(&env.value) {
+            sink.at(
+                env,
+                format!("\"{}\" is not a valid environment variable name", env.value),
+                "write a name like GITHUB_TOKEN",
+            );
+            return None;
+        }
+        (Source::Env(&env.value), Site::from(env))
+    } else if let Some(file) = &r.from_file {
+        if file.value.trim().is_empty() {
+            sink.at(
+                file,
+                "the path is empty",
+                "write the path of a file holding the credential",
+            );
+            return None;
+        }
+        (Source::File(Path::new(&file.value)), Site::from(file))
+    } else {
+        let command = r.from_command.as_ref()?;
+        argv = command.value.iter().map(|a| a.value.clone()).collect();
+        if argv.first().map_or(true, |program| program.is_empty()) {
+            sink.at(
+                command,
+                "from_command needs a program",
+                "write the command as a list, e.g. [op, read, \"op://vault/item/field\"]",
+            );
+            return None;
+        }
+        (Source::Command(&argv), Site::from(command))
+    };
+    match secrets::read_value(&source, checker.env) {
+        Ok(value) => Some((value, site)),
+        Err(e) => {
+            sink.error(
+                site.pos,
+                &site.path,
+                format!("secret \"{}\": {}", name.value, e.message),
+                e.fix,
+            );
+            None
+        }
+    }
+}
+
+/// Placeholders must be unambiguous and must not reveal or collide with real values.
+/// `sites[i]` is (placeholder site, value source site) of `secrets[i]`.
+fn check_secret_clashes(secrets: &[Secret], sites: &[(Site, Site)], sink: &mut Sink<'_>) {
+    for (i, a) in secrets.iter().enumerate() {
+        let (placeholder_site, value_site) = &sites[i];
+        for (j, b) in secrets.iter().enumerate() {
+            if i != j {
+                if a.placeholder == b.placeholder && j < i {
+                    sink.error(
+                        placeholder_site.pos,
+                        &placeholder_site.path,
+                        format!("placeholder is the same as secret \"{}\"'s", b.name),
+                        "give each secret its own placeholder",
+                    );
+                } else if a.placeholder != b.placeholder && a.placeholder.contains(&b.placeholder) {
+                    sink.error(
+                        placeholder_site.pos,
+                        &placeholder_site.path,
+                        format!(
+                            "placeholder contains the placeholder of secret \"{}\"",
+                            b.name
+                        ),
+                        "choose placeholders that do not contain one another",
+                    );
+                }
+            }
+            // A real value that contains a placeholder would be swapped again; a placeholder
+            // that contains a real value would hand that value to the agent.
+            if secrets::value_contains(&a.value, &b.placeholder) {
+                let whose = if i == j {
+                    "its own placeholder".to_string()
+                } else {
+                    format!("the placeholder of secret \"{}\"", b.name)
+                };
+                sink.error(
+                    value_site.pos,
+                    &value_site.path,
+                    format!("the real value of secret \"{}\" contains {whose}", a.name),
+                    "choose a placeholder that does not occur in any real value",
+                );
+            }
+            if secrets::contains_value(&a.placeholder, &b.value) {
+                sink.error(
+                    placeholder_site.pos,
+                    &placeholder_site.path,
+                    format!("placeholder contains the real value of secret \"{}\"", b.name),
+                    "choose a placeholder that does not contain a real credential (the agent holds placeholders)",
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Tasks: raw → [`Task`], for inline tasks and for the files of `tasks_dir` (each
+//! `*.yaml`/`*.yml` is one task, id = file stem; errors in it name that file and its lines).
+//!
+//! Owns task ids, `token_env`, `expires`, and the warnings about tasks as a whole (tasks
+//! without a token, secrets no rule grants); rules are checked in `rules`. Never formats a
+//! secret value or a token; tokens are compared with values only through [`crate::secrets`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use super::rules::{check_rule, warn_shadowed};
+use super::{read_raw, sort, Checker, Site};
+use crate::de::Located;
+use crate::error::{io_reason, ConfigError, Sink};
+use crate::locate::child;
+use crate::model::{Secret, SecretId, Task};
+use crate::raw::{RawConfig, RawTask};
+use crate::secrets;
+
+/// The secrets rules may name: loaded ones (with ids) and every name written under
+/// `secrets:` (a secret whose own definition has errors is not also "undefined").
+pub(crate) struct Defined<'a> {
+    pub secrets: &'a [Secret],
+    pub declared: BTreeSet<String>,
+}
+
+impl Defined<'_> {
+    pub(super) fn id(&self, name: &str) -> Option<SecretId> {
+        self.secrets.iter().find(|s| s.name == name).map(|s| s.id)
+    }
+}
+
+/// Task ids appear in proxy credentials (`http://TASK:TOKEN@...`) and file names.
+fn valid_task_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+const TASK_ID_FIX: &str =
+    "task ids are 1 to 64 characters of A-Z, a-z, 0-9, \".\", \"_\" and \"-\"";
+
+/// Checks inline tasks and `tasks_dir`. Errors in task files go to `file_errors`.
+pub(crate) fn check_all(
+    raw: &RawConfig,
+    defined: &Defined<'_>,
+    sink: &mut Sink<'_>,
+    checker: &mut Checker<'_>,
+    file_errors: &mut Vec<ConfigError>,
+) -> BTreeMap<String, Task> {
+    let mut tasks = BTreeMap::new();
+    let mut inline: HashMap<String, Site> = HashMap::new();
+    for (id, raw_task) in raw
+        .tasks
+        .as_ref()
+        .map(|t| t.value.0.as_slice())
+        .unwrap_or_default()
+    {
+        if !valid_task_id(&id.value) {
+            sink.at(
+                id,
+                format!("\"{}\" is not a valid task id", id.value),
+                format!("rename it: {TASK_ID_FIX}"),
+            );
+        }
+        let task = check_task(
+            &id.value,
+            &raw_task.value,
+            Site::from(raw_task),
+            defined,
+            sink,
+            checker,
+        );
+        inline.insert(id.value.clone(), Site::from(id));
+        tasks.insert(id.value.clone(), task);
+    }
+    if let Some(dir) = &raw.tasks_dir {
+        check_dir(
+            dir,
+            &inline,
+            defined,
+            sink,
+            checker,
+            file_errors,
+            &mut tasks,
+        );
+    }
+    let tokenless: Vec<&str> = tasks
+        .values()
+        .filter(|t| t.token.is_none())
+        .map(|t| t.id.as_str())
+        .collect();
+    if tokenless.len() > 1 {
+        checker.note(
+            sink.file,
+            format!(
+                "tasks {} have no token_env: any client that can reach the proxy can use each of them by name",
+                tokenless.join(", ")
+            ),
+        );
+    }
+    tasks
+}
+
+fn check_dir(
+    dir: &Located<String>,
+    inline: &HashMap<String, Site>,
+    defined: &Defined<'_>,
+    sink: &mut Sink<'_>,
+    checker: &mut Checker<'_>,
+    file_errors: &mut Vec<ConfigError>,
+    tasks: &mut BTreeMap<String, Task>,
+) {
+    let entries = match std::fs::read_dir(&dir.value) {
+        Ok(entries) => entries,
+        Err(e) => {
+            sink.at(
+                dir,
+                format!("directory {} cannot be read: {}", dir.value, io_reason(&e)),
+                "check the path (relative to the working directory), or remove tasks_dir",
+            );
+            return;
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml") && p.is_file())
+        .collect();
+    files.sort();
+    let mut from_files: HashMap<String, PathBuf> = HashMap::new();
+    for file in files {
+        let Some(id) = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(str::to_string)
+        else {
+            sink.at(
+                dir,
+                format!("file {} has a name that is not UTF-8", file.display()),
+                "rename the file",
+            );
+            continue;
+        };
+        if !valid_task_id(&id) {
+            let message = format!(
+                "file {} gives the task id \"{id}\", which is not valid",
+                file.display()
+            );
+            sink.at(dir, message, format!("rename the file: {TASK_ID_FIX}"));
+            continue;
+        }
+        if let Some(site) = inline.get(&id) {
+            let message = format!("task \"{id}\" is also defined by {}", file.display());
+            sink.error(
+                site.pos,
+                &site.path,
+                message,
+                "keep one of the two definitions",
+            );
+            continue;
+        }
+        if let Some(other) = from_files.get(&id) {
+            let message = format!(
+                "task \"{id}\" is defined by both {} and {}",
+                other.display(),
+                file.display()
+            );
+            sink.at(dir, message, "keep one of the two files");
+            continue;
+        }
+        let mut errors = Vec::new();
+        let mut file_sink = Sink {
+            file: &file,
+            errors: &mut errors,
+        };
+        match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                let root = child("tasks", &id);
+                if let Some((raw, tree)) = read_raw::<RawTask>(&text, &root, &mut file_sink) {
+                    let site = Site {
+                        pos: tree.pos,
+                        path: root,
+                    };
+                    let task = check_task(&id, &raw, site, defined, &mut file_sink, checker);
+                    tasks.insert(id.clone(), task);
+                }
+            }
+            Err(e) => file_sink.error(
+                Default::default(),
+                "(file)",
+                format!("the task file cannot be read: {}", io_reason(&e)),
+                "check the file's permissions and encoding (UTF-8)",
+            ),
+        }
+        from_files.insert(id, file.clone());
+        sort(&mut errors);
+        file_errors.extend(errors);
+    }
+}
+
+fn check_task(
+    id: &str,
+    raw: &RawTask,
+    site: Site,
+    defined: &Defined<'_>,
+    sink: &mut Sink<'_>,
+    checker: &mut Checker<'_>,
+) -> Task {
+    let token = raw.token_env.as_ref().and_then(|name| {
+        let token = secrets::read_token(&name.value, checker.env)
+            .map_err(|e| sink.at(name, e.message, e.fix))
+            .ok()?;
+        // The agent holds its token: a token that is (or holds) a credential leaks it.
+        for secret in defined.secrets {
+            if secrets::token_contains_value(&token, &secret.value) {
+                sink.at(
+                    name,
+                    format!(
+                        "the token contains the real value of secret \"{}\"",
+                        secret.name
+                    ),
+                    "use a token that is not a credential (the agent holds its token)",
+                );
+            }
+        }
+        Some(token)
+    });
+    let expires =
+        raw.expires
+            .as_ref()
+            .and_then(|expires| match humantime::parse_rfc3339(&expires.value) {
+                Ok(time) => {
+                    if time <= checker.now {
+                        checker.warn(
+                            sink.file,
+                            expires.pos,
+                            &expires.path,
+                            format!("task {id} has already expired"),
+                        );
+                    }
+                    Some(time)
+                }
+                Err(_) => {
+                    sink.at(
+                        expires,
+                        format!("\"{}\" is not an RFC 3339 time in UTC", expires.value),
+                        "write e.g. 2026-12-01T00:00:00Z",
+                    );
+                    None
+                }
+            });
+    let raw_rules = raw
+        .allow
+        .as_ref()
+        .map(|a| a.value.as_slice())
+        .unwrap_or_default();
+    let mut rules = Vec::new();
+    let mut sites = Vec::new();
+    for (index, raw_rule) in raw_rules.iter().enumerate() {
+        if let Some(rule) = check_rule(index, raw_rule, defined, sink) {
+            rules.push(rule);
+            sites.push(Site::from(raw_rule));
+        }
+    }
+    if raw_rules.is_empty() {
+        checker.warn(
+            sink.file,
+            site.pos,
+            &site.path,
+            format!("task {id} has no allow rules, so it can reach nothing"),
+        );
+    }
+    warn_shadowed(&rules, &sites, sink.file, checker);
+    Task {
+        id: id.to_string(),
+        token,
+        expires,
+        rules,
+    }
+}
+
+/// A secret no rule grants is probably a typo in a rule.
+pub(crate) fn warn_unused_secrets(
+    secrets: &[Secret],
+    tasks: &BTreeMap<String, Task>,
+    file: &Path,
+    checker: &mut Checker<'_>,
+) {
+    for secret in secrets {
+        let used = tasks
+            .values()
+            .flat_map(|t| &t.rules)
+            .any(|r| r.grants(secret.id));
+        if !used {
+            checker.note(
+                file,
+                format!("secret \"{}\" is not granted by any rule", secret.name),
+            );
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The `keyswap` command line: `run`, `check`, `ca export`. This is the edge where errors
+//! become messages for a person; nothing here prints a secret value.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use keyswap_certs::CertificateAuthority;
+use keyswap_config::{AuditLog, Config};
+
+use crate::server::{ProxyHandle, ProxyOptions};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keyswap",
+    version,
+    about = "Egress proxy that swaps placeholder tokens for real credentials on the wire"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy. SIGHUP reloads the config; a bad config keeps the running one.
+    Run {
+        #[arg(long, default_value = "keyswap.yaml")]
+        config: PathBuf,
+    },
+    /// Validate a config and print a summary; exits 1 listing every error.
+    Check {
+        #[arg(long, default_value = "keyswap.yaml")]
+        config: PathBuf,
+    },
+    /// The local CA.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Print (or write) the CA certificate PEM, creating the CA if it does not exist yet.
+    Export {
+        #[arg(long, default_value = "keyswap.yaml")]
+        config: PathBuf,
+        /// Use this CA directory instead of the config's `ca_dir`.
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+        /// Write the PEM here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Log ceilings for libraries that see header values.
+pub const DEPENDENCY_LOG_CAPS: &[&str] = &[
+    "h2=info",
+    "hyper=info",
+    "hyper_util=info",
+    "rustls=info",
+    "tokio_rustls=info",
+];
+
+pub fn init_logging(format: LogFormat) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("KEYSWAP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Below info, the HTTP and TLS libraries log frames that can hold header values;
+    // keyswap never lets them, whatever KEYSWAP_LOG asks for.
+    for quiet in DEPENDENCY_LOG_CAPS {
+        if let Ok(directive) = quiet.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub fn main_with(cli: Cli) -> ExitCode {
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Check { config } => return check(&config),
+        Command::Run { config } => run(&config),
+        Command::Ca {
+            command:
+                CaCommand::Export {
+                    config,
+                    ca_dir,
+                    out,
+                },
+        } => ca_export(&config, ca_dir, out.as_deref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keyswap: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match keyswap_config::load(path) {
+        Ok(config) => {
+            print!("{}", summary(path, &config));
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{} has {} error(s):", path.display(), errors.0.len());
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A one-screen summary: tasks, their hosts, and secrets by name.
+pub fn summary(path: &Path, config: &Config) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: ok", path.display());
+    let _ = writeln!(out, "listen      {}", config.listen);
+    let _ = writeln!(out, "ca_dir      {}", config.ca_dir.display());
+    let audit = match &config.audit_log {
+        AuditLog::Stdout => "-".to_string(),
+        AuditLog::File(p) => p.display().to_string(),
+    };
+    let _ = writeln!(out, "audit_log   {audit}");
+    let names: Vec<&str> = config.secrets.iter().map(|s| s.name.as_str()).collect();
+    let _ = writeln!(
+        out,
+        "secrets     {}",
+        if names.is_empty() {
+            "(none)".to_string()
+        } else {
+            names.join(", ")
+        }
+    );
+    let _ = writeln!(out, "tasks       {}", config.tasks.len());
+    for task in config.tasks.values() {
+        let token = if task.token.is_some() {
+            "token"
+        } else {
+            "no token"
+        };
+        let expires = task
+            .expires
+            .map(|t| format!(", expires {}", humantime::format_rfc3339_seconds(t)))
+            .unwrap_or_default();
+        let _ = writeln!(out, "  {} ({token}{expires})", task.id);
+        for rule in &task.rules {
+            let port = rule.port.map(|p| format!(":{p}")).unwrap_or_default();
+            let mut what = Vec::new();
+            if rule.tunnel {
+                what.push("tunnel".to_string());
+            }
+            if let Some(methods) = &rule.methods {
+                what.push(methods.join(","));
+            }
+            if let Some(paths) = &rule.paths {
+                what.push(paths.to_string());
+            }
+            if !rule.secrets.is_empty() {
+                let secrets: Vec<&str> = rule
+                    .secrets
+                    .iter()
+                    .map(|id| config.secret(*id).name.as_str())
+                    .collect();
+                what.push(format!("secrets: {}", secrets.join(",")));
+            }
+            let _ = writeln!(
+                out,
+                "    [{}] {}{port} {}",
+                rule.index,
+                rule.host,
+                what.join(" ")
+            );
+        }
+    }
+    for warning in &config.warnings {
+        let _ = writeln!(out, "warning: {warning}");
+    }
+    out
+}
+
+fn ca_export(config: &Path, ca_dir: Option<PathBuf>, out: Option<&Path>) -> anyhow::Result<()> {
+    let dir = match ca_dir {
+        Some(dir) => dir,
+        None => {
+            keyswap_config::load(config)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| {
+                    format!("reading {} for ca_dir (or pass --ca-dir)", config.display())
+                })?
+                .ca_dir
+        }
+    };
+    let ca = CertificateAuthority::load_or_create(&dir)?;
+    match out {
+        Some(path) => std::fs::write(path, ca.cert_pem())
+            .with_context(|| format!("writing {}", path.display()))?,
+        None => print!("{}", ca.cert_pem()),
+    }
+    Ok(())
+}
+
+fn run(path: &Path) -> anyhow::Result<()> {
+    let config = keyswap_config::load(path)
+        .map_err(|e| anyhow::anyhow!("{} is not valid:\n{e}", path.display()))?;
+    let ca = CertificateAuthority::load_or_create(&config.ca_dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let handle = ProxyHandle::start(config, ca, ProxyOptions::default()).await?;
+        wait_for_signals(&handle, path).await?;
+        handle.shutdown().await;
+        Ok(())
+    })
+}
+
+/// SIGHUP reloads; SIGINT / SIGTERM stop.
+async fn wait_for_signals(handle: &ProxyHandle, path: &Path) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => match keyswap_config::load(path) {
+                Ok(config) => match handle.reload(config) {
+                    Ok(()) => tracing::info!(config = %path.display(), "config reloaded"),
+                    Err(e) => tracing::error!(error = %e, "config not reloaded; keeping the running one"),
+                },
+                Err(errors) => tracing::error!(errors = %errors, "config not reloaded; keeping the running one"),
+            },
+            _ = terminate.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! A decision is a value: every request and every refused CONNECT ends in exactly one
+//! [`Decision`] whose [`Reason`] comes from a closed set. The agent sees the reason in the
+//! `x-keyswap-reason` header and a short body; the audit record is built from the same value.
+//!
+//! Messages built here name hosts, tasks and secret *names*, never a secret value.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::{full, ProxyBody};
+
+/// Name of the response header that carries the reason of a refusal.
+pub const REASON_HEADER: &str = "x-keyswap-reason";
+
+/// Why a request was allowed or refused. Closed set: the audit log and the agent see
+/// exactly these strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Allowed,
+    NoTask,
+    BadToken,
+    TaskExpired,
+    HostNotAllowed,
+    RouteNotAllowed,
+    PlaceholderNotAllowed,
+    AuthorityMismatch,
+    SniMismatch,
+    PrivateAddress,
+    BadRequest,
+    UpstreamError,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Allowed => "allowed",
+            Reason::NoTask => "no_task",
+            Reason::BadToken => "bad_token",
+            Reason::TaskExpired => "task_expired",
+            Reason::HostNotAllowed => "host_not_allowed",
+            Reason::RouteNotAllowed => "route_not_allowed",
+            Reason::PlaceholderNotAllowed => "placeholder_not_allowed",
+            Reason::AuthorityMismatch => "authority_mismatch",
+            Reason::SniMismatch => "sni_mismatch",
+            Reason::PrivateAddress => "private_address",
+            Reason::BadRequest => "bad_request",
+            Reason::UpstreamError => "upstream_error",
+        }
+    }
+
+    /// The status the agent gets when this reason refuses a request.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Reason::Allowed => StatusCode::OK,
+            Reason::NoTask | Reason::BadToken => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            Reason::BadRequest => StatusCode::BAD_REQUEST,
+            Reason::UpstreamError => StatusCode::BAD_GATEWAY,
+            _ => StatusCode::FORBIDDEN,
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refusal: the reason plus a one-paragraph explanation an agent can act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Denial {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Denial {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// The response the agent receives. `close` asks the connection to end after it
+    /// (malformed input must not be followed by more requests on the same connection).
+    pub fn response(&self, close: bool) -> Response<ProxyBody> {
+        let mut body = String::with_capacity(self.message.len() + 40);
+        body.push_str("keyswap refused this request (");
+        body.push_str(self.reason.as_str());
+        body.push_str("): ");
+        body.push_str(&self.message);
+        body.push('\n');
+        let mut response = Response::new(full(Bytes::from(body)));
+        *response.status_mut() = self.reason.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            REASON_HEADER,
+            HeaderValue::from_static(self.reason.as_str()),
+        );
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.reason.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            headers.insert(
+                header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"keyswap\""),
+            );
+        }
+        if close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+/// The outcome of deciding one request against the task's allowlist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// `None` when allowed.
+    pub denial: Option<Denial>,
+    /// Index of the rule that matched, if any.
+    pub rule: Option<usize>,
+    /// Names of the secrets swapped into the request.
+    pub secrets: Vec<String>,
+}
+
+impl Decision {
+    pub fn reason(&self) -> Reason {
+        self.denial
+            .as_ref()
+            .map(|d| d.reason)
+            .unwrap_or(Reason::Allowed)
+    }
+
+    pub fn is_allowed(&self) -> bool {
+        self.denial.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_carries_reason_header_and_status() {
+        let denial = Denial::new(Reason::HostNotAllowed, "example.com is not allowed");
+        let response = denial.response(false);
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert_eq!(response.headers()[REASON_HEADER], "host_not_allowed");
+        let auth = Denial::new(Reason::NoTask, "x").response(true);
+        assert_eq!(auth.status(), StatusCode::PROXY_AUTHENTICATION_REQUIRED);
+        assert!(auth.headers().contains_key(header::PROXY_AUTHENTICATE));
+        assert_eq!(auth.headers()[header::CONNECTION], "close");
+    }
+}

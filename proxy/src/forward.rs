@@ -1,0 +1,342 @@
+//! One request through an allowed connection, top to bottom:
+//! decide ([`crate::route`]) → swap ([`crate::swap`]) → upstream → scrub ([`crate::scrub`])
+//! → audit ([`crate::audit`]). Used for intercepted HTTPS and for plain-HTTP forwarding alike.
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use keyswap_config::SecretId;
+
+use crate::audit::{query_keys, timestamp, AuditRecord};
+use crate::body::{boxed, empty, Counted, ProxyBody};
+use crate::decision::{Denial, Reason};
+use crate::headers::{is_upgrade_request, strip_hop_by_hop};
+use crate::replace::ReplacingBody;
+use crate::route::{decide, ConnContext, Refused};
+use crate::scrub::{body_policy, scrub_body, scrub_headers, BodyPolicy};
+use crate::server::Shared;
+use crate::snapshot::Snapshot;
+use crate::swap::{swap_headers, swap_query, NotGranted};
+use crate::upstream::{connect_error, ConnectError};
+use crate::websocket;
+
+/// What the audit record of one exchange accumulates on the way through.
+#[derive(Clone)]
+struct Exchange {
+    started: Instant,
+    at: SystemTime,
+    conn: u64,
+    task: String,
+    method: String,
+    scheme: &'static str,
+    host: String,
+    port: u16,
+    path: String,
+    query_keys: Vec<String>,
+    rule: Option<usize>,
+    secrets: Vec<String>,
+    req_bytes: Arc<AtomicU64>,
+}
+
+impl Exchange {
+    fn record(&self, reason: Reason, status: StatusCode, resp_bytes: u64) -> AuditRecord {
+        AuditRecord {
+            ts: timestamp(self.at),
+            task: Some(self.task.clone()),
+            conn: self.conn,
+            method: self.method.clone(),
+            scheme: self.scheme,
+            host: self.host.clone(),
+            port: self.port,
+            path: Some(self.path.clone()),
+            query_keys: self.query_keys.clone(),
+            rule: self.rule,
+            secrets: self.secrets.clone(),
+            decision: if reason == Reason::Allowed {
+                "allowed"
+            } else {
+                "denied"
+            },
+            reason: reason.as_str(),
+            status: status.as_u16(),
+            req_bytes: self.req_bytes.load(Ordering::Relaxed),
+            resp_bytes,
+            ms: self.started.elapsed().as_secs_f64() * 1000.0,
+        }
+    }
+}
+
+/// Serves one request of an identified connection.
+pub async fn exchange(
+    shared: Arc<Shared>,
+    ctx: Arc<ConnContext>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let snapshot = shared.snapshot();
+    let mut ex = Exchange {
+        started: Instant::now(),
+        at: SystemTime::now(),
+        conn: ctx.conn_id,
+        task: ctx.task_id.clone(),
+        method: req.method().as_str().to_string(),
+        scheme: ctx.scheme.as_str(),
+        host: ctx.target.host.clone(),
+        port: ctx.target.port,
+        path: truncate(req.uri().path(), 512),
+        query_keys: query_keys(req.uri().query()),
+        rule: None,
+        secrets: Vec::new(),
+        req_bytes: Arc::new(AtomicU64::new(0)),
+    };
+    let version = req.version();
+    match forward(&shared, &snapshot, &ctx, req, &mut ex).await {
+        Ok(response) => Ok(response),
+        Err(refused) => {
+            ex.rule = refused.rule.or(ex.rule);
+            let close = refused.close && version < Version::HTTP_2;
+            let response = refused.denial.response(close);
+            tracing::info!(
+                conn = ex.conn,
+                task = %ex.task,
+                host = %ex.host,
+                reason = %refused.denial.reason,
+                "request refused"
+            );
+            shared
+                .audit
+                .record(ex.record(refused.denial.reason, response.status(), 0));
+            Ok(response)
+        }
+    }
+}
+
+async fn forward(
+    shared: &Arc<Shared>,
+    snapshot: &Arc<Snapshot>,
+    ctx: &ConnContext,
+    mut req: Request<Incoming>,
+    ex: &mut Exchange,
+) -> Result<Response<ProxyBody>, Refused> {
+    let upgrade = is_upgrade_request(req.headers()) && req.version() == Version::HTTP_11;
+    let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+
+    // Decide.
+    let routed = decide(&snapshot.config, ctx, &parts, SystemTime::now())?;
+    let rule = routed.rule;
+    ex.rule = Some(rule.index);
+    ex.path = routed.path.clone();
+    let refuse_with_rule = |denial: Denial| Refused {
+        denial,
+        rule: Some(rule.index),
+        close: false,
+    };
+
+    // Swap.
+    let not_granted = |NotGranted(ids): NotGranted| {
+        let names: Vec<&str> = ids
+            .iter()
+            .map(|id| snapshot.config.secret(*id).name.as_str())
+            .collect();
+        refuse_with_rule(Denial::new(
+            Reason::PlaceholderNotAllowed,
+            format!(
+                "the request carries the placeholder of secret {} which task {} may not send to {} {}; \
+                 remove it or ask the operator to grant it on this route",
+                names.join(", "),
+                routed.task.id,
+                ctx.target.host,
+                routed.path
+            ),
+        ))
+    };
+    let mut used: BTreeSet<SecretId> = if rule.swap_in.headers {
+        swap_headers(&snapshot.placeholders, &mut parts.headers, Some(rule)).map_err(not_granted)?
+    } else {
+        BTreeSet::new()
+    };
+    let mut query = parts.uri.query().map(str::to_string);
+    if rule.swap_in.query {
+        if let Some(q) = query.as_deref() {
+            if let Some(swapped) =
+                swap_query(&snapshot.placeholders, q, Some(rule), &mut used).map_err(not_granted)?
+            {
+                query = Some(swapped);
+            }
+        }
+    }
+    let swap_body = rule.swap_in.body && !snapshot.placeholders.is_empty();
+    if swap_body {
+        // Which granted secrets the body carries is only known once it has streamed; every
+        // secret the rule grants is named so the audit never under-reports.
+        used.extend(rule.secrets.iter().copied());
+    }
+    ex.secrets = used
+        .iter()
+        .map(|id| snapshot.config.secret(*id).name.clone())
+        .collect();
+
+    // Upstream request.
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    parts.headers.remove(header::HOST);
+    if upgrade {
+        // Compressed WebSocket frames could hide a secret from the guard in websocket.rs.
+        parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    }
+    if !used.is_empty() {
+        // Keep the response scrubbable (see scrub::body_policy).
+        parts.headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
+    let mut path_and_query = routed.path.clone();
+    if let Some(q) = &query {
+        path_and_query.push('?');
+        path_and_query.push_str(q);
+    }
+    parts.uri = Uri::builder()
+        .scheme(ctx.scheme.as_str())
+        .authority(ctx.target.to_string())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| Refused {
+            denial: Denial::new(Reason::BadRequest, "the request URI could not be rebuilt"),
+            rule: Some(rule.index),
+            close: true,
+        })?;
+    parts.version = Version::HTTP_11;
+    let head_request = parts.method == http::Method::HEAD;
+    let counted = Counted::new(body, ex.req_bytes.clone());
+    let body: ProxyBody = if swap_body {
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let swapper = body_swapper(snapshot, rule).map_err(|_| {
+            refuse_with_rule(Denial::new(
+                Reason::BadRequest,
+                "keyswap could not prepare the body swap for this rule",
+            ))
+        })?;
+        boxed(ReplacingBody::new(counted, Arc::new(swapper)))
+    } else {
+        boxed(counted)
+    };
+    let upstream_req = Request::from_parts(parts, body);
+    let client = if upgrade {
+        &snapshot.upstream.http1
+    } else {
+        &snapshot.upstream.any
+    };
+    let response = client.request(upstream_req).await.map_err(|err| {
+        let (reason, message) = match connect_error(&err) {
+            Some(ConnectError::PrivateAddress { host }) => (
+                Reason::PrivateAddress,
+                format!("{host} resolves to a private or loopback address, which keyswap does not dial; \
+                         the operator can add an upstream.resolve entry or set upstream.allow_private"),
+            ),
+            Some(e) => (Reason::UpstreamError, format!("the upstream could not be reached: {e}")),
+            None => (Reason::UpstreamError, "the upstream connection failed".to_string()),
+        };
+        tracing::warn!(conn = ex.conn, host = %ex.host, error = %ErrorChain(&err), "upstream request failed");
+        refuse_with_rule(Denial::new(reason, message))
+    })?;
+
+    // Scrub.
+    let mut response = response;
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let upstream_upgrade = (switching && upgrade).then(|| hyper::upgrade::on(&mut response));
+    let (mut resp_parts, resp_body) = response.into_parts();
+    let policy = body_policy(&resp_parts.headers, !used.is_empty());
+    if policy == BodyPolicy::Refuse {
+        return Err(refuse_with_rule(Denial::new(
+            Reason::UpstreamError,
+            "the upstream sent a compressed response to a request that carried a secret; \
+             keyswap cannot scrub it, so it was dropped",
+        )));
+    }
+    strip_hop_by_hop(&mut resp_parts.headers, switching && upgrade);
+    scrub_headers(
+        &snapshot.scrubber,
+        resp_parts.status,
+        &mut resp_parts.headers,
+        policy,
+        head_request,
+    );
+
+    // Audit (when the response body has been sent or dropped).
+    let status = resp_parts.status;
+    let resp_bytes = Arc::new(AtomicU64::new(0));
+    let record_bytes = resp_bytes.clone();
+    let audit_shared = shared.clone();
+    let exchange = ex.clone();
+    let on_end = move || {
+        let record = exchange.record(
+            Reason::Allowed,
+            status,
+            record_bytes.load(Ordering::Relaxed),
+        );
+        audit_shared.audit.record(record);
+    };
+
+    if let (Some(agent_upgrade), Some(upstream_upgrade)) = (agent_upgrade, upstream_upgrade) {
+        drop(resp_body);
+        websocket::splice(
+            ex.conn,
+            snapshot.scrubber.clone(),
+            agent_upgrade,
+            upstream_upgrade,
+        );
+        on_end();
+        return Ok(Response::from_parts(resp_parts, empty()));
+    }
+    let body = scrub_body(&snapshot.scrubber, policy, resp_body);
+    let body = Counted::new(body, resp_bytes).on_end(on_end);
+    Ok(Response::from_parts(resp_parts, boxed(body)))
+}
+
+/// Placeholder → real value, for the secrets this rule grants only.
+fn body_swapper(
+    snapshot: &Snapshot,
+    rule: &keyswap_config::Rule,
+) -> Result<crate::replace::Replacer, aho_corasick::BuildError> {
+    use secrecy::ExposeSecret;
+    let pairs = rule
+        .secrets
+        .iter()
+        .map(|id| {
+            let secret = snapshot.config.secret(*id);
+            (
+                secret.placeholder.as_bytes().to_vec(),
+                bytes::Bytes::copy_from_slice(secret.value.expose_secret().as_bytes()),
+            )
+        })
+        .collect();
+    crate::replace::Replacer::new(pairs)
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// Displays an error with its sources, for logs.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,96 @@
+//! Step 3: intercept TLS inside an allowed CONNECT. The ClientHello is read first: an SNI
+//! that is not the CONNECT host ends the connection before any certificate is shown. Then the
+//! cached per-host `ServerConfig` (minted once per host) terminates TLS, and each request on
+//! the connection goes to [`crate::forward::exchange`] over HTTP/2 or HTTP/1.1 as ALPN chose.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_rustls::LazyConfigAcceptor;
+
+use crate::audit::AuditRecord;
+use crate::decision::Reason;
+use crate::forward::exchange;
+use crate::listener::{http1_server, http2_server};
+use crate::route::ConnContext;
+use crate::server::Shared;
+use crate::target::normalize_host;
+
+/// How long the agent may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub async fn run(shared: Arc<Shared>, ctx: ConnContext, on_upgrade: OnUpgrade) {
+    let started = (Instant::now(), SystemTime::now());
+    let conn = ctx.conn_id;
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            tracing::debug!(conn, error = %e, "CONNECT upgrade failed");
+            return;
+        }
+    };
+    let acceptor =
+        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
+    let start = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => {
+            tracing::debug!(conn, error = %e, "agent TLS ClientHello refused");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(conn, "agent TLS ClientHello timed out");
+            return;
+        }
+    };
+    if let Some(sni) = start.client_hello().server_name() {
+        if normalize_host(sni).ok().as_deref() != Some(ctx.target.host.as_str()) {
+            tracing::info!(conn, task = %ctx.task_id, host = %ctx.target.host, reason = %Reason::SniMismatch, "TLS handshake refused");
+            shared.audit.record(AuditRecord::for_connect(
+                conn,
+                Some(&ctx.task_id),
+                Some(&ctx.target),
+                Reason::SniMismatch,
+                0,
+                started,
+            ));
+            return;
+        }
+    }
+    let server_config = match shared.leaves.server_config(&ctx.target.host).await {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::warn!(conn, host = %ctx.target.host, error = %e, "could not mint a certificate");
+            return;
+        }
+    };
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(server_config)).await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(conn, error = %e, "agent TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(conn, "agent TLS handshake timed out");
+            return;
+        }
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let ctx = Arc::new(ctx);
+    let service = service_fn(move |req| exchange(shared.clone(), ctx.clone(), req));
+    let io = TokioIo::new(tls);
+    let served = if h2 {
+        http2_server().serve_connection(io, service).await
+    } else {
+        http1_server()
+            .serve_connection(io, service)
+            .with_upgrades()
+            .await
+    };
+    if let Err(e) = served {
+        tracing::debug!(conn, error = %e, "intercepted connection ended with an error");
+    }
+}

@@ -1,0 +1,36 @@
+//! keyswap: an egress proxy that lets untrusted automation use real APIs while holding only
+//! placeholder tokens.
+//!
+//! The request path reads top to bottom as in DESIGN.md:
+//! [`identify`] → [`target`] → [`intercept`] (or [`tunnel`]) → [`route`] (decide) →
+//! [`swap`] → [`upstream`] → [`scrub`] → [`audit`]. [`forward`] strings the per-request steps
+//! together; [`listener`] accepts connections; [`server`] owns the running proxy.
+//!
+//! Nothing in this crate formats a real secret value: values are exposed only inside
+//! [`swap`] (to write them on the wire) and [`snapshot`] (to build the scrubber).
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod body;
+pub mod cli;
+pub mod decision;
+pub mod error;
+pub mod forward;
+pub mod headers;
+pub mod identify;
+pub mod intercept;
+pub mod listener;
+pub mod replace;
+pub mod route;
+pub mod scrub;
+pub mod server;
+pub mod snapshot;
+pub mod swap;
+pub mod target;
+pub mod tunnel;
+pub mod upstream;
+pub mod websocket;
+
+pub use decision::{Decision, Reason};
+pub use error::ProxyError;
+pub use server::{ProxyHandle, ProxyOptions};

@@ -1,0 +1,323 @@
+//! Streaming find-and-replace over a body, used both to scrub real secret values out of
+//! responses and to swap placeholders into request bodies where a rule opts in.
+//!
+//! A value may be split across two (or more) frames, so the last `longest - 1` bytes of
+//! what has been seen are held back until the next frame shows whether they start a match.
+//! Memory is bounded by the frame size plus that tail, whatever the body's length.
+//!
+//! This module never formats its patterns or replacements: [`Replacer`]'s `Debug` prints
+//! only how many it holds.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+
+/// A fixed set of byte patterns and the replacement for each.
+pub struct Replacer {
+    automaton: Option<AhoCorasick>,
+    replacements: Vec<Bytes>,
+    longest: usize,
+}
+
+impl std::fmt::Debug for Replacer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replacer")
+            .field("patterns", &self.replacements.len())
+            .finish()
+    }
+}
+
+impl Replacer {
+    /// `pairs` are (pattern, replacement). Empty patterns are ignored.
+    pub fn new(pairs: Vec<(Vec<u8>, Bytes)>) -> Result<Self, aho_corasick::BuildError> {
+        let pairs: Vec<_> = pairs.into_iter().filter(|(p, _)| !p.is_empty()).collect();
+        let longest = pairs.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
+        let automaton = if pairs.is_empty() {
+            None
+        } else {
+            Some(
+                AhoCorasickBuilder::new()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(pairs.iter().map(|(p, _)| p.as_slice()))?,
+            )
+        };
+        Ok(Replacer {
+            automaton,
+            replacements: pairs.into_iter().map(|(_, r)| r).collect(),
+            longest,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.automaton.is_none()
+    }
+
+    /// Indexes of the patterns that occur in `haystack`.
+    pub fn find_ids<'h>(&'h self, haystack: &'h [u8]) -> impl Iterator<Item = usize> + 'h {
+        self.automaton
+            .iter()
+            .flat_map(move |ac| ac.find_iter(haystack))
+            .map(|m| m.pattern().as_usize())
+    }
+
+    pub fn contains_any(&self, haystack: &[u8]) -> bool {
+        self.automaton
+            .as_ref()
+            .is_some_and(|ac| ac.is_match(haystack))
+    }
+
+    /// Replaces every match in `haystack`, or returns `None` when there is none.
+    pub fn replace_all(&self, haystack: &[u8]) -> Option<Vec<u8>> {
+        let ac = self.automaton.as_ref()?;
+        let mut out: Option<Vec<u8>> = None;
+        let mut pos = 0;
+        for m in ac.find_iter(haystack) {
+            let id = m.pattern().as_usize();
+            let buf = out.get_or_insert_with(|| Vec::with_capacity(haystack.len()));
+            buf.extend_from_slice(&haystack[pos..m.start()]);
+            buf.extend_from_slice(&self.replacements[id]);
+            pos = m.end();
+        }
+        let mut buf = out?;
+        buf.extend_from_slice(&haystack[pos..]);
+        Some(buf)
+    }
+
+    /// Walks `haystack` as alternating plain runs and replacements.
+    pub fn for_each_segment(&self, haystack: &[u8], mut f: impl FnMut(Segment<'_>)) {
+        let mut pos = 0;
+        if let Some(ac) = self.automaton.as_ref() {
+            for m in ac.find_iter(haystack) {
+                f(Segment::Plain(&haystack[pos..m.start()]));
+                f(Segment::Replacement(
+                    &self.replacements[m.pattern().as_usize()],
+                ));
+                pos = m.end();
+            }
+        }
+        f(Segment::Plain(&haystack[pos..]));
+    }
+
+    /// Replaces matches in every header value. Values stay valid: replacements are
+    /// checked header-safe when the config loads.
+    pub fn replace_in_headers(&self, headers: &mut HeaderMap) {
+        if self.is_empty() {
+            return;
+        }
+        for value in headers.values_mut() {
+            if let Some(replaced) = self.replace_all(value.as_bytes()) {
+                if let Ok(mut new_value) = http::HeaderValue::from_bytes(&replaced) {
+                    new_value.set_sensitive(value.is_sensitive());
+                    *value = new_value;
+                }
+            }
+        }
+    }
+
+    /// Feeds one frame of data. Returns what may be emitted now; keeps in `carry` what
+    /// could be the start of a match completed by a later frame.
+    fn feed(&self, carry: &mut BytesMut, data: Bytes) -> Bytes {
+        let Some(ac) = self.automaton.as_ref() else {
+            return data;
+        };
+        let keep = self.longest - 1;
+        if carry.is_empty() && !ac.is_match(data.as_ref()) {
+            // Fast path: no match in this frame; hold back only its tail.
+            let split = data.len().saturating_sub(keep);
+            carry.extend_from_slice(&data[split..]);
+            return data.slice(..split);
+        }
+        carry.extend_from_slice(&data);
+        let buf = carry.split().freeze();
+        let hold_from = buf.len().saturating_sub(keep);
+        let mut out = BytesMut::with_capacity(buf.len());
+        let mut pos = 0;
+        for m in ac.find_iter(buf.as_ref()) {
+            // A match starting before `hold_from` is complete and is the longest possible
+            // at its start, since any pattern starting there fits in `buf`.
+            if m.start() >= hold_from {
+                break;
+            }
+            out.extend_from_slice(&buf[pos..m.start()]);
+            out.extend_from_slice(&self.replacements[m.pattern().as_usize()]);
+            pos = m.end();
+        }
+        let emit_to = hold_from.max(pos);
+        out.extend_from_slice(&buf[pos..emit_to]);
+        carry.extend_from_slice(&buf[emit_to..]);
+        out.freeze()
+    }
+
+    /// For streams that cannot be rewritten (upgraded connections): returns the bytes that
+    /// are safe to pass on, holding back a tail that could start a match, or `None` as soon
+    /// as any pattern is complete in what has been seen.
+    pub fn guard(&self, carry: &mut BytesMut, data: &[u8]) -> Option<Bytes> {
+        let Some(ac) = self.automaton.as_ref() else {
+            return Some(Bytes::copy_from_slice(data));
+        };
+        carry.extend_from_slice(data);
+        if ac.is_match(carry.as_ref()) {
+            return None;
+        }
+        let emit = carry.len().saturating_sub(self.longest - 1);
+        Some(carry.split_to(emit).freeze())
+    }
+
+    /// Replaces every match in what is left at the end of the body.
+    fn finish(&self, carry: &mut BytesMut) -> Bytes {
+        let rest = carry.split();
+        match self.replace_all(&rest) {
+            Some(replaced) => Bytes::from(replaced),
+            None => rest.freeze(),
+        }
+    }
+}
+
+/// One piece of a haystack walked by [`Replacer::for_each_segment`].
+pub enum Segment<'a> {
+    Plain(&'a [u8]),
+    Replacement(&'a [u8]),
+}
+
+/// A body whose data passes through a [`Replacer`]; trailers are replaced too.
+pub struct ReplacingBody<B> {
+    inner: B,
+    replacer: Arc<Replacer>,
+    carry: BytesMut,
+    pending_trailers: Option<HeaderMap>,
+    done: bool,
+}
+
+impl<B> ReplacingBody<B> {
+    pub fn new(inner: B, replacer: Arc<Replacer>) -> Self {
+        ReplacingBody {
+            inner,
+            replacer,
+            carry: BytesMut::new(),
+            pending_trailers: None,
+            done: false,
+        }
+    }
+}
+
+impl<B> Body for ReplacingBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                if !this.carry.is_empty() {
+                    let tail = this.replacer.finish(&mut this.carry);
+                    return Poll::Ready(Some(Ok(Frame::data(tail))));
+                }
+                return Poll::Ready(this.pending_trailers.take().map(|t| Ok(Frame::trailers(t))));
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => this.done = true,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        let out = this.replacer.feed(&mut this.carry, data);
+                        if !out.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(mut trailers) = frame.into_trailers() {
+                            this.replacer.replace_in_headers(&mut trailers);
+                            this.pending_trailers = Some(trailers);
+                        }
+                        this.done = true;
+                    }
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.carry.is_empty() && self.pending_trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // Replacements may change the length.
+        SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn replacer() -> Arc<Replacer> {
+        Arc::new(
+            Replacer::new(vec![
+                (b"SECRETVALUE".to_vec(), Bytes::from_static(b"<ph-a>")),
+                (b"SECRET".to_vec(), Bytes::from_static(b"<ph-b>")),
+                (b"other-value".to_vec(), Bytes::from_static(b"<ph-c>")),
+            ])
+            .unwrap(),
+        )
+    }
+
+    /// A body that yields the given frames one per poll.
+    struct Frames(std::collections::VecDeque<Bytes>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.get_mut().0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    async fn run(chunks: Vec<&'static [u8]>) -> Vec<u8> {
+        let frames = Frames(chunks.into_iter().map(Bytes::from_static).collect());
+        ReplacingBody::new(frames, replacer())
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec()
+    }
+
+    #[tokio::test]
+    async fn value_split_across_frames_is_replaced() {
+        let out = run(vec![b"x=SECRETVA", b"LUE;y=oth", b"er-value!"]).await;
+        assert_eq!(out, b"x=<ph-a>;y=<ph-c>!");
+    }
+
+    #[tokio::test]
+    async fn every_split_point_is_replaced() {
+        let input: &'static [u8] = b"aaSECRETVALUEbbSECRETcc other-value";
+        for i in 0..input.len() {
+            for j in i..input.len() {
+                let out = run(vec![&input[..i], &input[i..j], &input[j..]]).await;
+                assert_eq!(out, b"aa<ph-a>bb<ph-b>cc <ph-c>", "split at {i},{j}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_without_matches_pass_unchanged() {
+        let out = run(vec![b"hello ", b"SECRE", b"world"]).await;
+        assert_eq!(out, b"hello SECREworld");
+    }
+}
