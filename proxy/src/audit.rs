@@ -162,20 +162,6 @@ fn write_loop(rx: Receiver<Message>, writer: Box<dyn Write + Send>) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_keys_never_include_values() {
-        assert_eq!(
-            query_keys(Some("per_page=10&token=abc&flag&&x=")),
-            vec!["per_page", "token", "flag", "x"]
-        );
-        assert!(query_keys(None).is_empty());
-    }
-}
-
 impl AuditRecord {
     /// The record of a CONNECT itself: refused, tunnelled, or refused at the TLS handshake
     /// (`status` 0 there: no HTTP response was sent).
@@ -210,5 +196,19 @@ impl AuditRecord {
             resp_bytes: 0,
             ms: started.0.elapsed().as_secs_f64() * 1000.0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_keys_never_include_values() {
+        assert_eq!(
+            query_keys(Some("per_page=10&token=abc&flag&&x=")),
+            vec!["per_page", "token", "flag", "x"]
+        );
+        assert!(query_keys(None).is_empty());
     }
 }

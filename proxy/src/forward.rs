@@ -21,7 +21,7 @@ use crate::route::{decide, ConnContext, Refused};
 use crate::scrub::{body_policy, scrub_body, scrub_headers, BodyPolicy};
 use crate::server::Shared;
 use crate::snapshot::Snapshot;
-use crate::swap::{swap_headers, swap_query, NotGranted};
+use crate::swap::{swap_headers, swap_query, HeaderSwap, NotGranted};
 use crate::upstream::{connect_error, ConnectError};
 use crate::websocket;
 
@@ -155,11 +155,12 @@ async fn forward(
             ),
         ))
     };
-    let mut used: BTreeSet<SecretId> = if rule.swap_in.headers {
+    let header_swap = if rule.swap_in.headers {
         swap_headers(&snapshot.placeholders, &mut parts.headers, Some(rule)).map_err(not_granted)?
     } else {
-        BTreeSet::new()
+        HeaderSwap::default()
     };
+    let mut used: BTreeSet<SecretId> = header_swap.used;
     let mut query = parts.uri.query().map(str::to_string);
     if rule.swap_in.query {
         if let Some(q) = query.as_deref() {
@@ -246,6 +247,12 @@ async fn forward(
     })?;
 
     // Scrub.
+    let scrubber = snapshot.scrubber_with(header_swap.encoded).map_err(|_| {
+        refuse_with_rule(Denial::new(
+            Reason::UpstreamError,
+            "keyswap could not prepare the response scrubber",
+        ))
+    })?;
     let mut response = response;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let upstream_upgrade = (switching && upgrade).then(|| hyper::upgrade::on(&mut response));
@@ -260,7 +267,7 @@ async fn forward(
     }
     strip_hop_by_hop(&mut resp_parts.headers, switching && upgrade);
     scrub_headers(
-        &snapshot.scrubber,
+        &scrubber,
         resp_parts.status,
         &mut resp_parts.headers,
         policy,
@@ -293,7 +300,7 @@ async fn forward(
         on_end();
         return Ok(Response::from_parts(resp_parts, empty()));
     }
-    let body = scrub_body(&snapshot.scrubber, policy, resp_body);
+    let body = scrub_body(&scrubber, policy, resp_body);
     let body = Counted::new(body, resp_bytes).on_end(on_end);
     Ok(Response::from_parts(resp_parts, boxed(body)))
 }

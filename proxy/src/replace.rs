@@ -20,6 +20,7 @@ use http_body::{Body, Frame, SizeHint};
 /// A fixed set of byte patterns and the replacement for each.
 pub struct Replacer {
     automaton: Option<AhoCorasick>,
+    patterns: Vec<Vec<u8>>,
     replacements: Vec<Bytes>,
     longest: usize,
 }
@@ -46,9 +47,11 @@ impl Replacer {
                     .build(pairs.iter().map(|(p, _)| p.as_slice()))?,
             )
         };
+        let (patterns, replacements) = pairs.into_iter().unzip();
         Ok(Replacer {
             automaton,
-            replacements: pairs.into_iter().map(|(_, r)| r).collect(),
+            patterns,
+            replacements,
             longest,
         })
     }
@@ -119,27 +122,42 @@ impl Replacer {
         }
     }
 
+    /// Where the tail of `buf` that could still become a match begins: the first position
+    /// from which the rest of `buf` is a proper prefix of some pattern (`buf.len()` if none).
+    /// Only that tail is held back, so small frames (SSE events, WebSocket messages) flow on
+    /// at once unless they end in the first bytes of a secret.
+    fn hold_from(&self, buf: &[u8]) -> usize {
+        let start = buf.len().saturating_sub(self.longest.saturating_sub(1));
+        (start..buf.len())
+            .find(|&i| {
+                let tail = &buf[i..];
+                self.patterns
+                    .iter()
+                    .any(|p| p.len() > tail.len() && p.starts_with(tail))
+            })
+            .unwrap_or(buf.len())
+    }
+
     /// Feeds one frame of data. Returns what may be emitted now; keeps in `carry` what
     /// could be the start of a match completed by a later frame.
     fn feed(&self, carry: &mut BytesMut, data: Bytes) -> Bytes {
         let Some(ac) = self.automaton.as_ref() else {
             return data;
         };
-        let keep = self.longest - 1;
         if carry.is_empty() && !ac.is_match(data.as_ref()) {
-            // Fast path: no match in this frame; hold back only its tail.
-            let split = data.len().saturating_sub(keep);
+            // Fast path: no match in this frame; hold back only a possible start of one.
+            let split = self.hold_from(&data);
             carry.extend_from_slice(&data[split..]);
             return data.slice(..split);
         }
         carry.extend_from_slice(&data);
         let buf = carry.split().freeze();
-        let hold_from = buf.len().saturating_sub(keep);
+        let hold_from = self.hold_from(&buf);
         let mut out = BytesMut::with_capacity(buf.len());
         let mut pos = 0;
         for m in ac.find_iter(buf.as_ref()) {
             // A match starting before `hold_from` is complete and is the longest possible
-            // at its start, since any pattern starting there fits in `buf`.
+            // at its start: no pattern longer than the rest of `buf` begins there.
             if m.start() >= hold_from {
                 break;
             }
@@ -164,7 +182,7 @@ impl Replacer {
         if ac.is_match(carry.as_ref()) {
             return None;
         }
-        let emit = carry.len().saturating_sub(self.longest - 1);
+        let emit = self.hold_from(carry);
         Some(carry.split_to(emit).freeze())
     }
 
@@ -313,6 +331,24 @@ mod tests {
                 assert_eq!(out, b"aa<ph-a>bb<ph-b>cc <ph-c>", "split at {i},{j}");
             }
         }
+    }
+
+    #[test]
+    fn only_a_possible_start_of_a_secret_is_held_back() {
+        let r = replacer();
+        let mut carry = BytesMut::new();
+        let out = r.feed(&mut carry, Bytes::from_static(b"data: hello\n\n"));
+        assert_eq!(&out[..], b"data: hello\n\n");
+        assert!(carry.is_empty());
+        let out = r.feed(&mut carry, Bytes::from_static(b"token SECRETVA"));
+        assert_eq!(&out[..], b"token ");
+        assert_eq!(&carry[..], b"SECRETVA");
+        let mut carry = BytesMut::new();
+        assert_eq!(
+            r.guard(&mut carry, b"short message").as_deref(),
+            Some(&b"short message"[..])
+        );
+        assert!(r.guard(&mut carry, b"xx SECRET").is_none());
     }
 
     #[tokio::test]

@@ -23,6 +23,19 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The scrubber for one response: every real value, plus request-specific encoded forms
+    /// (a swapped `Basic` credential's base64) mapped back to what the agent sent.
+    pub fn scrubber_with(&self, extra: Vec<(Vec<u8>, Bytes)>) -> Result<Arc<Replacer>, ProxyError> {
+        if extra.is_empty() {
+            return Ok(self.scrubber.clone());
+        }
+        let mut pairs = scrub_pairs(&self.config);
+        pairs.extend(extra);
+        Replacer::new(pairs)
+            .map(Arc::new)
+            .map_err(|e| ProxyError::Matcher(e.to_string()))
+    }
+
     pub fn build(
         config: Config,
         provider: Arc<rustls::crypto::CryptoProvider>,
@@ -41,19 +54,7 @@ impl Snapshot {
                 .collect(),
         )
         .map_err(matcher_error)?;
-        let scrubber = Replacer::new(
-            config
-                .secrets
-                .iter()
-                .map(|s| {
-                    (
-                        s.value.expose_secret().as_bytes().to_vec(),
-                        Bytes::copy_from_slice(s.placeholder.as_bytes()),
-                    )
-                })
-                .collect(),
-        )
-        .map_err(matcher_error)?;
+        let scrubber = Replacer::new(scrub_pairs(&config)).map_err(matcher_error)?;
         let upstream = UpstreamClients::build(&config, provider)?;
         Ok(Snapshot {
             config,
@@ -62,4 +63,18 @@ impl Snapshot {
             upstream,
         })
     }
+}
+
+/// Real value → placeholder, for every secret.
+fn scrub_pairs(config: &Config) -> Vec<(Vec<u8>, Bytes)> {
+    config
+        .secrets
+        .iter()
+        .map(|s| {
+            (
+                s.value.expose_secret().as_bytes().to_vec(),
+                Bytes::copy_from_slice(s.placeholder.as_bytes()),
+            )
+        })
+        .collect()
 }

@@ -11,6 +11,7 @@
 use std::collections::BTreeSet;
 
 use base64::Engine;
+use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue};
 use keyswap_config::{Rule, SecretId};
 
@@ -20,26 +21,48 @@ use crate::replace::Replacer;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotGranted(pub Vec<SecretId>);
 
+/// What swapping the headers did.
+#[derive(Default)]
+pub struct HeaderSwap {
+    /// The secrets swapped in.
+    pub used: BTreeSet<SecretId>,
+    /// For each swapped `Basic` credential: (base64 with the real value, base64 the agent
+    /// sent). An upstream that echoes the credential echoes the first; the response scrubber
+    /// turns it back into the second.
+    pub encoded: Vec<(Vec<u8>, Bytes)>,
+}
+
 /// Finds the placeholders in header values (including Basic credentials) and, when the rule
-/// grants all of them, swaps them in place. Returns the secrets swapped.
+/// grants all of them, swaps them in place.
 ///
 /// `placeholders` has pattern `i` = placeholder of `SecretId(i)`, replacement = its real value.
 pub fn swap_headers(
     placeholders: &Replacer,
     headers: &mut HeaderMap,
     rule: Option<&Rule>,
-) -> Result<BTreeSet<SecretId>, NotGranted> {
+) -> Result<HeaderSwap, NotGranted> {
     let found = find_in_headers(placeholders, headers);
     check_granted(&found, rule)?;
-    if found.is_empty() {
-        return Ok(found);
+    let mut swap = HeaderSwap {
+        used: found,
+        encoded: Vec::new(),
+    };
+    if swap.used.is_empty() {
+        return Ok(swap);
     }
     for (name, value) in headers.iter_mut() {
         let bytes = value.as_bytes();
-        let replaced = if name == header::AUTHORIZATION {
-            swap_basic(placeholders, bytes).or_else(|| placeholders.replace_all(bytes))
+        let basic = if name == header::AUTHORIZATION {
+            swap_basic(placeholders, bytes)
         } else {
-            placeholders.replace_all(bytes)
+            None
+        };
+        let replaced = match basic {
+            Some((swapped, real_b64, sent_b64)) => {
+                swap.encoded.push((real_b64, sent_b64));
+                Some(swapped)
+            }
+            None => placeholders.replace_all(bytes),
         };
         if let Some(replaced) = replaced {
             // Real values were checked free of CR, LF and NUL when the config loaded.
@@ -49,7 +72,7 @@ pub fn swap_headers(
             }
         }
     }
-    Ok(found)
+    Ok(swap)
 }
 
 /// Swaps placeholders in a raw query string; real values are percent-encoded so the URI
@@ -130,15 +153,15 @@ fn decode_basic(value: &[u8]) -> Option<Vec<u8>> {
         .ok()
 }
 
-/// `Basic base64(user:PLACEHOLDER)` → `Basic base64(user:REAL)`.
-fn swap_basic(placeholders: &Replacer, value: &[u8]) -> Option<Vec<u8>> {
+/// `Basic base64(user:PLACEHOLDER)` → `Basic base64(user:REAL)`; also returns the new and
+/// the original base64 for the response scrubber.
+fn swap_basic(placeholders: &Replacer, value: &[u8]) -> Option<(Vec<u8>, Vec<u8>, Bytes)> {
     let decoded = decode_basic(value)?;
     let swapped = placeholders.replace_all(&decoded)?;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let real_b64 = engine.encode(swapped).into_bytes();
+    let sent_b64 = Bytes::from(engine.encode(&decoded));
     let mut out = b"Basic ".to_vec();
-    out.extend_from_slice(
-        base64::engine::general_purpose::STANDARD
-            .encode(swapped)
-            .as_bytes(),
-    );
-    Some(out)
+    out.extend_from_slice(&real_b64);
+    Some((out, real_b64, sent_b64))
 }

@@ -1,0 +1,425 @@
+//! The `keyswap` binary as a user runs it: `check` on every bad-config fixture, `ca export`,
+//! and `run` with the real `curl` binary as the agent — including a SIGHUP reload with a bad
+//! config that must keep the running one.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keyswap_tests::harness::{render, test_env_values, ConfigVars, DEFAULT_CONFIG};
+use keyswap_tests::secrets::{assert_no_real_secret, GITHUB_PLACEHOLDER};
+use keyswap_tests::upstream::{Alpn, Upstream, UpstreamOptions};
+
+const KEYSWAP: &str = env!("CARGO_BIN_EXE_keyswap");
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/tests/fixtures/invalid")
+}
+
+fn fixture_env(cmd: &mut Command) -> &mut Command {
+    cmd.env("KEYSWAP_FIXTURE_SECRET", "fixture-real-value-0123456789")
+        .env("KEYSWAP_FIXTURE_TOKEN", "fixture-token-1")
+}
+
+#[test]
+fn check_reports_every_fixture_error_with_location_and_fix() {
+    let mut checked = 0;
+    let mut entries: Vec<_> = std::fs::read_dir(fixtures_dir())
+        .expect("fixtures dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    entries.sort();
+    for path in entries {
+        let expected = std::fs::read_to_string(path.with_extension("expected"))
+            .unwrap_or_else(|_| panic!("{} has no .expected file", path.display()));
+        // Fixture paths (tasks_dir) are relative to the config crate, like its own tests.
+        let output = fixture_env(&mut Command::new(KEYSWAP))
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run keyswap check");
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{}: exit code",
+            path.display()
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        for line in expected.lines().filter(|l| !l.trim().is_empty()) {
+            let line = line.replace("FILE", &path.display().to_string());
+            assert!(
+                stderr.contains(&line),
+                "{}: expected\n  {line}\nin\n{stderr}",
+                path.display()
+            );
+        }
+        assert!(
+            !stderr.contains("fixture-real-value-0123456789"),
+            "a secret value in check output"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 12, "only {checked} fixtures");
+}
+
+#[test]
+fn check_accepts_the_shipped_example_and_prints_a_summary() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples/keyswap.yaml");
+    let output = Command::new(KEYSWAP)
+        .args(["check", "--config"])
+        .arg(&example)
+        .env("GITHUB_TOKEN_REAL", "KSREAL-example-github-value")
+        .env("KEYSWAP_TOKEN_FIX42", "example-task-token")
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .output()
+        .expect("run keyswap check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "example config rejected:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("fix-issue-42"),
+        "summary lists tasks:\n{stdout}"
+    );
+    assert!(stdout.contains("github"), "summary lists secrets by name");
+    assert_no_real_secret("check summary", stdout.as_bytes());
+}
+
+#[test]
+fn ca_export_creates_the_ca_with_a_private_key_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    let out = dir.path().join("exported.pem");
+    let status = Command::new(KEYSWAP)
+        .args(["ca", "export", "--ca-dir"])
+        .arg(&ca_dir)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pem = std::fs::read_to_string(&out).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    let mode = std::fs::metadata(ca_dir.join("ca-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // A second export prints the same CA.
+    let again = Command::new(KEYSWAP)
+        .args(["ca", "export", "--ca-dir"])
+        .arg(&ca_dir)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&again.stdout), pem);
+}
+
+/// A `keyswap run` child process whose stderr is collected line by line.
+struct Running {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    new_line: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(config: &Path, cwd: &Path) -> Running {
+        let mut cmd = Command::new(KEYSWAP);
+        cmd.args(["run", "--config"])
+            .arg(config)
+            .current_dir(cwd)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null());
+        for (k, v) in test_env_values() {
+            cmd.env(k, v);
+        }
+        cmd.env("KEYSWAP_LOG", "debug");
+        let mut child = cmd.spawn().expect("spawn keyswap run");
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, new_line) = mpsc::channel();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        Running {
+            child,
+            lines,
+            new_line,
+        }
+    }
+
+    /// Waits for a stderr line containing `needle` (the proxy says when it is ready).
+    fn wait_for(&self, needle: &str) -> String {
+        loop {
+            match self.new_line.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("keyswap never logged {needle:?}; log:\n{}", self.log()),
+            }
+        }
+    }
+
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    fn hangup(&self) {
+        let status = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn curl(args: &[&str]) -> (String, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl is installed");
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_through_the_binary_swaps_and_reload_keeps_a_good_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_ca =
+        keyswap_certs::CertificateAuthority::generate("cli test upstream CA").unwrap();
+    std::fs::write(dir.path().join("upstream-ca.pem"), upstream_ca.cert_pem()).unwrap();
+    let names = vec![
+        "api.upstream.test".to_string(),
+        "other.upstream.test".to_string(),
+    ];
+    let upstream = Upstream::start(
+        &upstream_ca,
+        UpstreamOptions {
+            names,
+            alpn: Alpn::Both,
+            tls: true,
+        },
+    )
+    .await;
+    let plain = Upstream::plain_http().await;
+    let vars = ConfigVars {
+        dir: dir.path(),
+        https_port: upstream.port(),
+        plain_port: plain.port(),
+        tunnel_port: upstream.port(),
+    };
+    let config_path = dir.path().join("keyswap.yaml");
+    let good = render(DEFAULT_CONFIG, &vars);
+    std::fs::write(&config_path, &good).unwrap();
+
+    let proxy = tokio::task::spawn_blocking({
+        let config_path = config_path.clone();
+        let cwd = dir.path().to_path_buf();
+        move || {
+            let running = Running::start(&config_path, &cwd);
+            let line = running.wait_for("keyswap listening");
+            (running, line)
+        }
+    })
+    .await
+    .unwrap();
+    let (running, line) = proxy;
+    let addr = line
+        .split("addr=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("address in log")
+        .to_string();
+    let proxy_url = format!(
+        "http://agent:{}@{addr}",
+        keyswap_tests::harness::AGENT_TOKEN
+    );
+    let ca = dir.path().join("ca/ca.pem");
+    let ca = ca.to_str().unwrap();
+    let auth = format!("Authorization: Bearer {GITHUB_PLACEHOLDER}");
+    let mut outputs = String::new();
+
+    for http in ["--http1.1", "--http2"] {
+        let (out, err) = tokio::task::spawn_blocking({
+            let (proxy_url, auth, ca) = (proxy_url.clone(), auth.clone(), ca.to_string());
+            move || {
+                curl(&[
+                    http,
+                    "--proxy",
+                    &proxy_url,
+                    "--cacert",
+                    &ca,
+                    "-H",
+                    &auth,
+                    "https://api.upstream.test/echo/curl",
+                ])
+            }
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.contains(GITHUB_PLACEHOLDER),
+            "curl {http} got no scrubbed echo: {err}"
+        );
+        outputs.push_str(&out);
+        outputs.push_str(&err);
+    }
+    let seen = upstream.seen();
+    let swapped = seen
+        .iter()
+        .filter(|r| r.path_and_query == "/echo/curl")
+        .count();
+    assert_eq!(swapped, 2);
+    assert!(
+        seen.iter().all(|r| r
+            .headers
+            .iter()
+            .any(|(n, v)| n == "authorization" && v.starts_with("Bearer KSREAL-"))),
+        "upstream did not get the real token"
+    );
+
+    // Plain HTTP through HTTP_PROXY semantics.
+    let (out, err) = tokio::task::spawn_blocking({
+        let (proxy_url, auth) = (proxy_url.clone(), auth.clone());
+        move || {
+            curl(&[
+                "--proxy",
+                &proxy_url,
+                "-H",
+                &auth,
+                "http://plain.upstream.test/echo/plain",
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(out.contains(GITHUB_PLACEHOLDER), "plain curl: {err}");
+    outputs.push_str(&out);
+
+    // A refusal as curl shows it.
+    let (out, err) = tokio::task::spawn_blocking({
+        let (proxy_url, ca) = (proxy_url.clone(), ca.to_string());
+        move || {
+            curl(&[
+                "-i",
+                "--proxy",
+                &proxy_url,
+                "--cacert",
+                &ca,
+                "https://api.upstream.test/admin",
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.contains("x-keyswap-reason: route_not_allowed"),
+        "refusal: {out} {err}"
+    );
+    outputs.push_str(&out);
+
+    // SIGHUP with a broken config: the running config stays.
+    std::fs::write(
+        &config_path,
+        good.replace("version: 1", "version: 1\nbogus_field: 1"),
+    )
+    .unwrap();
+    running.hangup();
+    running.wait_for("config not reloaded");
+    let (out, _) = tokio::task::spawn_blocking({
+        let (proxy_url, auth, ca) = (proxy_url.clone(), auth.clone(), ca.to_string());
+        move || {
+            curl(&[
+                "--proxy",
+                &proxy_url,
+                "--cacert",
+                &ca,
+                "-H",
+                &auth,
+                "https://api.upstream.test/echo/after-bad-reload",
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.contains(GITHUB_PLACEHOLDER),
+        "old config lost after a bad reload"
+    );
+    outputs.push_str(&out);
+
+    // SIGHUP with a good config that drops the rule: applied.
+    std::fs::write(&config_path, good.replace("\"/echo\", \"/echo/**\", ", "")).unwrap();
+    running.hangup();
+    running.wait_for("config reloaded");
+    let (out, _) = tokio::task::spawn_blocking({
+        let (proxy_url, auth, ca) = (proxy_url.clone(), auth.clone(), ca.to_string());
+        move || {
+            curl(&[
+                "-i",
+                "--proxy",
+                &proxy_url,
+                "--cacert",
+                &ca,
+                "-H",
+                &auth,
+                "https://api.upstream.test/echo/after-good-reload",
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.contains("x-keyswap-reason: route_not_allowed"),
+        "reloaded rule not applied: {out}"
+    );
+    outputs.push_str(&out);
+
+    running_log_check(&running, dir.path(), &outputs);
+}
+
+fn running_log_check(running: &Running, dir: &Path, outputs: &str) {
+    assert_no_real_secret("keyswap stderr", running.log().as_bytes());
+    assert_no_real_secret("curl output", outputs.as_bytes());
+    // The audit log is flushed after every batch; give the writer its turn by waiting for
+    // the last request's record.
+    let audit_path = dir.join("audit.jsonl");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let audit = std::fs::read_to_string(&audit_path).unwrap_or_default();
+        if audit.contains("after-good-reload") {
+            assert_no_real_secret("audit log", audit.as_bytes());
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&audit_path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "audit log mode");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "audit log never got the last record"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

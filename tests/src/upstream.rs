@@ -1,0 +1,631 @@
+//! In-process upstream servers: HTTPS (certificate from a test CA, ALPN as asked) or plain
+//! HTTP on `127.0.0.1:0`, with the routes the suite needs — `/echo`, `/reflect-header`,
+//! `/bytes/N`, `/upload`, `/status/N`, `/redirect`, `/ws` (WebSocket echo) — and a record
+//! of every request that reached the handler ([`Upstream::seen`]).
+//!
+//! This server plays the real API, so it does see and echo real values: that is what lets a
+//! test prove the swap happened. It never logs them, and [`SeenRequest`]'s `Debug` prints
+//! header names only.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto;
+use keyswap_certs::CertificateAuthority;
+use rustls::ServerConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::client::{empty, full, BoxBody};
+use crate::{Spawner, Tasks};
+
+/// Which protocols a TLS endpoint offers (server) or asks for (client) by ALPN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alpn {
+    Http1Only,
+    Http2Only,
+    Both,
+}
+
+impl Alpn {
+    /// ALPN identifiers in preference order.
+    pub fn protocols(self) -> Vec<Vec<u8>> {
+        match self {
+            Alpn::Http1Only => vec![b"http/1.1".to_vec()],
+            Alpn::Http2Only => vec![b"h2".to_vec()],
+            Alpn::Both => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct UpstreamOptions {
+    /// DNS names or IP addresses the server certificate is valid for.
+    pub names: Vec<String>,
+    pub alpn: Alpn,
+    /// `false` serves plain HTTP (the CA is then unused).
+    pub tls: bool,
+}
+
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        UpstreamOptions {
+            names: vec!["localhost".into(), "127.0.0.1".into()],
+            alpn: Alpn::Both,
+            tls: true,
+        }
+    }
+}
+
+/// One request as the upstream received it.
+#[derive(Clone)]
+pub struct SeenRequest {
+    pub method: String,
+    pub path_and_query: String,
+    /// `HTTP/1.1` or `HTTP/2.0`.
+    pub version: String,
+    /// The URI authority (HTTP/2 `:authority`, absolute-form) or else the `Host` header.
+    pub authority: String,
+    /// Lowercase names, values decoded as lossy UTF-8, in received order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl SeenRequest {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl std::fmt::Debug for SeenRequest {
+    /// Header names only: values may be real secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("SeenRequest")
+            .field("method", &self.method)
+            .field("path_and_query", &self.path_and_query)
+            .field("version", &self.version)
+            .field("header_names", &names)
+            .finish()
+    }
+}
+
+/// A running upstream; dropping it stops the server and every connection it serves.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    _tasks: Tasks,
+}
+
+struct State {
+    seen: Mutex<Vec<SeenRequest>>,
+    spawner: Spawner,
+}
+
+impl Upstream {
+    /// Starts a server as `opts` says; it is accepting when this returns.
+    pub async fn start(ca: &CertificateAuthority, opts: UpstreamOptions) -> Upstream {
+        let tls = opts.tls.then(|| server_tls(ca, &opts));
+        Upstream::serve(tls, opts.alpn).await
+    }
+
+    /// HTTPS offering h2 and http/1.1, valid for `localhost`, `127.0.0.1`,
+    /// `api.upstream.test` and `other.upstream.test`.
+    pub async fn https(ca: &CertificateAuthority) -> Upstream {
+        let names = [
+            "localhost",
+            "127.0.0.1",
+            "api.upstream.test",
+            "other.upstream.test",
+        ];
+        let opts = UpstreamOptions {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            ..UpstreamOptions::default()
+        };
+        Upstream::start(ca, opts).await
+    }
+
+    /// Plain HTTP (http/1.1, or h2 with prior knowledge).
+    pub async fn plain_http() -> Upstream {
+        Upstream::serve(None, Alpn::Both).await
+    }
+
+    async fn serve(tls: Option<TlsAcceptor>, alpn: Alpn) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream address");
+        let tasks = Tasks::new();
+        let state = Arc::new(State {
+            seen: Mutex::new(Vec::new()),
+            spawner: tasks.spawner(),
+        });
+        tasks.spawn(accept_loop(listener, tls, alpn, state.clone()));
+        Upstream {
+            addr,
+            state,
+            _tasks: tasks,
+        }
+    }
+
+    /// Every request that reached the handler, in order.
+    pub fn seen(&self) -> Vec<SeenRequest> {
+        self.state
+            .seen
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn seen_count(&self) -> usize {
+        self.state.seen.lock().map(|s| s.len()).unwrap_or_default()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+fn server_tls(ca: &CertificateAuthority, opts: &UpstreamOptions) -> TlsAcceptor {
+    let names: Vec<&str> = opts.names.iter().map(String::as_str).collect();
+    let (chain, key) = ca
+        .issue_server_cert(&names)
+        .expect("issue upstream certificate");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("upstream certificate");
+    config.alpn_protocols = opts.alpn.protocols();
+    TlsAcceptor::from(Arc::new(config))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    alpn: Alpn,
+    state: Arc<State>,
+) {
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(_) => {
+                tokio::task::yield_now().await;
+                continue;
+            }
+        };
+        let (tls, state) = (tls.clone(), state.clone());
+        state
+            .spawner
+            .clone()
+            .spawn(serve_tcp(tcp, tls, alpn, state));
+    }
+}
+
+async fn serve_tcp(tcp: TcpStream, tls: Option<TlsAcceptor>, alpn: Alpn, state: Arc<State>) {
+    let _ = tcp.set_nodelay(true);
+    match tls {
+        Some(acceptor) => {
+            if let Ok(stream) = acceptor.accept(tcp).await {
+                serve_io(TokioIo::new(stream), alpn, state).await;
+            }
+        }
+        None => serve_io(TokioIo::new(tcp), alpn, state).await,
+    }
+}
+
+async fn serve_io<I>(io: I, alpn: Alpn, state: Arc<State>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(state.spawner.clone());
+    builder = match alpn {
+        Alpn::Http1Only => builder.http1_only(),
+        Alpn::Http2Only => builder.http2_only(),
+        Alpn::Both => builder,
+    };
+    // Large streams through two TLS legs: let h2 grow its windows instead of 64 KiB steps.
+    builder.http2().adaptive_window(true);
+    let service = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(req, state).await) }
+    });
+    let _ = builder.serve_connection_with_upgrades(io, service).await;
+}
+
+async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<BoxBody> {
+    if let Ok(mut seen) = state.seen.lock() {
+        seen.push(seen_request(&req));
+    }
+    let path = req.uri().path().to_string();
+    if path == "/echo" || path.starts_with("/echo/") {
+        echo(&req)
+    } else if path == "/reflect-header" {
+        reflect_header(&req)
+    } else if let Some(n) = path.strip_prefix("/bytes/") {
+        bytes(n)
+    } else if path == "/upload" {
+        upload(req).await
+    } else if let Some(n) = path.strip_prefix("/status/") {
+        status(n)
+    } else if path == "/redirect" {
+        redirect(&req)
+    } else if path == "/ws" {
+        websocket(req, &state.spawner)
+    } else {
+        text(StatusCode::NOT_FOUND, "not found\n")
+    }
+}
+
+fn seen_request(req: &Request<Incoming>) -> SeenRequest {
+    SeenRequest {
+        method: req.method().to_string(),
+        path_and_query: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        version: format!("{:?}", req.version()),
+        authority: authority(req),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), lossy(v)))
+            .collect(),
+    }
+}
+
+fn authority(req: &Request<Incoming>) -> String {
+    match req.uri().authority() {
+        Some(a) => a.to_string(),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .map(lossy)
+            .unwrap_or_default(),
+    }
+}
+
+fn echo(req: &Request<Incoming>) -> Response<BoxBody> {
+    let body = serde_json::json!({
+        "method": req.method().as_str(),
+        "path": req.uri().path(),
+        "query": req.uri().query(),
+        "version": format!("{:?}", req.version()),
+        "authority": authority(req),
+        "headers": headers_json(req.headers()),
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(body.to_string()))
+        .expect("echo response")
+}
+
+fn headers_json(headers: &HeaderMap) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for name in headers.keys() {
+        let values: Vec<serde_json::Value> = headers
+            .get_all(name)
+            .iter()
+            .map(|v| lossy(v).into())
+            .collect();
+        let value = match <[_; 1]>::try_from(values) {
+            Ok([one]) => one,
+            Err(many) => many.into(),
+        };
+        map.insert(name.as_str().to_string(), value);
+    }
+    map.into()
+}
+
+/// Sends the header's value back in `x-reflected`, `set-cookie` and a body whose two frames
+/// split the value in half, so a scrubber must match across frames.
+fn reflect_header(req: &Request<Incoming>) -> Response<BoxBody> {
+    let name = query_param(req.uri().query(), "name").unwrap_or_default();
+    let Some(value) = req.headers().get(name.as_str()) else {
+        return text(StatusCode::BAD_REQUEST, "no such request header\n");
+    };
+    let value = value.as_bytes();
+    let (first, second) = value.split_at(value.len() / 2);
+    let cookie = [b"s=".as_slice(), value].concat();
+    let frames = vec![
+        Bytes::from([b"reflected=".as_slice(), first].concat()),
+        Bytes::from([second, b"\n".as_slice()].concat()),
+    ];
+    let reflected = HeaderValue::from_bytes(value);
+    let cookie = HeaderValue::from_bytes(&cookie);
+    let (Ok(reflected), Ok(cookie)) = (reflected, cookie) else {
+        return text(StatusCode::BAD_REQUEST, "value not reflectable\n");
+    };
+    Response::builder()
+        .header("x-reflected", reflected)
+        .header(header::SET_COOKIE, cookie)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(PacedFrames::new(frames).boxed())
+        .expect("reflect response")
+}
+
+const MAX_BYTES: u64 = 2 << 30;
+
+fn bytes(n: &str) -> Response<BoxBody> {
+    match n.parse::<u64>() {
+        Ok(len) if len <= MAX_BYTES => Response::builder()
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, len)
+            .body(PatternBody::new(len).boxed())
+            .expect("bytes response"),
+        _ => text(
+            StatusCode::BAD_REQUEST,
+            "bytes: want a length up to 2 GiB\n",
+        ),
+    }
+}
+
+async fn upload(req: Request<Incoming>) -> Response<BoxBody> {
+    let mut body = req.into_body();
+    let (mut count, mut state) = (0u64, CHECKSUM_INIT);
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return text(StatusCode::BAD_REQUEST, "upload: body failed\n");
+        };
+        if let Some(data) = frame.data_ref() {
+            count += data.len() as u64;
+            state = checksum(data, state);
+        }
+    }
+    let summary = serde_json::json!({ "bytes": count, "checksum": state });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(summary.to_string()))
+        .expect("upload response")
+}
+
+fn status(n: &str) -> Response<BoxBody> {
+    let code = n.parse::<u16>().ok().filter(|c| (200..=599).contains(c));
+    let Some(code) = code.and_then(|c| StatusCode::from_u16(c).ok()) else {
+        return text(StatusCode::BAD_REQUEST, "status: want 200..=599\n");
+    };
+    let body = match code {
+        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED => empty(),
+        _ => full(format!("status {}\n", code.as_u16())),
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = code;
+    resp
+}
+
+fn redirect(req: &Request<Incoming>) -> Response<BoxBody> {
+    let to = query_param(req.uri().query(), "to").map(|t| HeaderValue::from_str(&t));
+    let Some(Ok(location)) = to else {
+        return text(StatusCode::BAD_REQUEST, "redirect: want ?to=URL\n");
+    };
+    Response::builder()
+        .status(StatusCode::FOUND)
+        .header(header::LOCATION, location)
+        .body(full("redirecting\n"))
+        .expect("redirect response")
+}
+
+/// Answers a valid HTTP/1.1 WebSocket upgrade with 101, then echoes text and binary
+/// messages. With `?announce=authorization` the first message is
+/// `authorization=<the handshake's Authorization header>`: through keyswap that sends a real
+/// value back, which the proxy must stop (it cuts the connection), so it is opt-in.
+fn websocket(mut req: Request<Incoming>, spawner: &Spawner) -> Response<BoxBody> {
+    let headers = req.headers();
+    let has = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            lossy(v)
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case(token))
+        })
+    };
+    let valid = req.method() == Method::GET
+        && req.version() == Version::HTTP_11
+        && has(header::UPGRADE, "websocket")
+        && has(header::CONNECTION, "upgrade")
+        && has(header::SEC_WEBSOCKET_VERSION, "13");
+    let key = headers.get(header::SEC_WEBSOCKET_KEY);
+    let (true, Some(key)) = (valid, key) else {
+        return text(StatusCode::BAD_REQUEST, "not a WebSocket upgrade\n");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let announce = query_param(req.uri().query(), "announce").as_deref() == Some("authorization");
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(lossy)
+        .unwrap_or_default();
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    spawner.spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let io = TokioIo::new(upgraded);
+        let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        let first = Message::Text(format!("authorization={authorization}").into());
+        if announce && ws.send(first).await.is_err() {
+            return;
+        }
+        while let Some(Ok(msg)) = ws.next().await {
+            let reply = match msg {
+                Message::Text(_) | Message::Binary(_) => msg,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if ws.send(reply).await.is_err() {
+                break;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(empty())
+        .expect("101 response")
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<BoxBody> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+fn lossy(v: &HeaderValue) -> String {
+    String::from_utf8_lossy(v.as_bytes()).into_owned()
+}
+
+/// The percent-decoded value of `name` in a query string.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    let value = query?
+        .split('&')
+        .find_map(|pair| pair.split_once('=').filter(|(k, _)| *k == name))?
+        .1;
+    let (mut out, mut bytes) = (Vec::new(), value.as_bytes().iter());
+    while let Some(&b) = bytes.next() {
+        let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+        match b {
+            b'%' => {
+                let rest = bytes.as_slice();
+                match (hex(rest.first()), hex(rest.get(1))) {
+                    (Some(hi), Some(lo)) => {
+                        out.push((hi * 16 + lo) as u8);
+                        bytes.nth(1);
+                    }
+                    _ => out.push(b),
+                }
+            }
+            _ => out.push(b),
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// FNV-1a 64 offset basis: the state before any byte.
+pub const CHECKSUM_INIT: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Folds `data` into a FNV-1a 64 `state`; chunk boundaries do not change the result.
+pub fn checksum(data: &[u8], state: u64) -> u64 {
+    data.iter().fold(state, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+const PERIOD: u64 = 251;
+/// Frame size of streamed pattern bodies.
+pub const FRAME: usize = 64 * 1024;
+
+/// `len` bytes of the test pattern starting at `offset`: byte i is `(i % 251) as u8`.
+pub fn pattern(offset: u64, len: usize) -> Vec<u8> {
+    (0..len as u64)
+        .map(|i| ((offset + i) % PERIOD) as u8)
+        .collect()
+}
+
+/// `len` pattern bytes in [`FRAME`]-sized frames, each a slice of one shared buffer: no
+/// allocation per frame and never the whole body in memory.
+pub(crate) struct PatternBody {
+    offset: u64,
+    remaining: u64,
+    period: Bytes,
+}
+
+impl PatternBody {
+    pub(crate) fn new(len: u64) -> PatternBody {
+        PatternBody {
+            offset: 0,
+            remaining: len,
+            period: Bytes::from(pattern(0, FRAME + PERIOD as usize)),
+        }
+    }
+}
+
+impl http_body::Body for PatternBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        if this.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = this.remaining.min(FRAME as u64);
+        let start = (this.offset % PERIOD) as usize;
+        let chunk = this.period.slice(start..start + n as usize);
+        this.offset += n;
+        this.remaining -= n;
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// Frames with a pause (one `Pending`, immediately re-woken) between them, so hyper flushes
+/// each frame on its own: separate chunks in HTTP/1.1, separate DATA frames in h2.
+struct PacedFrames {
+    frames: VecDeque<Bytes>,
+    pause: bool,
+}
+
+impl PacedFrames {
+    fn new(frames: Vec<Bytes>) -> PacedFrames {
+        PacedFrames {
+            frames: frames.into(),
+            pause: false,
+        }
+    }
+}
+
+impl http_body::Body for PacedFrames {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        if this.pause && !this.frames.is_empty() {
+            this.pause = false;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        this.pause = true;
+        Poll::Ready(this.frames.pop_front().map(|f| Ok(Frame::data(f))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty()
+    }
+}
