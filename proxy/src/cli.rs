@@ -224,6 +224,9 @@ fn ca_export(config: &Path, ca_dir: Option<PathBuf>, out: Option<&Path>) -> anyh
 fn run(path: &Path) -> anyhow::Result<()> {
     let config = keyswap_config::load(path)
         .map_err(|e| anyhow::anyhow!("{} is not valid:\n{e}", path.display()))?;
+    for warning in &config.warnings {
+        tracing::warn!(%warning, "config");
+    }
     let ca = CertificateAuthority::load_or_create(&config.ca_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

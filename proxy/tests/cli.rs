@@ -192,6 +192,17 @@ impl Drop for Running {
     }
 }
 
+/// Runs curl off the async runtime's threads.
+async fn curl_async(args: &[&str]) -> (String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl(&args)
+    })
+    .await
+    .expect("curl task")
+}
+
 fn curl(args: &[&str]) -> (String, String) {
     let output = Command::new("curl")
         .args(["-sS", "--max-time", "20"])
@@ -262,23 +273,17 @@ async fn curl_through_the_binary_swaps_and_reload_keeps_a_good_config() {
     let mut outputs = String::new();
 
     for http in ["--http1.1", "--http2"] {
-        let (out, err) = tokio::task::spawn_blocking({
-            let (proxy_url, auth, ca) = (proxy_url.clone(), auth.clone(), ca.to_string());
-            move || {
-                curl(&[
-                    http,
-                    "--proxy",
-                    &proxy_url,
-                    "--cacert",
-                    &ca,
-                    "-H",
-                    &auth,
-                    "https://api.upstream.test/echo/curl",
-                ])
-            }
-        })
-        .await
-        .unwrap();
+        let (out, err) = curl_async(&[
+            http,
+            "--proxy",
+            &proxy_url,
+            "--cacert",
+            ca,
+            "-H",
+            &auth,
+            "https://api.upstream.test/echo/curl",
+        ])
+        .await;
         assert!(
             out.contains(GITHUB_PLACEHOLDER),
             "curl {http} got no scrubbed echo: {err}"
@@ -301,39 +306,27 @@ async fn curl_through_the_binary_swaps_and_reload_keeps_a_good_config() {
     );
 
     // Plain HTTP through HTTP_PROXY semantics.
-    let (out, err) = tokio::task::spawn_blocking({
-        let (proxy_url, auth) = (proxy_url.clone(), auth.clone());
-        move || {
-            curl(&[
-                "--proxy",
-                &proxy_url,
-                "-H",
-                &auth,
-                "http://plain.upstream.test/echo/plain",
-            ])
-        }
-    })
-    .await
-    .unwrap();
+    let (out, err) = curl_async(&[
+        "--proxy",
+        &proxy_url,
+        "-H",
+        &auth,
+        "http://plain.upstream.test/echo/plain",
+    ])
+    .await;
     assert!(out.contains(GITHUB_PLACEHOLDER), "plain curl: {err}");
     outputs.push_str(&out);
 
     // A refusal as curl shows it.
-    let (out, err) = tokio::task::spawn_blocking({
-        let (proxy_url, ca) = (proxy_url.clone(), ca.to_string());
-        move || {
-            curl(&[
-                "-i",
-                "--proxy",
-                &proxy_url,
-                "--cacert",
-                &ca,
-                "https://api.upstream.test/admin",
-            ])
-        }
-    })
-    .await
-    .unwrap();
+    let (out, err) = curl_async(&[
+        "-i",
+        "--proxy",
+        &proxy_url,
+        "--cacert",
+        ca,
+        "https://api.upstream.test/admin",
+    ])
+    .await;
     assert!(
         out.contains("x-keyswap-reason: route_not_allowed"),
         "refusal: {out} {err}"
@@ -348,22 +341,16 @@ async fn curl_through_the_binary_swaps_and_reload_keeps_a_good_config() {
     .unwrap();
     running.hangup();
     running.wait_for("config not reloaded");
-    let (out, _) = tokio::task::spawn_blocking({
-        let (proxy_url, auth, ca) = (proxy_url.clone(), auth.clone(), ca.to_string());
-        move || {
-            curl(&[
-                "--proxy",
-                &proxy_url,
-                "--cacert",
-                &ca,
-                "-H",
-                &auth,
-                "https://api.upstream.test/echo/after-bad-reload",
-            ])
-        }
-    })
-    .await
-    .unwrap();
+    let (out, _) = curl_async(&[
+        "--proxy",
+        &proxy_url,
+        "--cacert",
+        ca,
+        "-H",
+        &auth,
+        "https://api.upstream.test/echo/after-bad-reload",
+    ])
+    .await;
     assert!(
         out.contains(GITHUB_PLACEHOLDER),
         "old config lost after a bad reload"
@@ -374,23 +361,17 @@ async fn curl_through_the_binary_swaps_and_reload_keeps_a_good_config() {
     std::fs::write(&config_path, good.replace("\"/echo\", \"/echo/**\", ", "")).unwrap();
     running.hangup();
     running.wait_for("config reloaded");
-    let (out, _) = tokio::task::spawn_blocking({
-        let (proxy_url, auth, ca) = (proxy_url.clone(), auth.clone(), ca.to_string());
-        move || {
-            curl(&[
-                "-i",
-                "--proxy",
-                &proxy_url,
-                "--cacert",
-                &ca,
-                "-H",
-                &auth,
-                "https://api.upstream.test/echo/after-good-reload",
-            ])
-        }
-    })
-    .await
-    .unwrap();
+    let (out, _) = curl_async(&[
+        "-i",
+        "--proxy",
+        &proxy_url,
+        "--cacert",
+        ca,
+        "-H",
+        &auth,
+        "https://api.upstream.test/echo/after-good-reload",
+    ])
+    .await;
     assert!(
         out.contains("x-keyswap-reason: route_not_allowed"),
         "reloaded rule not applied: {out}"

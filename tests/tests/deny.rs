@@ -226,3 +226,27 @@ async fn upstream_failure_is_502_upstream_error() {
     );
     env.assert_no_leaks();
 }
+
+#[tokio::test]
+async fn ip_literals_in_non_canonical_notation_are_refused() {
+    let env = TestEnv::start().await;
+    for target in [
+        "2130706433:443",
+        "127.1:443",
+        "0x7f.0.0.1:443",
+        "0177.0.0.1:443",
+    ] {
+        let opts = env.agent(target, Alpn::Both);
+        let (status, reason, _) = refused(&env, &opts).await;
+        assert_eq!(
+            (status, reason.as_deref()),
+            (400, Some("bad_request")),
+            "{target}"
+        );
+    }
+    // The canonical form is decided by the allowlist like any host.
+    let opts = env.agent("127.0.0.1:443", Alpn::Both);
+    let (status, reason, _) = refused(&env, &opts).await;
+    assert_eq!((status, reason.as_deref()), (403, Some("host_not_allowed")));
+    env.assert_no_leaks();
+}
