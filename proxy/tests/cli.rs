@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use keyswap_tests::harness::{render, test_env_values, ConfigVars, DEFAULT_CONFIG};
 use keyswap_tests::secrets::{assert_no_real_secret, GITHUB_PLACEHOLDER};
-use keyswap_tests::upstream::{Alpn, Upstream, UpstreamOptions};
+use keyswap_tests::upstream::{Upstream, UpstreamOptions};
 
 const KEYSWAP: &str = env!("CARGO_BIN_EXE_keyswap");
 
@@ -229,8 +229,7 @@ async fn curl_through_the_binary_swaps_and_reload_keeps_a_good_config() {
         &upstream_ca,
         UpstreamOptions {
             names,
-            alpn: Alpn::Both,
-            tls: true,
+            ..UpstreamOptions::default()
         },
     )
     .await;

@@ -182,7 +182,7 @@ impl TestEnv {
                     OTHER_HOST.into(),
                 ],
                 alpn,
-                tls: true,
+                ..UpstreamOptions::default()
             },
         )
         .await;
@@ -190,8 +190,7 @@ impl TestEnv {
             &upstream_ca,
             UpstreamOptions {
                 names: vec![TUNNEL_HOST.into()],
-                alpn: Alpn::Both,
-                tls: true,
+                ..UpstreamOptions::default()
             },
         )
         .await;

@@ -1,6 +1,6 @@
 //! In-process upstream servers: HTTPS (certificate from a test CA, ALPN as asked) or plain
 //! HTTP on `127.0.0.1:0`, with the routes the suite needs — `/echo`, `/reflect-header`,
-//! `/bytes/N`, `/upload`, `/status/N`, `/redirect`, `/ws` (WebSocket echo) — and a record
+//! `/bytes/N`, `/upload`, `/discard`, `/status/N`, `/redirect`, `/ws` (WebSocket echo) — and a record
 //! of every request that reached the handler ([`Upstream::seen`]).
 //!
 //! This server plays the real API, so it does see and echo real values: that is what lets a
@@ -60,6 +60,12 @@ pub struct UpstreamOptions {
     pub alpn: Alpn,
     /// `false` serves plain HTTP (the CA is then unused).
     pub tls: bool,
+    /// Keep every request in [`Upstream::seen`]. The bench turns this off: millions of
+    /// requests would otherwise grow the list without bound.
+    pub record: bool,
+    /// Answer 401 to any request whose `Authorization` is not exactly this: the bench's proof
+    /// that every request through a proxy carried the swapped value.
+    pub require_authorization: Option<HeaderValue>,
 }
 
 impl Default for UpstreamOptions {
@@ -68,6 +74,8 @@ impl Default for UpstreamOptions {
             names: vec!["localhost".into(), "127.0.0.1".into()],
             alpn: Alpn::Both,
             tls: true,
+            record: true,
+            require_authorization: None,
         }
     }
 }
@@ -117,6 +125,8 @@ pub struct Upstream {
 
 struct State {
     seen: Mutex<Vec<SeenRequest>>,
+    record: bool,
+    require_authorization: Option<HeaderValue>,
     spawner: Spawner,
 }
 
@@ -124,7 +134,7 @@ impl Upstream {
     /// Starts a server as `opts` says; it is accepting when this returns.
     pub async fn start(ca: &CertificateAuthority, opts: UpstreamOptions) -> Upstream {
         let tls = opts.tls.then(|| server_tls(ca, &opts));
-        Upstream::serve(tls, opts.alpn).await
+        Upstream::serve(tls, opts).await
     }
 
     /// HTTPS offering h2 and http/1.1, valid for `localhost`, `127.0.0.1`,
@@ -145,10 +155,14 @@ impl Upstream {
 
     /// Plain HTTP (http/1.1, or h2 with prior knowledge).
     pub async fn plain_http() -> Upstream {
-        Upstream::serve(None, Alpn::Both).await
+        let opts = UpstreamOptions {
+            tls: false,
+            ..UpstreamOptions::default()
+        };
+        Upstream::serve(None, opts).await
     }
 
-    async fn serve(tls: Option<TlsAcceptor>, alpn: Alpn) -> Upstream {
+    async fn serve(tls: Option<TlsAcceptor>, opts: UpstreamOptions) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
@@ -156,9 +170,11 @@ impl Upstream {
         let tasks = Tasks::new();
         let state = Arc::new(State {
             seen: Mutex::new(Vec::new()),
+            record: opts.record,
+            require_authorization: opts.require_authorization,
             spawner: tasks.spawner(),
         });
-        tasks.spawn(accept_loop(listener, tls, alpn, state.clone()));
+        tasks.spawn(accept_loop(listener, tls, opts.alpn, state.clone()));
         Upstream {
             addr,
             state,
@@ -254,8 +270,18 @@ where
 }
 
 async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<BoxBody> {
-    if let Ok(mut seen) = state.seen.lock() {
-        seen.push(seen_request(&req));
+    if state.record {
+        if let Ok(mut seen) = state.seen.lock() {
+            seen.push(seen_request(&req));
+        }
+    }
+    if let Some(required) = &state.require_authorization {
+        if req.headers().get(header::AUTHORIZATION) != Some(required) {
+            return text(
+                StatusCode::UNAUTHORIZED,
+                "authorization is not the real value\n",
+            );
+        }
     }
     let path = req.uri().path().to_string();
     if path == "/echo" || path.starts_with("/echo/") {
@@ -266,6 +292,8 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<BoxBody> 
         bytes(n)
     } else if path == "/upload" {
         upload(req).await
+    } else if path == "/discard" {
+        discard(req).await
     } else if let Some(n) = path.strip_prefix("/status/") {
         status(n)
     } else if path == "/redirect" {
@@ -398,6 +426,25 @@ async fn upload(req: Request<Incoming>) -> Response<BoxBody> {
         .header(header::CONTENT_TYPE, "application/json")
         .body(full(summary.to_string()))
         .expect("upload response")
+}
+
+/// Reads the body and answers with its length only: an upload sink that costs the server as
+/// little as possible (the bench), where `/upload` also checksums every byte.
+async fn discard(req: Request<Incoming>) -> Response<BoxBody> {
+    let mut body = req.into_body();
+    let mut count = 0u64;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return text(StatusCode::BAD_REQUEST, "discard: body failed\n");
+        };
+        if let Some(data) = frame.data_ref() {
+            count += data.len() as u64;
+        }
+    }
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(full(format!("{count}\n")))
+        .expect("discard response")
 }
 
 fn status(n: &str) -> Response<BoxBody> {
