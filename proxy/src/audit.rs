@@ -2,13 +2,14 @@
 //!
 //! Records are built from the [`crate::Decision`] and the exchange's counters; they hold
 //! secret *names*, query *keys* and never a value. Writing happens on a dedicated thread so
-//! the request path never waits on the disk; the file is created with mode 0600.
+//! the request path never waits on the disk (see [`AuditSink`]); the file is created with
+//! mode 0600.
 
 use std::fs::OpenOptions;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::SystemTime;
 
 use keyswap_config::AuditLog;
@@ -16,8 +17,11 @@ use serde::Serialize;
 
 use crate::error::ProxyError;
 
-/// How many records may wait for the writer before new ones are counted as dropped.
-const QUEUE: usize = 65_536;
+/// How many bytes of records may wait for the writer before new ones are counted as dropped
+/// (a disk that stopped answering must not grow keyswap's memory without bound).
+const MAX_PENDING_BYTES: usize = 64 << 20;
+/// How long the writer lets records gather between writes: the most a record waits.
+const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditRecord {
@@ -64,14 +68,31 @@ pub fn query_keys(query: Option<&str>) -> Vec<String> {
         .collect()
 }
 
-enum Message {
-    Record(Box<AuditRecord>),
-    Flush(std::sync::mpsc::Sender<()>),
+/// Serialised records waiting for the writer, and how far writing has got.
+struct Pending {
+    lines: Vec<u8>,
+    /// Records appended so far, ever.
+    appended: u64,
+    /// Records written and flushed so far, ever.
+    written: u64,
+    /// Someone waits in [`AuditSink::flush_blocking`]: write now instead of after the pause.
+    flush_requested: bool,
 }
 
-/// Where audit records go. Cheap to call from any task; never blocks.
+struct Queue {
+    pending: Mutex<Pending>,
+    /// Wakes the writer early (a flush request) and wakes flush waiters (a write done).
+    changed: Condvar,
+}
+
+/// Where audit records go. Cheap to call from any task; never blocks on the disk.
+///
+/// The request path serialises its record into a shared buffer (a few microseconds, under a
+/// lock held only for that) and returns; a dedicated thread writes the buffer out every
+/// [`BATCH_PAUSE`]. So a busy proxy makes one write per batch, not one wake-up, context
+/// switch and write per request, and the writer's turn on the CPU is one short `write`.
 pub struct AuditSink {
-    tx: SyncSender<Message>,
+    queue: Arc<Queue>,
     dropped: AtomicU64,
 }
 
@@ -99,37 +120,60 @@ impl AuditSink {
                 Box::new(file)
             }
         };
-        let (tx, rx) = sync_channel(QUEUE);
+        let queue = Arc::new(Queue {
+            pending: Mutex::new(Pending {
+                lines: Vec::new(),
+                appended: 0,
+                written: 0,
+                flush_requested: false,
+            }),
+            changed: Condvar::new(),
+        });
+        let writer_queue = queue.clone();
         std::thread::Builder::new()
             .name("keyswap-audit".into())
-            .spawn(move || write_loop(rx, writer))
+            .spawn(move || write_loop(&writer_queue, writer))
             .map_err(|source| ProxyError::Io {
                 what: "audit writer thread".into(),
                 source,
             })?;
         Ok(AuditSink {
-            tx,
+            queue,
             dropped: AtomicU64::new(0),
         })
     }
 
     pub fn record(&self, record: AuditRecord) {
-        match self.tx.try_send(Message::Record(Box::new(record))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if dropped.is_power_of_two() {
-                    tracing::error!(dropped, "audit queue full: records dropped");
-                }
+        let Ok(mut pending) = self.queue.pending.lock() else {
+            return;
+        };
+        if pending.lines.len() >= MAX_PENDING_BYTES {
+            drop(pending);
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::error!(dropped, "audit log is not keeping up: records dropped");
             }
+            return;
+        }
+        if serde_json::to_writer(&mut pending.lines, &record).is_ok() {
+            pending.lines.push(b'\n');
+            pending.appended += 1;
         }
     }
 
     /// Waits (blocking) until every record queued before this call is written and flushed.
     pub fn flush_blocking(&self) {
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        if self.tx.send(Message::Flush(done_tx)).is_ok() {
-            let _ = done_rx.recv();
+        let Ok(mut pending) = self.queue.pending.lock() else {
+            return;
+        };
+        let target = pending.appended;
+        pending.flush_requested = true;
+        self.queue.changed.notify_all();
+        while pending.written < target {
+            pending = match self.queue.changed.wait(pending) {
+                Ok(pending) => pending,
+                Err(_) => return,
+            };
         }
     }
 
@@ -138,27 +182,32 @@ impl AuditSink {
     }
 }
 
-fn write_loop(rx: Receiver<Message>, writer: Box<dyn Write + Send>) {
-    let mut out = BufWriter::new(writer);
-    let handle = |message: Message, out: &mut BufWriter<Box<dyn Write + Send>>| match message {
-        Message::Record(record) => {
-            if serde_json::to_writer(&mut *out, &record).is_ok() {
-                let _ = out.write_all(b"\n");
+fn write_loop(queue: &Queue, mut out: Box<dyn Write + Send>) {
+    let mut batch = Vec::new();
+    loop {
+        let Ok(mut pending) = queue.pending.lock() else {
+            return;
+        };
+        if !pending.flush_requested {
+            pending = match queue.changed.wait_timeout(pending, BATCH_PAUSE) {
+                Ok((pending, _)) => pending,
+                Err(_) => return,
+            };
+        }
+        pending.flush_requested = false;
+        std::mem::swap(&mut batch, &mut pending.lines);
+        let upto = pending.appended;
+        drop(pending);
+        if !batch.is_empty() {
+            if let Err(e) = out.write_all(&batch).and_then(|()| out.flush()) {
+                tracing::error!(error = %e, "could not write the audit log");
             }
+            batch.clear();
         }
-        Message::Flush(done) => {
-            let _ = out.flush();
-            let _ = done.send(());
+        if let Ok(mut pending) = queue.pending.lock() {
+            pending.written = upto;
         }
-    };
-    while let Ok(message) = rx.recv() {
-        handle(message, &mut out);
-        while let Ok(more) = rx.try_recv() {
-            handle(more, &mut out);
-        }
-        if let Err(e) = out.flush() {
-            tracing::error!(error = %e, "could not write the audit log");
-        }
+        queue.changed.notify_all();
     }
 }
 
