@@ -1,0 +1,367 @@
+//! `bench`: measures keyswap side by side with a direct connection, hudsucker and mitmproxy in
+//! one run, and reports ratios.
+//!
+//! ```text
+//! cargo run --release -p keyswap-tests --bin bench -- [--quick] [--out results.json]
+//! ```
+//!
+//! The load generator and the upstream share CPU 0; each proxy runs in its own process pinned
+//! to CPU 1 (where the machine has two CPUs and `taskset`), so each proxy's CPU time and memory
+//! are read from `/proc`. Every request through a proxy carries the placeholder and the
+//! upstream answers 401 unless it received the real value, so a swap happens on every request.
+
+mod load;
+mod peer;
+mod procfs;
+mod report;
+mod scenarios;
+mod setup;
+
+#[cfg(feature = "hudsucker")]
+mod hudsucker_peer;
+mod mitmproxy_peer;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use base64::Engine;
+use clap::{Parser, Subcommand};
+use http::HeaderValue;
+
+use crate::load::{Endpoint, Route};
+use crate::peer::Spawned;
+use crate::report::{Report, Row, RowJson, COLUMNS, DIRECT, KEYSWAP};
+use crate::scenarios::{Contender, Plan};
+use crate::setup::{World, SECRET_ENV, TASK};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bench",
+    about = "keyswap against direct, hudsucker and mitmproxy"
+)]
+struct Args {
+    #[command(subcommand)]
+    serve: Option<Serve>,
+    /// Short runs (smoke test, under a minute).
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Do not pin processes to CPUs.
+    #[arg(long)]
+    no_pin: bool,
+    /// Run only these scenarios (for profiling), e.g. `--only 1,6`; 3 needs 1 for its rate.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Scenario 3's rate in requests/s, instead of half of keyswap's saturation.
+    #[arg(long)]
+    latency_rate: Option<f64>,
+    /// Measure only these (for profiling), e.g. `--contenders direct,keyswap`.
+    #[arg(long, value_delimiter = ',')]
+    contenders: Vec<String>,
+}
+
+impl Args {
+    fn runs(&self, scenario: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == scenario)
+    }
+
+    fn measures(&self, contender: &str) -> bool {
+        self.contenders.is_empty() || self.contenders.iter().any(|c| c == contender)
+    }
+}
+
+/// The child processes the bench starts from its own binary.
+#[derive(Debug, Subcommand)]
+enum Serve {
+    /// The bench upstream alone in a process (the plain rustls server of scenario 4).
+    #[command(hide = true)]
+    ServeUpstream {
+        #[arg(long)]
+        ca_dir: PathBuf,
+    },
+    /// The hudsucker peer.
+    #[cfg(feature = "hudsucker")]
+    #[command(hide = true)]
+    ServeHudsucker(hudsucker_peer::ServeArgs),
+}
+
+/// Set in the pinned re-run of the bench, so it does not pin itself again.
+const PINNED_ENV: &str = "KEYSWAP_BENCH_PINNED";
+/// The CPU of the load generator and upstream; proxies get the next one.
+const CLIENT_CPU: usize = 0;
+const PROXY_CPU: usize = 1;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match args.serve {
+        Some(Serve::ServeUpstream { ca_dir }) => setup::serve_upstream(&ca_dir),
+        #[cfg(feature = "hudsucker")]
+        Some(Serve::ServeHudsucker(serve)) => hudsucker_peer::serve(serve),
+        None => match pin_self(&args) {
+            Ok(Some(code)) => return code,
+            Ok(None) => bench(&args),
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Whether proxies are pinned, and to which CPU.
+fn proxy_cpu(args: &Args) -> Option<usize> {
+    (std::env::var_os(PINNED_ENV).is_some() && !args.no_pin).then_some(PROXY_CPU)
+}
+
+/// Re-runs the bench under `taskset -c 0` when pinning is possible; returns its exit code.
+fn pin_self(args: &Args) -> anyhow::Result<Option<ExitCode>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let has_taskset = std::process::Command::new("taskset")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if args.no_pin || std::env::var_os(PINNED_ENV).is_some() || cores < 2 || !has_taskset {
+        return Ok(None);
+    }
+    let status = std::process::Command::new("taskset")
+        .arg("-c")
+        .arg(CLIENT_CPU.to_string())
+        .arg(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1))
+        .env(PINNED_ENV, "1")
+        .status()
+        .context("re-running the bench under taskset")?;
+    Ok(Some(ExitCode::from(status.code().unwrap_or(1) as u8)))
+}
+
+fn bench(args: &Args) -> anyhow::Result<()> {
+    // The real value reaches the proxies through their environment, never a command line.
+    // Set before any thread starts.
+    let secret = setup::random_token("KSREAL-bench-")?;
+    let token = setup::random_token("task-token-")?;
+    std::env::set_var(SECRET_ENV, &secret);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args, secret, token))
+}
+
+/// The running proxies; dropping it stops them.
+struct Proxies {
+    _spawned: Vec<Spawned>,
+}
+
+async fn run(args: &Args, secret: String, token: String) -> anyhow::Result<()> {
+    let plan = Plan::new(args.quick);
+    let cpu = proxy_cpu(args);
+    let world = World::create(&secret).await?;
+    let upstream = world.upstream.addr;
+    let bearer = |v: &str| HeaderValue::from_str(&format!("Bearer {v}"));
+    let proxy_auth = {
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{TASK}:{token}"));
+        HeaderValue::from_str(&format!("Basic {basic}"))?
+    };
+    let endpoint = |route: Route, port: u16, authorization: HeaderValue| {
+        Endpoint::new(route, port, authorization, &world.trust)
+    };
+    let through = |addr| Route::Proxy {
+        addr,
+        proxy_authorization: proxy_auth.clone(),
+    };
+
+    let mut skipped = Vec::new();
+    #[cfg(not(feature = "hudsucker"))]
+    skipped.push("hudsucker: built without the `hudsucker` feature".to_string());
+    let mut spawned = Vec::new();
+    let mut contenders = vec![Contender {
+        column: DIRECT,
+        name: "direct",
+        endpoint: endpoint(Route::Direct(upstream), upstream.port(), bearer(&secret)?)?,
+        pid: None,
+    }];
+    let mut add = |column: usize, name: &'static str, started: anyhow::Result<Spawned>| {
+        if !args.measures(name) {
+            return anyhow::Ok(());
+        }
+        match started {
+            Ok(proxy) => {
+                let contender = Contender {
+                    column,
+                    name,
+                    endpoint: endpoint(
+                        through(proxy.addr),
+                        upstream.port(),
+                        bearer(setup::PLACEHOLDER)?,
+                    )?,
+                    pid: Some(proxy.pid()),
+                };
+                contenders.push(contender);
+                spawned.push(proxy);
+            }
+            Err(e) => skipped.push(format!("{name}: {e:#}")),
+        }
+        anyhow::Ok(())
+    };
+    let keyswap_setup = world.peer_setup("keyswap", cpu)?;
+    add(
+        KEYSWAP,
+        "keyswap",
+        setup::spawn_keyswap(
+            &keyswap_setup.borrow(),
+            &world.proxy_ca_dir,
+            upstream,
+            &token,
+        ),
+    )?;
+    #[cfg(feature = "hudsucker")]
+    if args.measures("hudsucker") {
+        let hudsucker_setup = world.peer_setup("hudsucker", cpu)?;
+        add(
+            2,
+            "hudsucker",
+            hudsucker_peer::spawn(&hudsucker_setup.borrow()),
+        )?;
+    }
+    match mitmproxy_peer::find_mitmdump() {
+        _ if !args.measures("mitmproxy") => {}
+        Some(mitmdump) => {
+            let mitm_setup = world.peer_setup("mitmproxy", cpu)?;
+            add(
+                3,
+                "mitmproxy",
+                mitmproxy_peer::spawn(&mitmdump, &mitm_setup.borrow()),
+            )?;
+        }
+        None => add(
+            3,
+            "mitmproxy",
+            Err(anyhow::anyhow!(
+                "`mitmdump` is not on PATH (`pip install mitmproxy` to include it)"
+            )),
+        )?,
+    }
+    let limit_server = setup::spawn_upstream(&world.upstream_ca_dir, cpu)?;
+    let limit = Contender {
+        column: DIRECT,
+        name: "plain rustls server",
+        endpoint: endpoint(
+            Route::Direct(limit_server.addr),
+            limit_server.addr.port(),
+            bearer(&secret)?,
+        )?,
+        pid: Some(limit_server.pid()),
+    };
+    let _proxies = Proxies { _spawned: spawned };
+
+    // A contender that cannot carry one request is left out, with the reason.
+    let mut working = Vec::new();
+    for c in contenders {
+        let check = async {
+            let mut conn = c.endpoint.open(false, None).await?;
+            conn.get("/bytes/1024").await?;
+            anyhow::Ok(())
+        };
+        match check.await {
+            Ok(()) => working.push(c),
+            Err(e) => skipped.push(format!("{}: its first request failed: {e:#}", c.name)),
+        }
+    }
+    anyhow::ensure!(
+        working.iter().any(|c| c.column == KEYSWAP),
+        "keyswap did not carry a request: {skipped:?}"
+    );
+    let contenders = working;
+    for s in &skipped {
+        eprintln!("bench: skipped {s}");
+    }
+
+    let mut rows: Vec<Row> = Vec::new();
+    let mut saturation = vec![None; COLUMNS.len()];
+    if args.runs("1") {
+        let (h1_rows, measured) = scenarios::keep_alive(&plan, &contenders, false).await;
+        rows.extend(h1_rows);
+        saturation = measured;
+    }
+    if args.runs("2") {
+        rows.extend(scenarios::keep_alive(&plan, &contenders, true).await.0);
+    }
+    if args.runs("3") {
+        let rate = match args.latency_rate {
+            Some(rate) => rate,
+            None => saturation[KEYSWAP].unwrap_or(1000.0) / 2.0,
+        };
+        rows.extend(scenarios::latency(&plan, &contenders, rate, &saturation).await);
+    }
+    if args.runs("4") {
+        rows.extend(scenarios::churn(&plan, &contenders, Some(&limit)).await);
+        if let Some(keyswap) = contenders.iter().find(|c| c.column == KEYSWAP) {
+            rows.extend(scenarios::new_host(&plan, keyswap).await);
+        }
+    }
+    if args.runs("5") {
+        rows.extend(scenarios::idle(&plan, &contenders).await);
+    }
+    if args.runs("6") {
+        rows.extend(scenarios::streaming(&plan, &contenders).await);
+    }
+    drop(limit_server);
+
+    let pinning = match cpu {
+        Some(proxy) => format!(
+            "load generator and upstream on CPU {CLIENT_CPU}, each proxy (and scenario 4's rustls \
+             server) on CPU {proxy}, by taskset"
+        ),
+        None => format!(
+            "not pinned (CPUs allowed: {})",
+            procfs::allowed_cpus().unwrap_or_default()
+        ),
+    };
+    let report = Report {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        mode: if args.quick { "quick" } else { "full" },
+        machine: report::Machine {
+            cpu: procfs::cpu_model(),
+            cores: num_cpus(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        },
+        pinning,
+        skipped,
+        rows: rows.iter().map(RowJson::from).collect(),
+    };
+    println!(
+        "# keyswap bench ({} run)\n\nmachine: {}, {} CPUs, Linux {}\npinning: {}\ncolumns: {}\n",
+        report.mode,
+        report.machine.cpu,
+        report.machine.cores,
+        report.machine.kernel,
+        report.pinning,
+        COLUMNS.join(", ")
+    );
+    for s in &report.skipped {
+        println!("skipped: {s}");
+    }
+    println!("\n{}", report::markdown(&rows));
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("bench: results written to {}", out.display());
+    }
+    Ok(())
+}
+
+fn num_cpus() -> usize {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|info| info.lines().filter(|l| l.starts_with("processor")).count())
+        .unwrap_or(0)
+}
