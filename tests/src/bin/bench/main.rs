@@ -10,6 +10,7 @@
 //! are read from `/proc`. Every request through a proxy carries the placeholder and the
 //! upstream answers 401 unless it received the real value, so a swap happens on every request.
 
+mod floor;
 mod load;
 mod peer;
 mod procfs;
@@ -42,7 +43,7 @@ use crate::setup::{World, SECRET_ENV, TASK};
 )]
 struct Args {
     #[command(subcommand)]
-    serve: Option<Serve>,
+    serve: Option<ChildProcess>,
     /// Short runs (smoke test, under a minute).
     #[arg(long)]
     quick: bool,
@@ -52,9 +53,13 @@ struct Args {
     /// Do not pin processes to CPUs.
     #[arg(long)]
     no_pin: bool,
-    /// Run only these scenarios (for profiling), e.g. `--only 1,6`; 3 needs 1 for its rate.
+    /// Run only these scenarios (0 is the machine floor), e.g. `--only 1,6`; 3 takes its rate
+    /// from 1 unless `--latency-rate` is given.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Measure this keyswap binary instead of the one beside the bench (before/after runs).
+    #[arg(long)]
+    keyswap: Option<PathBuf>,
     /// Scenario 3's rate in requests/s, instead of half of keyswap's saturation.
     #[arg(long)]
     latency_rate: Option<f64>,
@@ -75,17 +80,20 @@ impl Args {
 
 /// The child processes the bench starts from its own binary.
 #[derive(Debug, Subcommand)]
-enum Serve {
+enum ChildProcess {
     /// The bench upstream alone in a process (the plain rustls server of scenario 4).
-    #[command(hide = true)]
-    ServeUpstream {
+    #[command(hide = true, name = "serve-upstream")]
+    Upstream {
         #[arg(long)]
         ca_dir: PathBuf,
     },
+    /// A TCP echo server (the machine floor).
+    #[command(hide = true, name = "serve-echo")]
+    Echo,
     /// The hudsucker peer.
     #[cfg(feature = "hudsucker")]
-    #[command(hide = true)]
-    ServeHudsucker(hudsucker_peer::ServeArgs),
+    #[command(hide = true, name = "serve-hudsucker")]
+    Hudsucker(hudsucker_peer::ServeArgs),
 }
 
 /// Set in the pinned re-run of the bench, so it does not pin itself again.
@@ -97,9 +105,10 @@ const PROXY_CPU: usize = 1;
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.serve {
-        Some(Serve::ServeUpstream { ca_dir }) => setup::serve_upstream(&ca_dir),
+        Some(ChildProcess::Upstream { ca_dir }) => setup::serve_upstream(&ca_dir),
+        Some(ChildProcess::Echo) => floor::serve_echo(),
         #[cfg(feature = "hudsucker")]
-        Some(Serve::ServeHudsucker(serve)) => hudsucker_peer::serve(serve),
+        Some(ChildProcess::Hudsucker(serve)) => hudsucker_peer::serve(serve),
         None => match pin_self(&args) {
             Ok(Some(code)) => return code,
             Ok(None) => bench(&args),
@@ -219,6 +228,7 @@ async fn run(args: &Args, secret: String, token: String) -> anyhow::Result<()> {
             &world.proxy_ca_dir,
             upstream,
             &token,
+            args.keyswap.as_deref(),
         ),
     )?;
     #[cfg(feature = "hudsucker")]
@@ -284,6 +294,13 @@ async fn run(args: &Args, secret: String, token: String) -> anyhow::Result<()> {
     }
 
     let mut rows: Vec<Row> = Vec::new();
+    if args.runs("0") {
+        let quick = args.quick;
+        match tokio::task::spawn_blocking(move || floor::measure(cpu, quick)).await? {
+            Ok(floor) => rows.extend(floor),
+            Err(e) => eprintln!("bench: machine floor not measured: {e:#}"),
+        }
+    }
     let mut saturation = vec![None; COLUMNS.len()];
     if args.runs("1") {
         let (h1_rows, measured) = scenarios::keep_alive(&plan, &contenders, false).await;

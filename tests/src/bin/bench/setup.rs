@@ -188,10 +188,15 @@ pub fn spawn_keyswap(
     proxy_ca_dir: &Path,
     upstream: SocketAddr,
     token: &str,
+    binary: Option<&Path>,
 ) -> anyhow::Result<Spawned> {
     let config = setup.dir.join("keyswap.yaml");
     std::fs::write(&config, keyswap_config(setup, proxy_ca_dir, upstream))?;
-    let mut command = pinned_command(&keyswap_binary()?, setup.cpu);
+    let binary = match binary {
+        Some(binary) => binary.to_path_buf(),
+        None => keyswap_binary()?,
+    };
+    let mut command = pinned_command(&binary, setup.cpu);
     command
         .args(["--log-format", "json", "run", "--config"])
         .arg(&config)
