@@ -3,14 +3,11 @@
 //! proxy crosses between the CPUs twice more than a direct one, so the added latency of any
 //! proxy here cannot be much below one such round trip.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-
-use crate::peer::{pinned_command, Spawned};
+use crate::peer::spawn_bench_child;
 use crate::report::{Row, DIRECT};
 
 const MESSAGE: usize = 64;
@@ -27,27 +24,6 @@ pub fn serve_echo() -> anyhow::Result<()> {
         stream.write_all(&buf)?;
     }
     Ok(())
-}
-
-fn spawn_echo(cpu: Option<usize>) -> anyhow::Result<Spawned> {
-    let mut command = pinned_command(&std::env::current_exe()?, cpu);
-    command
-        .arg("serve-echo")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
-    let mut child = command.spawn()?;
-    let stdout = child.stdout.take().context("echo stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let addr = line.trim().strip_prefix("listening ").map(str::parse);
-    match addr {
-        Some(Ok(addr)) => Ok(Spawned { child, addr }),
-        _ => {
-            let _ = child.kill();
-            let _ = child.wait();
-            anyhow::bail!("the echo server did not start")
-        }
-    }
 }
 
 /// Median and 99th percentile of `rounds` round trips, `gap` apart, in microseconds.
@@ -70,7 +46,7 @@ fn round_trips(stream: &mut TcpStream, rounds: usize, gap: Duration) -> anyhow::
 /// Rows "0. machine floor": back to back (both CPUs kept busy) and 2 ms apart (the CPUs
 /// go idle between requests, as under light load). Blocking; run off the async runtime.
 pub fn measure(cpu: Option<usize>, quick: bool) -> anyhow::Result<Vec<Row>> {
-    let echo = spawn_echo(cpu)?;
+    let echo = spawn_bench_child(&["serve-echo".as_ref()], cpu)?;
     let mut stream = TcpStream::connect(echo.addr)?;
     stream.set_nodelay(true)?;
     let rounds = if quick { 500 } else { 2000 };

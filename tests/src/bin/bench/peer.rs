@@ -59,3 +59,28 @@ pub fn pinned_command(program: &Path, cpu: Option<usize>) -> std::process::Comma
         None => std::process::Command::new(program),
     }
 }
+
+/// Runs this bench binary again as a child (`bench <args>`, a hidden subcommand), pinned to
+/// `cpu`, and returns once it prints `listening <addr>` on its stdout.
+pub fn spawn_bench_child(args: &[&std::ffi::OsStr], cpu: Option<usize>) -> anyhow::Result<Spawned> {
+    use std::io::BufRead;
+    let mut command = pinned_command(&std::env::current_exe()?, cpu);
+    command
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    let mut child = command.spawn()?;
+    let addr = child.stdout.take().and_then(|stdout| {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).ok()?;
+        line.trim().strip_prefix("listening ")?.parse().ok()
+    });
+    match addr {
+        Some(addr) => Ok(Spawned { child, addr }),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("`bench {args:?}` did not start")
+        }
+    }
+}

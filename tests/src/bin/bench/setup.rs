@@ -13,7 +13,7 @@ use keyswap_certs::CertificateAuthority;
 use keyswap_tests::upstream::{Alpn, Upstream, UpstreamOptions};
 use rustls::pki_types::CertificateDer;
 
-use crate::peer::{pinned_command, PeerSetup, Spawned};
+use crate::peer::{pinned_command, spawn_bench_child, PeerSetup, Spawned};
 
 /// Environment variable that carries the real value to the proxies.
 pub const SECRET_ENV: &str = "KEYSWAP_BENCH_SECRET";
@@ -265,27 +265,12 @@ pub fn serve_upstream(ca_dir: &Path) -> anyhow::Result<()> {
 
 /// Parent side of `bench serve-upstream`.
 pub fn spawn_upstream(ca_dir: &Path, cpu: Option<usize>) -> anyhow::Result<Spawned> {
-    let mut command = pinned_command(&std::env::current_exe()?, cpu);
-    command
-        .arg("serve-upstream")
-        .arg("--ca-dir")
-        .arg(ca_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
-    let mut child = command.spawn()?;
-    let stdout = child.stdout.take().context("child stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let addr = line
-        .trim()
-        .strip_prefix("listening ")
-        .and_then(|a| a.parse().ok());
-    match addr {
-        Some(addr) => Ok(Spawned { child, addr }),
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            anyhow::bail!("the rustls server did not start")
-        }
-    }
+    spawn_bench_child(
+        &[
+            "serve-upstream".as_ref(),
+            "--ca-dir".as_ref(),
+            ca_dir.as_os_str(),
+        ],
+        cpu,
+    )
 }
