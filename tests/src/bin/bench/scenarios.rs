@@ -127,7 +127,17 @@ pub async fn keep_alive(
             Err(e) => rate.notes.push(format!("{}: not measured: {e:#}", c.name)),
         }
     }
-    (vec![rate, cpu], per_column)
+    // The load generator's CPU saturates before a proxy's does, so the proxies' own limit
+    // is read from their CPU time: requests one CPU could carry at this cost.
+    let mut capacity = Row::new(
+        format!("{label}: proxy capacity of one CPU (10⁶ / CPU per request)"),
+        "req/s",
+        true,
+    );
+    for column in 0..cpu.values.len() {
+        capacity.set(column, cpu.values[column].map(|us| 1e6 / us));
+    }
+    (vec![rate, cpu, capacity], per_column)
 }
 
 /// Scenario 3: open-loop latency at `rate` requests/s (half of keyswap's saturation).
