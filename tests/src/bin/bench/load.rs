@@ -171,29 +171,27 @@ enum Sender {
     H2(http2::SendRequest<BoxBody>),
 }
 
-/// One client connection (HTTP/2 connections can be shared by cloning).
+/// One client connection.
 pub struct Conn {
     sender: Sender,
     authority: String,
     authorization: HeaderValue,
 }
 
-impl Clone for Conn {
-    /// HTTP/2 only: another handle on the same connection for another concurrent stream.
-    fn clone(&self) -> Self {
-        let sender = match &self.sender {
-            Sender::H2(s) => Sender::H2(s.clone()),
-            Sender::H1(_) => panic!("an HTTP/1.1 connection carries one request at a time"),
-        };
-        Conn {
-            sender,
-            authority: self.authority.clone(),
-            authorization: self.authorization.clone(),
+impl Conn {
+    /// Another handle on the same HTTP/2 connection, for another concurrent stream; `None`
+    /// for HTTP/1.1, which carries one request at a time.
+    pub fn another_stream(&self) -> Option<Conn> {
+        match &self.sender {
+            Sender::H2(s) => Some(Conn {
+                sender: Sender::H2(s.clone()),
+                authority: self.authority.clone(),
+                authorization: self.authorization.clone(),
+            }),
+            Sender::H1(_) => None,
         }
     }
-}
 
-impl Conn {
     fn request(&self, method: &str, path: &str, body: BoxBody) -> Request<BoxBody> {
         let builder = Request::builder()
             .method(method)
@@ -348,13 +346,12 @@ pub async fn keep_alive(
     };
     for _ in 0..conns {
         let conn = ep.open(h2, None).await?;
-        if h2 {
-            for _ in 0..streams.max(1) {
-                workers.push(tokio::spawn(worker(conn.clone(), window.clone())));
+        for _ in 1..streams.max(1) {
+            if let Some(stream) = conn.another_stream() {
+                workers.push(tokio::spawn(worker(stream, window.clone())));
             }
-        } else {
-            workers.push(tokio::spawn(worker(conn, window.clone())));
         }
+        workers.push(tokio::spawn(worker(conn, window.clone())));
     }
     let result = window.run(warmup, duration, mark).await;
     for worker in workers {
