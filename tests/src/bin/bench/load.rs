@@ -297,9 +297,10 @@ impl Window {
     }
 
     /// Waits out the warm-up, counts for `duration` (calling `mark` as it opens and closes),
-    /// then stops the workers.
+    /// then stops the workers and waits for them.
     async fn run(
         &self,
+        workers: Vec<tokio::task::JoinHandle<()>>,
         warmup: Duration,
         duration: Duration,
         mut mark: impl FnMut(),
@@ -313,6 +314,9 @@ impl Window {
         let elapsed = started.elapsed();
         mark();
         self.stop.store(true, Ordering::Relaxed);
+        for worker in workers {
+            let _ = worker.await;
+        }
         Throughput {
             requests: self.done.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
@@ -353,11 +357,7 @@ pub async fn keep_alive(
         }
         workers.push(tokio::spawn(worker(conn, window.clone())));
     }
-    let result = window.run(warmup, duration, mark).await;
-    for worker in workers {
-        let _ = worker.await;
-    }
-    Ok(result)
+    Ok(window.run(workers, warmup, duration, mark).await)
 }
 
 /// Latency percentiles of an open-loop run, in microseconds.
@@ -481,11 +481,7 @@ pub async fn churn(
             }
         }));
     }
-    let result = window.run(warmup, duration, mark).await;
-    for worker in workers {
-        let _ = worker.await;
-    }
-    Ok(result)
+    Ok(window.run(workers, warmup, duration, mark).await)
 }
 
 /// The time of one whole new connection (connect, CONNECT, TLS, one request, close) to `host`.
