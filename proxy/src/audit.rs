@@ -77,6 +77,8 @@ struct Pending {
     written: u64,
     /// Someone waits in [`AuditSink::flush_blocking`]: write now instead of after the pause.
     flush_requested: bool,
+    /// The sink was dropped: write what is left and end the writer thread.
+    closed: bool,
 }
 
 struct Queue {
@@ -126,6 +128,7 @@ impl AuditSink {
                 appended: 0,
                 written: 0,
                 flush_requested: false,
+                closed: false,
             }),
             changed: Condvar::new(),
         });
@@ -188,7 +191,7 @@ fn write_loop(queue: &Queue, mut out: Box<dyn Write + Send>) {
         let Ok(mut pending) = queue.pending.lock() else {
             return;
         };
-        if !pending.flush_requested {
+        if !pending.flush_requested && !pending.closed {
             pending = match queue.changed.wait_timeout(pending, BATCH_PAUSE) {
                 Ok((pending, _)) => pending,
                 Err(_) => return,
@@ -197,6 +200,7 @@ fn write_loop(queue: &Queue, mut out: Box<dyn Write + Send>) {
         pending.flush_requested = false;
         std::mem::swap(&mut batch, &mut pending.lines);
         let upto = pending.appended;
+        let closed = pending.closed;
         drop(pending);
         if !batch.is_empty() {
             if let Err(e) = out.write_all(&batch).and_then(|()| out.flush()) {
@@ -208,6 +212,19 @@ fn write_loop(queue: &Queue, mut out: Box<dyn Write + Send>) {
             pending.written = upto;
         }
         queue.changed.notify_all();
+        if closed {
+            return;
+        }
+    }
+}
+
+impl Drop for AuditSink {
+    /// Ends the writer thread once it has written what is queued.
+    fn drop(&mut self) {
+        if let Ok(mut pending) = self.queue.pending.lock() {
+            pending.closed = true;
+        }
+        self.queue.changed.notify_all();
     }
 }
 
@@ -251,6 +268,43 @@ impl AuditRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(conn: u64) -> AuditRecord {
+        AuditRecord::for_connect(
+            conn,
+            Some("task"),
+            None,
+            crate::decision::Reason::HostNotAllowed,
+            403,
+            (std::time::Instant::now(), SystemTime::now()),
+        )
+    }
+
+    #[test]
+    fn flush_writes_every_queued_record_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let sink = AuditSink::open(&AuditLog::File(path.clone())).unwrap();
+        for conn in 1..=3 {
+            sink.record(record(conn));
+        }
+        sink.flush_blocking();
+        sink.record(record(4));
+        sink.flush_blocking();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let conns: Vec<u64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["conn"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(conns, vec![1, 2, 3, 4]);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(sink.dropped(), 0);
+    }
 
     #[test]
     fn query_keys_never_include_values() {
