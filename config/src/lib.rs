@@ -34,7 +34,8 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors};
 pub use host::{HostPattern, HostPatternError};
 pub use model::{
-    AuditLog, Config, RouteMatch, Rule, Scheme, Secret, SecretId, SwapIn, Task, Upstream,
+    granted_secrets, Admin, AuditLog, Config, Metrics, Policy, RouteMatch, Rule, Scheme, Secret,
+    SecretId, SecretSource, SwapIn, Task, TtlError, Upstream,
 };
 pub use path::{normalize_path, PathError, PathPatternError, PathPatterns};
 pub use secrets::{EnvSource, ProcessEnv};

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use secrecy::SecretString;
 
@@ -30,6 +30,12 @@ pub struct Config {
     pub secrets: Vec<Secret>,
     /// Inline tasks and `tasks_dir/*.yaml`, by id.
     pub tasks: BTreeMap<String, Task>,
+    /// Named allowlists that runtime tasks are issued from (`policies:`), by name.
+    pub policies: BTreeMap<String, Policy>,
+    /// The admin API (`admin:`).
+    pub admin: Admin,
+    /// `metrics:`; `None` = no metrics listener.
+    pub metrics: Option<Metrics>,
     /// Non-fatal notes for `keyswap check`; never contain a secret value.
     pub warnings: Vec<String>,
 }
@@ -48,6 +54,109 @@ impl Config {
     pub fn secret_by_name(&self, name: &str) -> Option<SecretId> {
         self.secrets.iter().find(|s| s.name == name).map(|s| s.id)
     }
+
+    pub fn policy(&self, name: &str) -> Option<&Policy> {
+        self.policies.get(name)
+    }
+}
+
+/// Default socket of the admin API.
+pub const DEFAULT_ADMIN_SOCKET: &str = "./.keyswap/admin.sock";
+
+/// `admin:`: where the admin API listens.
+#[derive(Clone)]
+pub struct Admin {
+    /// Unix socket (created mode 0600); default [`DEFAULT_ADMIN_SOCKET`].
+    pub socket: PathBuf,
+    /// Optional TCP listener (sidecars); only ever set together with `token`.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token required on the TCP listener, read from `token_env`.
+    pub token: Option<SecretString>,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            socket: PathBuf::from(DEFAULT_ADMIN_SOCKET),
+            listen: None,
+            token: None,
+        }
+    }
+}
+
+impl fmt::Debug for Admin {
+    // The token is never formatted, even redacted.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admin")
+            .field("socket", &self.socket)
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .finish()
+    }
+}
+
+/// `metrics:`: a listener for `GET /metrics` and `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metrics {
+    pub listen: SocketAddr,
+}
+
+/// Default lifetime of a task issued from a policy that sets no `ttl`.
+pub const DEFAULT_POLICY_TTL: Duration = Duration::from_secs(3600);
+/// Default cap on a task's lifetime when a policy sets no `max_ttl`.
+pub const DEFAULT_POLICY_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A named allowlist (`policies.NAME`) that tasks are issued from at runtime, and that a
+/// static task may name with `policy:`.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    /// Lifetime of a task issued without an explicit TTL.
+    pub ttl: Duration,
+    /// The longest TTL a task issued from this policy may ask for (`ttl <= max_ttl`).
+    pub max_ttl: Duration,
+    pub rules: Vec<Rule>,
+}
+
+impl Policy {
+    /// The TTL a task gets when `requested` is asked for: the default when `None`, an error
+    /// when above `max_ttl` or zero.
+    pub fn ttl_for(&self, requested: Option<Duration>) -> Result<Duration, TtlError> {
+        match requested {
+            None => Ok(self.ttl),
+            Some(ttl) if ttl.is_zero() => Err(TtlError::Zero),
+            Some(ttl) if ttl > self.max_ttl => Err(TtlError::AboveMax {
+                requested: ttl,
+                max: self.max_ttl,
+            }),
+            Some(ttl) => Ok(ttl),
+        }
+    }
+
+    /// Secrets some rule of this policy grants, in config order.
+    pub fn granted_secrets(&self) -> Vec<SecretId> {
+        granted_secrets(&self.rules)
+    }
+}
+
+/// Why a requested TTL was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TtlError {
+    #[error("the TTL must be longer than zero")]
+    Zero,
+    #[error("the TTL {} is above the policy's max_ttl {}", humantime::format_duration(*.requested), humantime::format_duration(*.max))]
+    AboveMax { requested: Duration, max: Duration },
+}
+
+/// Every secret granted by some rule in `rules`, sorted, without repeats.
+pub fn granted_secrets(rules: &[Rule]) -> Vec<SecretId> {
+    let mut ids: Vec<SecretId> = rules
+        .iter()
+        .flat_map(|r| r.secrets.iter().copied())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +186,21 @@ pub struct Secret {
     pub name: String,
     pub placeholder: String,
     pub value: SecretString,
+    /// Where the value was read from (re-read by a refresh).
+    pub source: SecretSource,
+    /// The variable `keyswap exec` sets to the placeholder (`env:`).
+    pub env: Option<String>,
+    /// Re-read the source when the value is older than this (`refresh:`); only for
+    /// `from_file` and `from_command`.
+    pub refresh: Option<Duration>,
+}
+
+/// Where a secret's value comes from. Names a variable, a path or a command, never a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Env(String),
+    File(PathBuf),
+    Command(Vec<String>),
 }
 
 impl fmt::Debug for Secret {
@@ -86,6 +210,9 @@ impl fmt::Debug for Secret {
             .field("id", &self.id)
             .field("name", &self.name)
             .field("placeholder", &self.placeholder)
+            .field("source", &self.source)
+            .field("env", &self.env)
+            .field("refresh", &self.refresh)
             .finish_non_exhaustive()
     }
 }
@@ -97,6 +224,9 @@ pub struct Task {
     /// Proxy password; `None` = no password.
     pub token: Option<SecretString>,
     pub expires: Option<SystemTime>,
+    /// The policy named by `policy:`; its rules come first in `rules`.
+    pub policy: Option<String>,
+    /// The policy's rules (if any), then the task's own `allow:` rules, indexed in that order.
     pub rules: Vec<Rule>,
 }
 
@@ -119,9 +249,7 @@ impl Task {
     /// First rule whose host pattern and port match (the CONNECT-time check; decides
     /// tunnel vs intercept).
     pub fn first_rule_for_host(&self, scheme: Scheme, host: &str, port: u16) -> Option<&Rule> {
-        self.rules
-            .iter()
-            .find(|rule| rule.matches_host(scheme, host, port))
+        first_rule_for_host(&self.rules, scheme, host, port)
     }
 
     /// First rule matching host, port, method and the already-normalised path. Tunnel rules
@@ -135,22 +263,46 @@ impl Task {
         method: &str,
         path: &str,
     ) -> RouteMatch<'_> {
-        let mut host_allowed = false;
-        for rule in self
-            .rules
-            .iter()
-            .filter(|rule| rule.matches_host(scheme, host, port))
-        {
-            host_allowed = true;
-            if !rule.tunnel && rule.matches_route(method, path) {
-                return RouteMatch::Rule(rule);
-            }
+        match_route(&self.rules, scheme, host, port, method, path)
+    }
+}
+
+/// First rule in `rules` whose host pattern and port match.
+pub fn first_rule_for_host<'r>(
+    rules: &'r [Rule],
+    scheme: Scheme,
+    host: &str,
+    port: u16,
+) -> Option<&'r Rule> {
+    rules
+        .iter()
+        .find(|rule| rule.matches_host(scheme, host, port))
+}
+
+/// First rule in `rules` matching host, port, method and the already-normalised path (see
+/// [`Task::match_route`]).
+pub fn match_route<'r>(
+    rules: &'r [Rule],
+    scheme: Scheme,
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+) -> RouteMatch<'r> {
+    let mut host_allowed = false;
+    for rule in rules
+        .iter()
+        .filter(|rule| rule.matches_host(scheme, host, port))
+    {
+        host_allowed = true;
+        if !rule.tunnel && rule.matches_route(method, path) {
+            return RouteMatch::Rule(rule);
         }
-        if host_allowed {
-            RouteMatch::RouteNotAllowed
-        } else {
-            RouteMatch::HostNotAllowed
-        }
+    }
+    if host_allowed {
+        RouteMatch::RouteNotAllowed
+    } else {
+        RouteMatch::HostNotAllowed
     }
 }
 

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use secrecy::zeroize::Zeroizing;
 
 use crate::error::io_reason;
+use crate::model::SecretSource;
 use secrecy::{ExposeSecret, SecretString};
 
 /// Values shorter than this cannot be scrubbed from responses without also rewriting
@@ -59,6 +60,15 @@ pub(crate) enum Source<'a> {
 }
 
 impl Source<'_> {
+    /// The owned form kept in the model (for refreshes).
+    pub fn to_model(&self) -> SecretSource {
+        match self {
+            Source::Env(name) => SecretSource::Env(name.to_string()),
+            Source::File(path) => SecretSource::File(path.to_path_buf()),
+            Source::Command(argv) => SecretSource::Command(argv.to_vec()),
+        }
+    }
+
     /// Names the source for messages (never includes the value or command arguments,
     /// which may carry sensitive references).
     pub fn describe(&self) -> String {
@@ -84,6 +94,17 @@ fn source_error(message: impl Into<String>, fix: impl Into<String>) -> SourceErr
         message: message.into(),
         fix: fix.into(),
     }
+}
+
+/// Reads `source` again with every check of a load (a refresh). The error names the
+/// source and says how to fix it; it never contains a value or a command's output.
+pub fn reread(source: &SecretSource, env: &dyn EnvSource) -> Result<SecretString, String> {
+    let source = match source {
+        SecretSource::Env(name) => Source::Env(name),
+        SecretSource::File(path) => Source::File(path),
+        SecretSource::Command(argv) => Source::Command(argv),
+    };
+    read_value(&source, env).map_err(|e| format!("{}; {}", e.message, e.fix))
 }
 
 /// Reads and checks a secret's value.

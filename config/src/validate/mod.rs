@@ -135,6 +135,9 @@ fn check(
         upstream,
         secrets,
         tasks,
+        policies: Default::default(),
+        admin: Default::default(),
+        metrics: None,
         warnings: std::mem::take(&mut checker.warnings),
     })
 }

@@ -9,7 +9,7 @@ use secrecy::SecretString;
 use super::{Checker, Site};
 use crate::de::{Entries, Located};
 use crate::error::Sink;
-use crate::model::{Secret, SecretId};
+use crate::model::{Secret, SecretId, SecretSource};
 use crate::raw::RawSecret;
 use crate::secrets::{self, Source};
 
@@ -25,7 +25,7 @@ pub(super) fn check_secrets(
         check_secret_name(name, sink);
         let placeholder = check_placeholder(raw, sink);
         let value = read_secret_value(name, raw, sink, checker);
-        if let (Some(placeholder), Some((value, source_site))) = (placeholder, value) {
+        if let (Some(placeholder), Some((value, source, source_site))) = (placeholder, value) {
             if secrets::has_outer_whitespace(&value) {
                 checker.warn(
                     sink.file,
@@ -43,6 +43,9 @@ pub(super) fn check_secrets(
                 name: name.value.clone(),
                 placeholder: placeholder.value.clone(),
                 value,
+                source,
+                env: None,
+                refresh: None,
             });
             sites.push((Site::from(placeholder), source_site));
         }
@@ -95,7 +98,7 @@ fn read_secret_value(
     raw: &Located<RawSecret>,
     sink: &mut Sink<'_>,
     checker: &Checker<'_>,
-) -> Option<(SecretString, Site)> {
+) -> Option<(SecretString, SecretSource, Site)> {
     let r = &raw.value;
     let mut present: Vec<(&str, Site)> = Vec::new();
     if let Some(v) = &r.from_env {
@@ -163,7 +166,7 @@ fn read_secret_value(
         (Source::Command(&argv), Site::from(command))
     };
     match secrets::read_value(&source, checker.env) {
-        Ok(value) => Some((value, site)),
+        Ok(value) => Some((value, source.to_model(), site)),
         Err(e) => {
             sink.error(
                 site.pos,

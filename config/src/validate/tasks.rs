@@ -277,6 +277,7 @@ fn check_task(
         id: id.to_string(),
         token,
         expires,
+        policy: None,
         rules,
     }
 }
