@@ -24,6 +24,9 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
+    /// Internal: the CA files and trust store for a child process (`keyswap exec`).
+    #[error("trust files for the child process: {0}")]
+    TrustFiles(String),
     /// Internal: the secret matchers could not be built.
     #[error("could not build the placeholder matcher: {0}")]
     Matcher(String),

@@ -12,6 +12,7 @@
 
 pub mod audit;
 pub mod body;
+pub mod child_env;
 pub mod cli;
 pub mod decision;
 pub mod error;

@@ -138,6 +138,8 @@ pub struct TestEnv {
     pub tunnel: Upstream,
     pub proxy: ProxyHandle,
     pub proxy_ca: CertificateDer<'static>,
+    /// The same certificate as PEM, as `keyswap ca export` writes it.
+    pub proxy_ca_pem: String,
     pub config_yaml: String,
     log: LogCapture,
     received: Mutex<Vec<Vec<u8>>>,
@@ -212,6 +214,7 @@ impl TestEnv {
         .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         let proxy_ca = CertificateAuthority::generate("keyswap test proxy CA").expect("proxy CA");
         let proxy_ca_der = proxy_ca.cert_der().clone();
+        let proxy_ca_pem = proxy_ca.cert_pem().to_string();
         let proxy = ProxyHandle::start(
             config,
             proxy_ca,
@@ -229,6 +232,7 @@ impl TestEnv {
             tunnel,
             proxy,
             proxy_ca: proxy_ca_der,
+            proxy_ca_pem,
             config_yaml,
             log,
             received: Mutex::new(Vec::new()),
