@@ -34,8 +34,9 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors};
 pub use host::{HostPattern, HostPatternError};
 pub use model::{
-    granted_secrets, Admin, AuditLog, Config, Metrics, Policy, RouteMatch, Rule, Scheme, Secret,
-    SecretId, SecretSource, SwapIn, Task, TtlError, Upstream,
+    first_rule_for_host, granted_secrets, match_route, valid_task_id, Admin, AuditLog, Config,
+    Metrics, Policy, RouteMatch, Rule, Scheme, Secret, SecretId, SecretSource, SwapIn, Task,
+    TtlError, Upstream,
 };
 pub use path::{normalize_path, PathError, PathPatternError, PathPatterns};
 pub use secrets::{EnvSource, ProcessEnv};
@@ -59,6 +60,21 @@ pub fn load_with(path: &Path, env: &dyn EnvSource) -> Result<Config, ConfigError
             fix: "check the path and its permissions (the file must be UTF-8)".into(),
         }])),
     }
+}
+
+/// The admin socket the config at `path` names (or the default), read without validating
+/// anything else and without reading any secret: how `keyswap exec` and `keyswap task` find
+/// a running proxy. `None` if the file cannot be read or parsed.
+pub fn admin_socket_of(path: &Path) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (tree, _) = locate::parse(&text).ok()?;
+    let socket = tree
+        .get("admin")
+        .and_then(|admin| admin.get("socket"))
+        .and_then(|socket| socket.scalar())
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or(model::DEFAULT_ADMIN_SOCKET);
+    Some(std::path::PathBuf::from(socket))
 }
 
 /// Validates config text; `file_for_messages` names it in errors (it is not read). Paths

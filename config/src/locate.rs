@@ -95,6 +95,17 @@ impl Node {
         }
     }
 
+    /// The value at `key` of this mapping.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        let NodeKind::Map(entries) = &self.kind else {
+            return None;
+        };
+        entries
+            .iter()
+            .find(|(k, _)| k.scalar() == Some(key))
+            .map(|(_, v)| v)
+    }
+
     pub fn scalar(&self) -> Option<&str> {
         match &self.kind {
             NodeKind::Scalar { text, .. } => Some(text),

@@ -60,6 +60,15 @@ impl Config {
     }
 }
 
+/// Task ids appear in proxy credentials (`http://TASK:TOKEN@...`) and file names: 1 to 64
+/// characters of A-Z, a-z, 0-9, `.`, `_` and `-`.
+pub fn valid_task_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// Default socket of the admin API.
 pub const DEFAULT_ADMIN_SOCKET: &str = "./.keyswap/admin.sock";
 

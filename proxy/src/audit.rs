@@ -25,8 +25,12 @@ const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditRecord {
+    /// Always `"request"`; lifecycle records ([`LifecycleRecord`]) name their own event.
+    pub event: &'static str,
     pub ts: String,
     pub task: Option<String>,
+    /// The task's policy (`None`: unknown task, or a static task with its own rules).
+    pub policy: Option<String>,
     pub conn: u64,
     pub method: String,
     pub scheme: &'static str,
@@ -42,6 +46,32 @@ pub struct AuditRecord {
     pub req_bytes: u64,
     pub resp_bytes: u64,
     pub ms: f64,
+}
+
+/// A lifecycle event, in the same file as the request records.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum LifecycleRecord {
+    TaskIssued {
+        ts: String,
+        task: String,
+        policy: Option<String>,
+        expires: Option<String>,
+        by: &'static str,
+    },
+    TaskRevoked {
+        ts: String,
+        task: String,
+        policy: Option<String>,
+        why: &'static str,
+        connections_closed: u64,
+        requests: u64,
+    },
+    SecretRefreshed {
+        ts: String,
+        secret: String,
+        ok: bool,
+    },
 }
 
 pub fn timestamp(at: SystemTime) -> String {
@@ -147,6 +177,14 @@ impl AuditSink {
     }
 
     pub fn record(&self, record: AuditRecord) {
+        self.write(&record);
+    }
+
+    pub fn lifecycle(&self, record: LifecycleRecord) {
+        self.write(&record);
+    }
+
+    fn write<T: Serialize>(&self, record: &T) {
         let Ok(mut pending) = self.queue.pending.lock() else {
             return;
         };
@@ -158,7 +196,7 @@ impl AuditSink {
             }
             return;
         }
-        if serde_json::to_writer(&mut pending.lines, &record).is_ok() {
+        if serde_json::to_writer(&mut pending.lines, record).is_ok() {
             pending.lines.push(b'\n');
             pending.appended += 1;
         }
@@ -233,15 +271,17 @@ impl AuditRecord {
     /// (`status` 0 there: no HTTP response was sent).
     pub fn for_connect(
         conn: u64,
-        task: Option<&str>,
+        task: Option<&crate::lifecycle::registry::LiveTask>,
         target: Option<&crate::target::Target>,
         reason: crate::decision::Reason,
         status: u16,
         started: (std::time::Instant, SystemTime),
     ) -> AuditRecord {
         AuditRecord {
+            event: "request",
             ts: timestamp(started.1),
-            task: task.map(str::to_string),
+            task: task.map(|t| t.id.clone()),
+            policy: task.and_then(|t| t.policy.clone()),
             conn,
             method: "CONNECT".into(),
             scheme: "https",
@@ -272,7 +312,7 @@ mod tests {
     fn record(conn: u64) -> AuditRecord {
         AuditRecord::for_connect(
             conn,
-            Some("task"),
+            None,
             None,
             crate::decision::Reason::HostNotAllowed,
             403,

@@ -28,6 +28,8 @@ pub enum Reason {
     PrivateAddress,
     BadRequest,
     UpstreamError,
+    /// A secret the request needs could not be refreshed and is no longer swapped in.
+    SecretUnavailable,
 }
 
 impl Reason {
@@ -45,6 +47,7 @@ impl Reason {
             Reason::PrivateAddress => "private_address",
             Reason::BadRequest => "bad_request",
             Reason::UpstreamError => "upstream_error",
+            Reason::SecretUnavailable => "secret_unavailable",
         }
     }
 
@@ -55,6 +58,7 @@ impl Reason {
             Reason::NoTask | Reason::BadToken => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Reason::BadRequest => StatusCode::BAD_REQUEST,
             Reason::UpstreamError => StatusCode::BAD_GATEWAY,
+            Reason::SecretUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::FORBIDDEN,
         }
     }

@@ -32,6 +32,7 @@ struct Exchange {
     at: SystemTime,
     conn: u64,
     task: String,
+    policy: Option<String>,
     method: String,
     scheme: &'static str,
     host: String,
@@ -46,8 +47,10 @@ struct Exchange {
 impl Exchange {
     fn record(&self, reason: Reason, status: StatusCode, resp_bytes: u64) -> AuditRecord {
         AuditRecord {
+            event: "request",
             ts: timestamp(self.at),
             task: Some(self.task.clone()),
+            policy: self.policy.clone(),
             conn: self.conn,
             method: self.method.clone(),
             scheme: self.scheme,
@@ -82,7 +85,8 @@ pub async fn exchange(
         started: Instant::now(),
         at: SystemTime::now(),
         conn: ctx.conn_id,
-        task: ctx.task_id.clone(),
+        task: ctx.task.id.clone(),
+        policy: ctx.task.policy.clone(),
         method: req.method().as_str().to_string(),
         scheme: ctx.scheme.as_str(),
         host: ctx.target.host.clone(),
@@ -94,6 +98,7 @@ pub async fn exchange(
         req_bytes: Arc::new(AtomicU64::new(0)),
     };
     let version = req.version();
+    ctx.task.count_request();
     match forward(&shared, &snapshot, &ctx, req, &mut ex).await {
         Ok(response) => Ok(response),
         Err(refused) => {
@@ -107,9 +112,7 @@ pub async fn exchange(
                 reason = %refused.denial.reason,
                 "request refused"
             );
-            shared
-                .audit
-                .record(ex.record(refused.denial.reason, response.status(), 0));
+            shared.record_request(ex.record(refused.denial.reason, response.status(), 0));
             Ok(response)
         }
     }
@@ -127,7 +130,7 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
 
     // Decide.
-    let routed = decide(&snapshot.config, ctx, &parts, SystemTime::now())?;
+    let routed = decide(snapshot, ctx, &parts, SystemTime::now())?;
     let rule = routed.rule;
     ex.rule = Some(rule.index);
     ex.path = routed.path.clone();
@@ -149,7 +152,7 @@ async fn forward(
                 "the request carries the placeholder of secret {} which task {} may not send to {} {}; \
                  remove it or ask the operator to grant it on this route",
                 names.join(", "),
-                routed.task.id,
+                ctx.task.id,
                 ctx.target.host,
                 routed.path
             ),
@@ -181,6 +184,15 @@ async fn forward(
         .iter()
         .map(|id| snapshot.config.secret(*id).name.clone())
         .collect();
+    if let Some(stale) = used.iter().find(|id| snapshot.stale[id.0]) {
+        return Err(refuse_with_rule(Denial::new(
+            Reason::SecretUnavailable,
+            format!(
+                "secret {} could not be refreshed, so keyswap does not send it; ask the operator to check its source",
+                snapshot.config.secret(*stale).name
+            ),
+        )));
+    }
 
     // Upstream request.
     strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -243,6 +255,7 @@ async fn forward(
             None => (Reason::UpstreamError, "the upstream connection failed".to_string()),
         };
         tracing::warn!(conn = ex.conn, host = %ex.host, error = %ErrorChain(&err), "upstream request failed");
+        shared.metrics.upstream_error();
         refuse_with_rule(Denial::new(reason, message))
     })?;
 
@@ -286,12 +299,13 @@ async fn forward(
             status,
             record_bytes.load(Ordering::Relaxed),
         );
-        audit_shared.audit.record(record);
+        audit_shared.record_request(record);
     };
 
     if let (Some(agent_upgrade), Some(upstream_upgrade)) = (agent_upgrade, upstream_upgrade) {
         drop(resp_body);
         websocket::splice(
+            ctx.task.connection(&shared.metrics),
             ex.conn,
             snapshot.scrubber.clone(),
             agent_upgrade,

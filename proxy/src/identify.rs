@@ -3,22 +3,29 @@
 //! Tokens are compared in constant time. A refusal never says whether the task exists,
 //! and never echoes what the agent sent.
 
+use std::sync::Arc;
+
 use base64::Engine;
 use http::HeaderMap;
-use keyswap_config::{Config, Task};
-use secrecy::ExposeSecret;
-use subtle::ConstantTimeEq;
+use keyswap_config::Config;
 
 use crate::decision::{Denial, Reason};
+use crate::lifecycle::registry::{LiveTask, TaskRegistry};
 
-/// The task this request acts for, or a 407 refusal.
+/// The task this request acts for, or a 407 refusal. Static and runtime tasks are looked up
+/// alike, in one map read.
 ///
 /// With no `Proxy-Authorization` at all, a config that has exactly one task and gives it no
 /// token identifies that task: the simplest laptop setup needs no credentials in the proxy URL.
-pub fn identify<'c>(config: &'c Config, headers: &HeaderMap) -> Result<&'c Task, Denial> {
+pub fn identify(
+    config: &Config,
+    tasks: &TaskRegistry,
+    headers: &HeaderMap,
+) -> Result<Arc<LiveTask>, Denial> {
     let Some(value) = headers.get(http::header::PROXY_AUTHORIZATION) else {
         if config.tasks.len() == 1 {
-            if let Some(task) = config.tasks.values().next().filter(|t| t.token.is_none()) {
+            let only = config.tasks.values().next().filter(|t| t.token.is_none());
+            if let Some(task) = only.and_then(|t| tasks.get(&t.id)) {
                 return Ok(task);
             }
         }
@@ -36,21 +43,11 @@ pub fn identify<'c>(config: &'c Config, headers: &HeaderMap) -> Result<&'c Task,
         )
     };
     let (task_id, token) = parse_basic(value.as_bytes()).ok_or_else(bad)?;
-    let task = config.task(&task_id).ok_or_else(bad)?;
-    match &task.token {
-        None => Ok(task),
-        Some(expected) => {
-            let ok: bool = expected
-                .expose_secret()
-                .as_bytes()
-                .ct_eq(token.as_bytes())
-                .into();
-            if ok {
-                Ok(task)
-            } else {
-                Err(bad())
-            }
-        }
+    let task = tasks.get(&task_id).ok_or_else(bad)?;
+    if task.token_matches(&token) {
+        Ok(task)
+    } else {
+        Err(bad())
     }
 }
 

@@ -14,6 +14,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use crate::audit::AuditRecord;
 use crate::decision::Reason;
 use crate::forward::exchange;
+use crate::lifecycle::closing::serve_until;
 use crate::listener::{http1_server, http2_server};
 use crate::route::ConnContext;
 use crate::server::Shared;
@@ -25,6 +26,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 pub async fn run(shared: Arc<Shared>, ctx: ConnContext, on_upgrade: OnUpgrade) {
     let started = (Instant::now(), SystemTime::now());
     let conn = ctx.conn_id;
+    let task_conn = ctx.task.connection(&shared.metrics);
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(e) => {
@@ -47,10 +49,10 @@ pub async fn run(shared: Arc<Shared>, ctx: ConnContext, on_upgrade: OnUpgrade) {
     };
     if let Some(sni) = start.client_hello().server_name() {
         if normalize_host(sni).ok().as_deref() != Some(ctx.target.host.as_str()) {
-            tracing::info!(conn, task = %ctx.task_id, host = %ctx.target.host, reason = %Reason::SniMismatch, "TLS handshake refused");
-            shared.audit.record(AuditRecord::for_connect(
+            tracing::info!(conn, task = %ctx.task.id, host = %ctx.target.host, reason = %Reason::SniMismatch, "TLS handshake refused");
+            shared.record_request(AuditRecord::for_connect(
                 conn,
-                Some(&ctx.task_id),
+                Some(&ctx.task),
                 Some(&ctx.target),
                 Reason::SniMismatch,
                 0,
@@ -83,14 +85,18 @@ pub async fn run(shared: Arc<Shared>, ctx: ConnContext, on_upgrade: OnUpgrade) {
     let service = service_fn(move |req| exchange(shared.clone(), ctx.clone(), req));
     let io = TokioIo::new(tls);
     let served = if h2 {
-        http2_server().serve_connection(io, service).await
+        serve_until!(
+            http2_server().serve_connection(io, service),
+            task_conn.revoked()
+        )
     } else {
-        http1_server()
-            .serve_connection(io, service)
-            .with_upgrades()
-            .await
+        let connection = http1_server().serve_connection(io, service).with_upgrades();
+        serve_until!(connection, task_conn.revoked())
     };
-    if let Err(e) = served {
+    if served.is_none() {
+        tracing::debug!(conn, task = %task_conn.task().id, "intercepted connection closed: task ended");
+    }
+    if let Some(Err(e)) = served {
         tracing::debug!(conn, error = %e, "intercepted connection ended with an error");
     }
 }

@@ -3,16 +3,17 @@
 //! absolute-form plain-HTTP request (identify → target → forward).
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use keyswap_config::Scheme;
+use keyswap_config::{first_rule_for_host, Scheme};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditRecord;
 use crate::body::{empty, ProxyBody};
@@ -20,6 +21,9 @@ use crate::decision::{Denial, Reason};
 use crate::forward::exchange;
 use crate::identify::identify;
 use crate::intercept;
+use crate::lifecycle::closing::serve_until;
+use crate::lifecycle::registry::{LiveTask, TaskConnection};
+use crate::metrics::Metrics;
 use crate::route::ConnContext;
 use crate::server::Shared;
 use crate::target::Target;
@@ -79,32 +83,75 @@ pub fn http2_server() -> hyper::server::conn::http2::Builder<TokioExecutor> {
     builder
 }
 
+/// The tasks a plain-HTTP proxy connection has served requests for: the connection is
+/// registered under each, and closes when any of them ends.
+#[derive(Default)]
+struct PlainConnTasks {
+    registered: Mutex<Vec<TaskConnection>>,
+    ended: CancellationToken,
+}
+
+impl PlainConnTasks {
+    fn register(&self, task: &Arc<LiveTask>, metrics: &Arc<Metrics>) {
+        let Ok(mut registered) = self.registered.lock() else {
+            return;
+        };
+        if registered.iter().any(|c| Arc::ptr_eq(c.task(), task)) {
+            return;
+        }
+        let task_conn = task.connection(metrics);
+        let revoked = task_conn.revoked();
+        let ended = self.ended.clone();
+        registered.push(task_conn);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = revoked => ended.cancel(),
+                _ = ended.cancelled() => {}
+            }
+        });
+    }
+}
+
+impl Drop for PlainConnTasks {
+    fn drop(&mut self) {
+        // Ends the watchers spawned by `register`.
+        self.ended.cancel();
+    }
+}
+
 async fn serve_agent(shared: Arc<Shared>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let conn_id = shared.next_conn_id();
+    let tasks = Arc::new(PlainConnTasks::default());
+    let ended = tasks.ended.clone();
     let service = service_fn(move |req| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(proxy_request(shared, conn_id, req).await) }
+        let tasks = tasks.clone();
+        async move { Ok::<_, Infallible>(proxy_request(shared, conn_id, tasks, req).await) }
     });
-    let served = http1_server()
+    let connection = http1_server()
         .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades()
-        .await;
-    if let Err(e) = served {
-        tracing::debug!(conn = conn_id, error = %e, "agent connection ended with an error");
+        .with_upgrades();
+    match serve_until!(connection, ended.cancelled_owned()) {
+        Some(Err(e)) => {
+            tracing::debug!(conn = conn_id, error = %e, "agent connection ended with an error")
+        }
+        None => tracing::debug!(conn = conn_id, "plain-HTTP connection closed: task ended"),
+        Some(Ok(())) => {}
     }
 }
 
 async fn proxy_request(
     shared: Arc<Shared>,
     conn_id: u64,
+    tasks: Arc<PlainConnTasks>,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     if req.method() == Method::CONNECT {
         return connect(shared, conn_id, req).await;
     }
     match req.uri().scheme_str() {
-        Some("http") => plain(shared, conn_id, req).await,
+        Some("http") => plain(shared, conn_id, &tasks, req).await,
         Some(_) => Denial::new(
             Reason::BadRequest,
             "send https:// requests through a CONNECT tunnel (set HTTPS_PROXY)",
@@ -122,16 +169,16 @@ async fn proxy_request(
 fn refuse_connect(
     shared: &Shared,
     conn_id: u64,
-    task: Option<&str>,
+    task: Option<&Arc<LiveTask>>,
     target: Option<&Target>,
     denial: Denial,
     started: (Instant, SystemTime),
 ) -> Response<ProxyBody> {
     let response = denial.response(denial.reason == Reason::BadRequest);
-    tracing::info!(conn = conn_id, task = task.unwrap_or("-"), reason = %denial.reason, "CONNECT refused");
-    shared.audit.record(AuditRecord::for_connect(
+    tracing::info!(conn = conn_id, task = task.map_or("-", |t| t.id.as_str()), reason = %denial.reason, "CONNECT refused");
+    shared.record_request(AuditRecord::for_connect(
         conn_id,
-        task,
+        task.map(|t| &**t),
         target,
         denial.reason,
         response.status().as_u16(),
@@ -149,12 +196,12 @@ async fn connect(
     let started = (Instant::now(), SystemTime::now());
     let snapshot = shared.snapshot();
     let config = &snapshot.config;
-    let task = match identify(config, req.headers()) {
+    let task = match identify(config, &shared.tasks, req.headers()) {
         Ok(task) => task,
         Err(denial) => return refuse_connect(&shared, conn_id, None, None, denial, started),
     };
     let refuse = |target: Option<&Target>, denial| {
-        refuse_connect(&shared, conn_id, Some(&task.id), target, denial, started)
+        refuse_connect(&shared, conn_id, Some(&task), target, denial, started)
     };
     let target = match req.uri().authority().map(Target::from_connect) {
         Some(Ok(target)) => target,
@@ -183,7 +230,8 @@ async fn connect(
             ),
         );
     }
-    let Some(rule) = task.first_rule_for_host(Scheme::Https, &target.host, target.port) else {
+    let rules = snapshot.rules_of(&task).unwrap_or_default();
+    let Some(rule) = first_rule_for_host(rules, Scheme::Https, &target.host, target.port) else {
         return refuse(
             Some(&target),
             Denial::new(
@@ -197,7 +245,7 @@ async fn connect(
     };
     let ctx = ConnContext {
         conn_id,
-        task_id: task.id.clone(),
+        task: task.clone(),
         scheme: Scheme::Https,
         target: target.clone(),
     };
@@ -230,13 +278,21 @@ async fn connect(
 }
 
 /// Plain-HTTP forwarding of an absolute-form request: identify → target → forward.
-async fn plain(shared: Arc<Shared>, conn_id: u64, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn plain(
+    shared: Arc<Shared>,
+    conn_id: u64,
+    tasks: &PlainConnTasks,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
     let started = (Instant::now(), SystemTime::now());
     let snapshot = shared.snapshot();
-    let task_id = match identify(&snapshot.config, req.headers()) {
-        Ok(task) => task.id.clone(),
+    let task = match identify(&snapshot.config, &shared.tasks, req.headers()) {
+        Ok(task) => task,
         Err(denial) => return refuse_connect(&shared, conn_id, None, None, denial, started),
     };
+    if !task.is_cancelled() {
+        tasks.register(&task, &shared.metrics);
+    }
     let target = match req.uri().authority().map(|a| Target::from_authority(a, 80)) {
         Some(Ok(target)) => target,
         _ => {
@@ -246,7 +302,7 @@ async fn plain(shared: Arc<Shared>, conn_id: u64, req: Request<Incoming>) -> Res
     };
     let ctx = Arc::new(ConnContext {
         conn_id,
-        task_id,
+        task,
         scheme: Scheme::Http,
         target,
     });

@@ -4,28 +4,30 @@
 //! authority the request names (`Host`, `:authority`, an absolute-form URI) is the
 //! connection's target; the path normalises; and a rule matches host, port, method and path.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::request::Parts;
 use http::{header, Version};
-use keyswap_config::{normalize_path, Config, RouteMatch, Rule, Scheme, Task};
+use keyswap_config::{match_route, normalize_path, RouteMatch, Rule, Scheme};
 
 use crate::decision::{Denial, Reason};
 use crate::headers::ambiguous_framing;
+use crate::lifecycle::registry::LiveTask;
+use crate::snapshot::Snapshot;
 use crate::target::Target;
 
 /// What a connection already established: who is asking and where to.
 #[derive(Debug, Clone)]
 pub struct ConnContext {
     pub conn_id: u64,
-    pub task_id: String,
+    pub task: Arc<LiveTask>,
     pub scheme: Scheme,
     pub target: Target,
 }
 
 /// An allowed request: the rule that matched and the normalised path to forward.
 pub struct Routed<'c> {
-    pub task: &'c Task,
     pub rule: &'c Rule,
     pub path: String,
 }
@@ -49,17 +51,21 @@ impl Refused {
 }
 
 pub fn decide<'c>(
-    config: &'c Config,
+    snapshot: &'c Snapshot,
     ctx: &ConnContext,
     parts: &Parts,
     now: SystemTime,
 ) -> Result<Routed<'c>, Refused> {
-    let task = config.task(&ctx.task_id).ok_or_else(|| {
-        Refused::new(
-            Reason::NoTask,
-            "this connection's task is no longer configured; reconnect with a current task",
-        )
-    })?;
+    let task = &ctx.task;
+    let rules = snapshot
+        .rules_of(task)
+        .filter(|_| !task.is_cancelled() || task.is_expired(now))
+        .ok_or_else(|| {
+            Refused::new(
+                Reason::NoTask,
+                "this connection's task has ended; ask the operator for a current task",
+            )
+        })?;
     if task.is_expired(now) {
         return Err(Refused::new(
             Reason::TaskExpired,
@@ -83,8 +89,15 @@ pub fn decide<'c>(
         )
     })?;
     let method = parts.method.as_str();
-    match task.match_route(ctx.scheme, &ctx.target.host, ctx.target.port, method, &path) {
-        RouteMatch::Rule(rule) => Ok(Routed { task, rule, path }),
+    match match_route(
+        rules,
+        ctx.scheme,
+        &ctx.target.host,
+        ctx.target.port,
+        method,
+        &path,
+    ) {
+        RouteMatch::Rule(rule) => Ok(Routed { rule, path }),
         RouteMatch::HostNotAllowed => Err(Refused::new(
             Reason::HostNotAllowed,
             format!(

@@ -3,6 +3,7 @@
 //! through [`Shared`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -13,18 +14,29 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::audit::AuditSink;
+use crate::audit::{AuditRecord, AuditSink};
+use crate::child_env::{write_trust_files, TrustFiles};
 use crate::error::ProxyError;
+use crate::lifecycle::api;
+use crate::lifecycle::registry::TaskRegistry;
+use crate::lifecycle::tasks::{self, Issued, TaskError};
 use crate::listener::accept_loop;
+use crate::metrics::{MetricSources, Metrics};
 use crate::snapshot::Snapshot;
 
 /// What every connection shares.
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
-    pub leaves: LeafCache,
-    pub audit: AuditSink,
+    pub leaves: Arc<LeafCache>,
+    pub audit: Arc<AuditSink>,
+    pub tasks: TaskRegistry,
+    pub metrics: Arc<Metrics>,
     next_conn: AtomicU64,
-    provider: Arc<rustls::crypto::CryptoProvider>,
+    pub(crate) provider: Arc<rustls::crypto::CryptoProvider>,
+    /// Where agents reach the explicit listener (for the proxy URLs of issued tasks).
+    pub listen: SocketAddr,
+    /// The CA bundle and trust store an agent's environment points at.
+    pub trust: TrustFiles,
 }
 
 impl Shared {
@@ -38,12 +50,34 @@ impl Shared {
         self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Builds a snapshot from `config` and swaps it in; on error the old one stays.
-    pub fn reload(&self, config: Config) -> Result<(), ProxyError> {
-        let next = Snapshot::build(config, self.provider.clone())?;
-        self.snapshot.store(Arc::new(next));
-        Ok(())
+    /// Swaps in `next` only if `current` is still the snapshot in force (a refresh must not
+    /// undo a reload that happened while it read).
+    pub(crate) fn replace_snapshot(&self, current: &Arc<Snapshot>, next: Snapshot) -> bool {
+        let previous = self.snapshot.compare_and_swap(current, Arc::new(next));
+        Arc::ptr_eq(&previous, current)
     }
+
+    /// Audits one request (or CONNECT) and counts it in the metrics.
+    pub fn record_request(&self, record: AuditRecord) {
+        let policy = match (&record.policy, &record.task) {
+            (Some(policy), _) => policy.as_str(),
+            (None, Some(_)) => "static",
+            (None, None) => "none",
+        };
+        self.metrics
+            .request(record.reason, policy, record.ms / 1000.0);
+        self.audit.record(record);
+    }
+}
+
+/// Builds a snapshot from `config` and swaps it in, then brings the tasks in line with it
+/// (static tasks added or ended, runtime tasks whose policy is gone revoked). On error the
+/// old snapshot stays and no task changes.
+pub fn reload(shared: &Arc<Shared>, config: Config) -> Result<api::Reloaded, ProxyError> {
+    let next = Snapshot::build(config, shared.provider.clone())?;
+    let next = Arc::new(next);
+    shared.snapshot.store(next.clone());
+    Ok(tasks::sync(shared, &next.config))
 }
 
 /// Settings that are not part of the config file.
@@ -51,6 +85,12 @@ impl Shared {
 pub struct ProxyOptions {
     /// Listen here instead of the config's `listen` (tests use `127.0.0.1:0`).
     pub listen: Option<SocketAddr>,
+    /// Serve the admin API on the config's `admin.socket` (and `admin.listen`).
+    pub admin: bool,
+    /// Serve `metrics.listen` if the config has it.
+    pub metrics: bool,
+    /// The config file `POST /v1/reload` reads again (`None`: reload through the API is refused).
+    pub config_path: Option<PathBuf>,
 }
 
 /// A running proxy. Dropping the handle stops accepting new connections.
@@ -58,7 +98,10 @@ pub struct ProxyHandle {
     addr: SocketAddr,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
+    admin_socket: Option<PathBuf>,
+    metrics_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
 }
 
 impl ProxyHandle {
@@ -69,35 +112,93 @@ impl ProxyHandle {
         options: ProxyOptions,
     ) -> Result<ProxyHandle, ProxyError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let audit = AuditSink::open(&config.audit_log)?;
+        let audit = Arc::new(AuditSink::open(&config.audit_log)?);
         let listen = options.listen.unwrap_or(config.listen);
+        let trust = write_trust_files(&config.ca_dir, &ca.cert_pem())?;
         let snapshot = Snapshot::build(config, provider.clone())?;
-        let leaves = LeafCache::new(Arc::new(ca), provider.clone())?;
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|source| ProxyError::Io {
-                what: format!("listen on {listen}"),
+        let leaves = Arc::new(LeafCache::new(Arc::new(ca), provider.clone())?);
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ProxyError::Io {
+                    what: format!("{what}: listen on {addr}"),
+                    source,
+                })?;
+            let local = listener.local_addr().map_err(|source| ProxyError::Io {
+                what: format!("{what}: listener address"),
                 source,
             })?;
-        let addr = listener.local_addr().map_err(|source| ProxyError::Io {
-            what: "listener address".into(),
-            source,
-        })?;
+            Ok::<_, ProxyError>((listener, local))
+        };
+        let (listener, addr) = bind(listen, "proxy").await?;
+        let metrics = Arc::new(Metrics::new(MetricSources {
+            leaves_minted: {
+                let leaves = leaves.clone();
+                Box::new(move || leaves.minted())
+            },
+            audit_records_dropped: {
+                let audit = audit.clone();
+                Box::new(move || audit.dropped())
+            },
+        }));
+        let admin_config = snapshot.config.admin.clone();
+        let metrics_config = snapshot.config.metrics.clone();
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             leaves,
             audit,
+            tasks: TaskRegistry::default(),
+            metrics,
             next_conn: AtomicU64::new(0),
             provider,
+            listen: addr,
+            trust,
         });
+        tasks::sync(&shared, &shared.snapshot().config);
         let (shutdown, stop) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(shared.clone(), listener, stop));
+        let mut handles = vec![tokio::spawn(accept_loop(
+            shared.clone(),
+            listener,
+            stop.clone(),
+        ))];
+        crate::lifecycle::refresh::start(&shared, stop.clone());
+        let mut metrics_addr = None;
+        if let Some(metrics_config) = metrics_config.filter(|_| options.metrics) {
+            let (listener, local) = bind(metrics_config.listen, "metrics").await?;
+            metrics_addr = Some(local);
+            let mut stop = stop.clone();
+            handles.push(tokio::spawn(crate::metrics::serve(
+                listener,
+                shared.metrics.clone(),
+                async move {
+                    let _ = stop.changed().await;
+                },
+            )));
+            tracing::info!(addr = %local, "metrics listening");
+        }
+        let mut admin_socket = None;
+        let mut admin_addr = None;
+        if options.admin {
+            let served = crate::lifecycle::admin::start(
+                shared.clone(),
+                &admin_config,
+                options.config_path.clone(),
+                stop.clone(),
+            )
+            .await?;
+            admin_socket = Some(admin_config.socket.clone());
+            admin_addr = served.tcp_addr;
+            handles.extend(served.handles);
+        }
         tracing::info!(%addr, "keyswap listening");
         Ok(ProxyHandle {
             addr,
             shared,
             shutdown,
-            task: Some(task),
+            tasks: handles,
+            admin_socket,
+            metrics_addr,
+            admin_addr,
         })
     }
 
@@ -105,9 +206,49 @@ impl ProxyHandle {
         self.addr
     }
 
+    /// The admin API's unix socket, when it is served.
+    pub fn admin_socket(&self) -> Option<&std::path::Path> {
+        self.admin_socket.as_deref()
+    }
+
+    /// The admin API's TCP address, when `admin.listen` is served.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The metrics listener's address, when it is served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// What connections share (tests and the bench inspect tasks through it).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// Swaps in a new config; a config that cannot be used leaves the running one in place.
-    pub fn reload(&self, config: Config) -> Result<(), ProxyError> {
-        self.shared.reload(config)
+    pub fn reload(&self, config: Config) -> Result<api::Reloaded, ProxyError> {
+        reload(&self.shared, config)
+    }
+
+    /// Issues a runtime task in-process (what `POST /v1/tasks` does).
+    pub fn issue(&self, request: &api::IssueRequest) -> Result<api::IssuedTask, TaskError> {
+        let issued = tasks::issue(&self.shared, request)?;
+        Ok(crate::lifecycle::admin::issued_task(&self.shared, &issued))
+    }
+
+    /// Issues a runtime task and keeps its token only in the returned value.
+    pub fn issue_task(&self, request: &api::IssueRequest) -> Result<Issued, TaskError> {
+        tasks::issue(&self.shared, request)
+    }
+
+    /// Revokes a runtime task (what `DELETE /v1/tasks/{id}` does).
+    pub fn revoke(
+        &self,
+        id: &str,
+        why: crate::lifecycle::registry::RevokeWhy,
+    ) -> Result<api::Revoked, TaskError> {
+        tasks::revoke(&self.shared, id, why)
     }
 
     /// How many leaf certificates were minted so far.
@@ -120,12 +261,14 @@ impl ProxyHandle {
         self.shared.audit.flush_blocking();
     }
 
-    /// Stops accepting connections and waits for the listener to close.
+    /// Stops accepting connections, ends every task's connections, and waits for the
+    /// listeners to close.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        if let Some(task) = self.task.take() {
+        for task in std::mem::take(&mut self.tasks) {
             let _ = task.await;
         }
+        tasks::end_all(&self.shared);
         self.shared.audit.flush_blocking();
     }
 }
@@ -133,5 +276,8 @@ impl ProxyHandle {
 impl Drop for ProxyHandle {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
+        if let Some(socket) = &self.admin_socket {
+            let _ = std::fs::remove_file(socket);
+        }
     }
 }

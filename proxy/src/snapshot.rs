@@ -4,12 +4,14 @@
 //! no request ever sees half of each.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
-use keyswap_config::Config;
-use secrecy::ExposeSecret;
+use keyswap_config::{Config, Rule, SecretId};
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::error::ProxyError;
+use crate::lifecycle::registry::{LiveTask, TaskSource};
 use crate::replace::Replacer;
 use crate::upstream::UpstreamClients;
 
@@ -18,18 +20,37 @@ pub struct Snapshot {
     /// Pattern `i` is the placeholder of `SecretId(i)`; its replacement the real value.
     pub placeholders: Replacer,
     /// Pattern `i` is the real value of `SecretId(i)`; its replacement the placeholder.
+    /// Values replaced by a refresh follow (an upstream may still echo them).
     pub scrubber: Arc<Replacer>,
     pub upstream: UpstreamClients,
+    /// Per secret: when its current value was read (the config load, or its last refresh).
+    pub loaded_at: Vec<Instant>,
+    /// Per secret: its refresh has failed for longer than one more `refresh` period, so its
+    /// value is no longer swapped in.
+    pub stale: Vec<bool>,
+    /// The value each refreshed secret had before its last refresh, still scrubbed.
+    retired: Vec<(SecretId, SecretString)>,
 }
 
 impl Snapshot {
+    /// The rules `task` acts under in this snapshot: a static task's own (after its
+    /// policy's), a runtime task's policy's. `None` if this config no longer has them.
+    pub fn rules_of(&self, task: &LiveTask) -> Option<&[Rule]> {
+        match &task.source {
+            TaskSource::Config => self.config.task(&task.id).map(|t| t.rules.as_slice()),
+            TaskSource::Runtime { policy } => {
+                self.config.policy(policy).map(|p| p.rules.as_slice())
+            }
+        }
+    }
+
     /// The scrubber for one response: every real value, plus request-specific encoded forms
     /// (a swapped `Basic` credential's base64) mapped back to what the agent sent.
     pub fn scrubber_with(&self, extra: Vec<(Vec<u8>, Bytes)>) -> Result<Arc<Replacer>, ProxyError> {
         if extra.is_empty() {
             return Ok(self.scrubber.clone());
         }
-        let mut pairs = scrub_pairs(&self.config);
+        let mut pairs = scrub_pairs(&self.config, &self.retired);
         pairs.extend(extra);
         Replacer::new(pairs)
             .map(Arc::new)
@@ -39,6 +60,63 @@ impl Snapshot {
     pub fn build(
         config: Config,
         provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Snapshot, ProxyError> {
+        let upstream = UpstreamClients::build(&config, provider)?;
+        let now = Instant::now();
+        let count = config.secrets.len();
+        Snapshot::assemble(
+            config,
+            upstream,
+            vec![now; count],
+            vec![false; count],
+            Vec::new(),
+        )
+    }
+
+    /// This snapshot with secret `id`'s value replaced by a refresh (the upstream clients and
+    /// their pooled connections are kept; the old value stays in the scrubber).
+    pub fn with_refreshed(
+        &self,
+        id: SecretId,
+        value: SecretString,
+    ) -> Result<Snapshot, ProxyError> {
+        let mut config = self.config.clone();
+        let old = std::mem::replace(&mut config.secrets[id.0].value, value);
+        let mut retired: Vec<(SecretId, SecretString)> = self
+            .retired
+            .iter()
+            .filter(|(r, _)| *r != id)
+            .cloned()
+            .collect();
+        if old.expose_secret() != config.secrets[id.0].value.expose_secret() {
+            retired.push((id, old));
+        }
+        let mut loaded_at = self.loaded_at.clone();
+        loaded_at[id.0] = Instant::now();
+        let mut stale = self.stale.clone();
+        stale[id.0] = false;
+        Snapshot::assemble(config, self.upstream.clone(), loaded_at, stale, retired)
+    }
+
+    /// This snapshot with secret `id` marked stale (no longer swapped in) or fresh again.
+    pub fn with_stale(&self, id: SecretId, is_stale: bool) -> Result<Snapshot, ProxyError> {
+        let mut stale = self.stale.clone();
+        stale[id.0] = is_stale;
+        Snapshot::assemble(
+            self.config.clone(),
+            self.upstream.clone(),
+            self.loaded_at.clone(),
+            stale,
+            self.retired.clone(),
+        )
+    }
+
+    fn assemble(
+        config: Config,
+        upstream: UpstreamClients,
+        loaded_at: Vec<Instant>,
+        stale: Vec<bool>,
+        retired: Vec<(SecretId, SecretString)>,
     ) -> Result<Snapshot, ProxyError> {
         let matcher_error = |e: aho_corasick::BuildError| ProxyError::Matcher(e.to_string());
         let placeholders = Replacer::new(
@@ -54,26 +132,31 @@ impl Snapshot {
                 .collect(),
         )
         .map_err(matcher_error)?;
-        let scrubber = Replacer::new(scrub_pairs(&config)).map_err(matcher_error)?;
-        let upstream = UpstreamClients::build(&config, provider)?;
+        let scrubber = Replacer::new(scrub_pairs(&config, &retired)).map_err(matcher_error)?;
         Ok(Snapshot {
             config,
             placeholders,
             scrubber: Arc::new(scrubber),
             upstream,
+            loaded_at,
+            stale,
+            retired,
         })
     }
 }
 
-/// Real value → placeholder, for every secret.
-fn scrub_pairs(config: &Config) -> Vec<(Vec<u8>, Bytes)> {
-    config
-        .secrets
+/// Real value → placeholder, for every secret, then the values refreshes replaced.
+fn scrub_pairs(config: &Config, retired: &[(SecretId, SecretString)]) -> Vec<(Vec<u8>, Bytes)> {
+    let current = config.secrets.iter().map(|s| (&s.value, &s.placeholder));
+    let old = retired
         .iter()
-        .map(|s| {
+        .map(|(id, value)| (value, &config.secret(*id).placeholder));
+    current
+        .chain(old)
+        .map(|(value, placeholder)| {
             (
-                s.value.expose_secret().as_bytes().to_vec(),
-                Bytes::copy_from_slice(s.placeholder.as_bytes()),
+                value.expose_secret().as_bytes().to_vec(),
+                Bytes::copy_from_slice(placeholder.as_bytes()),
             )
         })
         .collect()

@@ -25,23 +25,30 @@ pub async fn splice(
     mut upstream: TcpStream,
     started: (Instant, SystemTime),
 ) {
+    let task_conn = ctx.task.connection(&shared.metrics);
     let (mut sent, mut received) = (0, 0);
     match agent.await {
         Ok(agent) => {
             let mut agent = TokioIo::new(agent);
-            match tokio::io::copy_bidirectional(&mut agent, &mut upstream).await {
-                Ok((to_upstream, to_agent)) => {
-                    sent = to_upstream;
-                    received = to_agent;
+            tokio::select! {
+                copied = tokio::io::copy_bidirectional(&mut agent, &mut upstream) => match copied {
+                    Ok((to_upstream, to_agent)) => {
+                        sent = to_upstream;
+                        received = to_agent;
+                    }
+                    Err(e) => tracing::debug!(conn = ctx.conn_id, error = %e, "tunnel ended"),
+                },
+                _ = task_conn.revoked() => {
+                    tracing::debug!(conn = ctx.conn_id, "tunnel closed: task ended");
                 }
-                Err(e) => tracing::debug!(conn = ctx.conn_id, error = %e, "tunnel ended"),
             }
         }
         Err(e) => tracing::debug!(conn = ctx.conn_id, error = %e, "tunnel upgrade failed"),
     }
+    drop(task_conn);
     let mut record = AuditRecord::for_connect(
         ctx.conn_id,
-        Some(&ctx.task_id),
+        Some(&ctx.task),
         Some(&ctx.target),
         Reason::Allowed,
         StatusCode::OK.as_u16(),
@@ -50,5 +57,5 @@ pub async fn splice(
     record.rule = Some(rule);
     record.req_bytes = sent;
     record.resp_bytes = received;
-    shared.audit.record(record);
+    shared.record_request(record);
 }

@@ -30,7 +30,9 @@ use crate::target::Target;
 /// How long one TCP connect (or TLS handshake) to an upstream may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The shared upstream clients of one config snapshot.
+/// The shared upstream clients of one config snapshot (a secret refresh reuses them, with
+/// their pooled connections).
+#[derive(Clone)]
 pub struct UpstreamClients {
     /// Offers `h2` and `http/1.1`; the upstream chooses.
     pub any: Client<Connector, ProxyBody>,

@@ -14,11 +14,20 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::lifecycle::registry::TaskConnection;
 use crate::replace::Replacer;
 
-/// Joins the agent's and the upstream's upgraded connections in a background task.
-pub fn splice(conn: u64, scrubber: Arc<Replacer>, agent: OnUpgrade, upstream: OnUpgrade) {
+/// Joins the agent's and the upstream's upgraded connections in a background task, until
+/// either side closes or the task is revoked.
+pub fn splice(
+    task_conn: TaskConnection,
+    conn: u64,
+    scrubber: Arc<Replacer>,
+    agent: OnUpgrade,
+    upstream: OnUpgrade,
+) {
     tokio::spawn(async move {
+        let revoked = task_conn.revoked();
         let (agent, upstream) = match tokio::join!(agent, upstream) {
             (Ok(agent), Ok(upstream)) => (agent, upstream),
             (Err(e), _) | (_, Err(e)) => {
@@ -33,10 +42,11 @@ pub fn splice(conn: u64, scrubber: Arc<Replacer>, agent: OnUpgrade, upstream: On
             let _ = upstream_write.shutdown().await;
         };
         let to_agent = guarded_copy(conn, &scrubber, &mut upstream_read, &mut agent_write);
-        // Either direction ending (or a guard trip) ends the splice.
+        // Either direction ending (or a guard trip, or revocation) ends the splice.
         tokio::select! {
             _ = to_upstream => {}
             _ = to_agent => {}
+            _ = revoked => tracing::debug!(conn, "upgraded connection closed: task ended"),
         }
     });
 }

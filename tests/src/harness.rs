@@ -143,6 +143,9 @@ pub struct TestEnv {
     pub config_yaml: String,
     log: LogCapture,
     received: Mutex<Vec<Vec<u8>>>,
+    /// Task tokens handed out during the test: like real secrets, they must appear in no
+    /// log, audit record or response.
+    tokens: Mutex<Vec<String>>,
     _log_guard: tracing::subscriber::DefaultGuard,
 }
 
@@ -155,6 +158,12 @@ impl TestEnv {
     /// `template` is a config with the `{dir}`, `{https_port}`, `{plain_port}` and
     /// `{tunnel_port}` slots of [`DEFAULT_CONFIG`].
     pub async fn start_with(template: &str, alpn: Alpn) -> TestEnv {
+        TestEnv::start_with_options(template, alpn, ProxyOptions::default()).await
+    }
+
+    /// [`TestEnv::start_with`] with proxy options (admin API, metrics); `listen` is always
+    /// an ephemeral loopback port.
+    pub async fn start_with_options(template: &str, alpn: Alpn, options: ProxyOptions) -> TestEnv {
         let log = LogCapture::default();
         // Tests run on a current-thread runtime, so a thread-default subscriber sees every
         // log line the proxy writes for this test. Dependencies are capped as in the binary.
@@ -220,6 +229,7 @@ impl TestEnv {
             proxy_ca,
             ProxyOptions {
                 listen: Some("127.0.0.1:0".parse().expect("addr")),
+                ..options
             },
         )
         .await
@@ -236,6 +246,7 @@ impl TestEnv {
             config_yaml,
             log,
             received: Mutex::new(Vec::new()),
+            tokens: Mutex::new(vec![AGENT_TOKEN.to_string()]),
             _log_guard: log_guard,
         }
     }
@@ -370,18 +381,40 @@ impl TestEnv {
         self.log.contents()
     }
 
-    /// No real secret in the proxy log, the audit file, or anything the agent received.
+    /// Adds a task token to what [`TestEnv::assert_no_leaks`] looks for.
+    pub fn remember_token(&self, token: &str) {
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.push(token.to_string());
+        }
+    }
+
+    /// No real secret and no task token in the proxy log or the audit file, and no real
+    /// secret in anything the agent received.
     pub fn assert_no_leaks(&self) {
         self.proxy.flush_audit();
-        assert_no_real_secret("proxy log", &self.log());
+        let log = self.log();
         let audit = std::fs::read(self.audit_path()).unwrap_or_default();
+        assert_no_real_secret("proxy log", &log);
         assert_no_real_secret("audit log", &audit);
         if let Ok(received) = self.received.lock() {
             for (i, r) in received.iter().enumerate() {
                 assert_no_real_secret(&format!("response #{i} the agent received"), r);
             }
         }
+        let tokens = self.tokens.lock().map(|t| t.clone()).unwrap_or_default();
+        for (what, text) in [("proxy log", &log), ("audit log", &audit)] {
+            for token in &tokens {
+                assert!(
+                    !contains(text, token.as_bytes()),
+                    "a task token appeared in the {what}"
+                );
+            }
+        }
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// A response as the agent saw it.

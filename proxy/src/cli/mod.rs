@@ -1,5 +1,9 @@
-//! The `keyswap` command line: `run`, `check`, `ca export`. This is the edge where errors
-//! become messages for a person; nothing here prints a secret value.
+//! The `keyswap` command line: `run`, `check`, `ca export`, `exec` ([`exec`]), `task` and
+//! `env` ([`task`]). This is the edge where errors become messages for a person; nothing
+//! here prints a secret value (`task issue` prints the new task's token: that is its job).
+
+mod exec;
+mod task;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -47,6 +51,24 @@ pub enum Command {
     Ca {
         #[command(subcommand)]
         command: CaCommand,
+    },
+    /// Run a command as a task issued for its lifetime: the proxy variables, CA bundles and
+    /// placeholders are set in its environment, and the task is revoked when it exits.
+    ///
+    /// Uses the running proxy's admin socket if there is one; otherwise runs keyswap inside
+    /// this process on an ephemeral loopback port for the length of the command.
+    Exec(exec::ExecArgs),
+    /// Issue, list, show and revoke tasks through the running proxy's admin API.
+    Task {
+        #[command(subcommand)]
+        command: task::TaskCommand,
+    },
+    /// Print the environment (shell `export` lines) of a task defined in the config.
+    Env(task::EnvArgs),
+    /// Ask the running proxy to read its config file again (like SIGHUP).
+    Reload {
+        #[command(flatten)]
+        admin: task::AdminArgs,
     },
 }
 
@@ -99,6 +121,10 @@ pub fn main_with(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => return check(&config),
         Command::Run { config } => run(&config),
+        Command::Exec(args) => return exec::exec(args),
+        Command::Task { command } => task::task(command),
+        Command::Env(args) => task::env(args),
+        Command::Reload { admin } => task::reload(admin),
         Command::Ca {
             command:
                 CaCommand::Export {
@@ -153,6 +179,24 @@ pub fn summary(path: &Path, config: &Config) -> String {
             names.join(", ")
         }
     );
+    let _ = writeln!(out, "admin       {}", config.admin.socket.display());
+    if let Some(listen) = config.admin.listen {
+        let _ = writeln!(out, "            {listen} (TCP, bearer token)");
+    }
+    if let Some(metrics) = &config.metrics {
+        let _ = writeln!(out, "metrics     {}", metrics.listen);
+    }
+    let _ = writeln!(out, "policies    {}", config.policies.len());
+    for policy in config.policies.values() {
+        let _ = writeln!(
+            out,
+            "  {} (ttl {}, max {})",
+            policy.name,
+            humantime::format_duration(policy.ttl),
+            humantime::format_duration(policy.max_ttl)
+        );
+        write_rules(&mut out, config, &policy.rules);
+    }
     let _ = writeln!(out, "tasks       {}", config.tasks.len());
     for task in config.tasks.values() {
         let token = if task.token.is_some() {
@@ -164,8 +208,24 @@ pub fn summary(path: &Path, config: &Config) -> String {
             .expires
             .map(|t| format!(", expires {}", humantime::format_rfc3339_seconds(t)))
             .unwrap_or_default();
-        let _ = writeln!(out, "  {} ({token}{expires})", task.id);
-        for rule in &task.rules {
+        let policy = task
+            .policy
+            .as_ref()
+            .map(|p| format!(", policy {p}"))
+            .unwrap_or_default();
+        let _ = writeln!(out, "  {} ({token}{expires}{policy})", task.id);
+        write_rules(&mut out, config, &task.rules);
+    }
+    for warning in &config.warnings {
+        let _ = writeln!(out, "warning: {warning}");
+    }
+    out
+}
+
+fn write_rules(out: &mut String, config: &Config, rules: &[keyswap_config::Rule]) {
+    use std::fmt::Write;
+    {
+        for rule in rules {
             let port = rule.port.map(|p| format!(":{p}")).unwrap_or_default();
             let mut what = Vec::new();
             if rule.tunnel {
@@ -194,10 +254,6 @@ pub fn summary(path: &Path, config: &Config) -> String {
             );
         }
     }
-    for warning in &config.warnings {
-        let _ = writeln!(out, "warning: {warning}");
-    }
-    out
 }
 
 fn ca_export(config: &Path, ca_dir: Option<PathBuf>, out: Option<&Path>) -> anyhow::Result<()> {
@@ -232,7 +288,13 @@ fn run(path: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let handle = ProxyHandle::start(config, ca, ProxyOptions::default()).await?;
+        let options = ProxyOptions {
+            admin: true,
+            metrics: true,
+            config_path: Some(path.to_path_buf()),
+            ..ProxyOptions::default()
+        };
+        let handle = ProxyHandle::start(config, ca, options).await?;
         wait_for_signals(&handle, path).await?;
         handle.shutdown().await;
         Ok(())
@@ -249,7 +311,13 @@ async fn wait_for_signals(handle: &ProxyHandle, path: &Path) -> anyhow::Result<(
         tokio::select! {
             _ = hangup.recv() => match keyswap_config::load(path) {
                 Ok(config) => match handle.reload(config) {
-                    Ok(()) => tracing::info!(config = %path.display(), "config reloaded"),
+                    Ok(summary) => tracing::info!(
+                        config = %path.display(),
+                        added = ?summary.tasks_added,
+                        removed = ?summary.tasks_removed,
+                        revoked = ?summary.tasks_revoked,
+                        "config reloaded"
+                    ),
                     Err(e) => tracing::error!(error = %e, "config not reloaded; keeping the running one"),
                 },
                 Err(errors) => tracing::error!(errors = %errors, "config not reloaded; keeping the running one"),

@@ -1,0 +1,174 @@
+//! `keyswap exec --policy P -- CMD…`: issue a task for the length of one command.
+//!
+//! With a running proxy (its admin socket answers, or `--admin` names one) the task is issued
+//! there with a *lifeline*: the issuing request stays open for the command's lifetime, so
+//! if `exec` is killed the proxy sees the connection drop and revokes. Without one, keyswap
+//! runs inside this process on an ephemeral loopback port. Either way the command gets the
+//! task's environment, receives the signals `exec` gets (SIGINT, SIGTERM, SIGHUP), and
+//! `exec` revokes the task when it exits and exits with its status.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use keyswap_certs::CertificateAuthority;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::task::{socket_answers, AdminArgs};
+use crate::lifecycle::api::IssueRequest;
+use crate::lifecycle::client::{AdminClient, AdminTarget};
+use crate::lifecycle::registry::RevokeWhy;
+use crate::server::{ProxyHandle, ProxyOptions};
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The policy the task is issued from.
+    #[arg(long)]
+    pub policy: String,
+    /// e.g. 30m or 2h; default: the policy's ttl; at most its max_ttl.
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// Default: POLICY-<random>.
+    #[arg(long)]
+    pub id: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// The command and its arguments.
+    #[arg(required = true, last = true)]
+    pub command: Vec<String>,
+}
+
+/// Where the task lives while the command runs.
+enum Issuer {
+    Remote(AdminClient),
+    Embedded(ProxyHandle),
+}
+
+pub fn exec(args: ExecArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("keyswap exec: {e}");
+            return ExitCode::from(125);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            // 125: exec itself failed (as `env`, `nice` and container runtimes do).
+            eprintln!("keyswap exec: {e:#}");
+            ExitCode::from(125)
+        }
+    }
+}
+
+async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
+    let request = IssueRequest {
+        policy: args.policy.clone(),
+        ttl: args.ttl.clone(),
+        id: args.id.clone(),
+        lifeline: true,
+        by: Some("exec".into()),
+    };
+    let target = args.admin.target()?;
+    let use_running = match &target {
+        AdminTarget::Socket(path) => args.admin.admin.is_some() || socket_answers(path).await,
+        AdminTarget::Tcp { .. } => true,
+    };
+    let (issuer, issued, lifeline) = if use_running {
+        let client = AdminClient::new(target);
+        let (issued, lifeline) = client
+            .issue_with_lifeline(&request)
+            .await
+            .with_context(|| format!("issuing a task at {}", client.target))?;
+        (Issuer::Remote(client), issued, Some(lifeline))
+    } else {
+        let handle = start_embedded(&args.admin.config).await?;
+        let issued = handle.issue(&request).map_err(|e| anyhow::anyhow!("{e}"))?;
+        (Issuer::Embedded(handle), issued, None)
+    };
+    tracing::info!(task = %issued.id, policy = %issued.policy, expires = %issued.expires, "running the command as a task");
+    let status = run_child(&args.command, &issued.env).await;
+    let revoked = match &issuer {
+        Issuer::Remote(client) => client
+            .revoke(&issued.id, "exit")
+            .await
+            .map(|_| ())
+            .map_err(anyhow::Error::from),
+        Issuer::Embedded(handle) => handle
+            .revoke(&issued.id, RevokeWhy::Exit)
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("{e}")),
+    };
+    drop(lifeline);
+    if let Err(e) = revoked {
+        // Already gone (expired, revoked by an operator) is not a failure of the command.
+        tracing::debug!(task = %issued.id, error = %e, "task already ended");
+    }
+    if let Issuer::Embedded(handle) = issuer {
+        handle.shutdown().await;
+    }
+    status
+}
+
+/// keyswap in this process: the config's rules and secrets, an ephemeral loopback port, no
+/// admin socket (nothing outside this process needs one).
+async fn start_embedded(config_path: &std::path::Path) -> anyhow::Result<ProxyHandle> {
+    let path = config_path.to_path_buf();
+    let config = tokio::task::spawn_blocking(move || keyswap_config::load(&path))
+        .await?
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "no running keyswap answered, and {} is not valid to start one:\n{e}",
+                config_path.display()
+            )
+        })?;
+    for warning in &config.warnings {
+        tracing::warn!(%warning, "config");
+    }
+    let ca = CertificateAuthority::load_or_create(&config.ca_dir)?;
+    let options = ProxyOptions {
+        listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..ProxyOptions::default()
+    };
+    Ok(ProxyHandle::start(config, ca, options).await?)
+}
+
+/// Runs the command with the task's environment added, forwarding SIGINT, SIGTERM and
+/// SIGHUP; returns its exit status (128 + N when a signal N ended it, as shells report).
+async fn run_child(command: &[String], env: &BTreeMap<String, String>) -> anyhow::Result<ExitCode> {
+    let (program, args) = command.split_first().context("no command given")?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .envs(env)
+        .spawn()
+        .with_context(|| format!("starting {program}"))?;
+    let pid = child.id().map(|id| Pid::from_raw(id as i32));
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let status = loop {
+        let forward = tokio::select! {
+            status = child.wait() => break status?,
+            _ = interrupt.recv() => Signal::SIGINT,
+            _ = terminate.recv() => Signal::SIGTERM,
+            _ = hangup.recv() => Signal::SIGHUP,
+        };
+        if let Some(pid) = pid {
+            let _ = kill(pid, forward);
+        }
+    };
+    use std::os::unix::process::ExitStatusExt;
+    let code = match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => 1,
+    };
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}

@@ -1,0 +1,247 @@
+//! `keyswap task issue|list|show|revoke`, `keyswap reload` and `keyswap env`: thin clients of
+//! the admin API (and, for `env`, of the config). Only `task issue` prints a token — the one
+//! time it exists outside the proxy.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use keyswap_certs::CertificateAuthority;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::child_env::{shell_exports, task_env, write_trust_files, ProxyEndpoint};
+use crate::lifecycle::api::{IssueRequest, TaskInfo};
+use crate::lifecycle::client::{AdminClient, AdminTarget};
+
+/// How to find the admin API.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// The config whose `admin.socket` to use (only that field is read).
+    #[arg(long, default_value = "keyswap.yaml")]
+    pub config: PathBuf,
+    /// The admin socket, or `http://HOST:PORT` for the TCP listener (token from
+    /// --admin-token-env). Overrides the config's `admin.socket`.
+    #[arg(long)]
+    pub admin: Option<String>,
+    /// The variable holding the admin API's bearer token (TCP only).
+    #[arg(long, default_value = "KEYSWAP_ADMIN_TOKEN")]
+    pub admin_token_env: String,
+}
+
+impl AdminArgs {
+    /// The admin API to talk to: `--admin`, else the config's `admin.socket`, else the
+    /// default socket.
+    pub fn target(&self) -> anyhow::Result<AdminTarget> {
+        if let Some(admin) = &self.admin {
+            if let Some(rest) = admin.strip_prefix("http://") {
+                let addr = rest
+                    .trim_end_matches('/')
+                    .parse()
+                    .with_context(|| format!("--admin {admin}: write http://IP:PORT"))?;
+                let token = std::env::var(&self.admin_token_env).with_context(|| {
+                    format!(
+                        "the admin API over TCP needs its token in {}",
+                        self.admin_token_env
+                    )
+                })?;
+                return Ok(AdminTarget::Tcp {
+                    addr,
+                    token: SecretString::from(token),
+                });
+            }
+            return Ok(AdminTarget::Socket(PathBuf::from(admin)));
+        }
+        let socket = keyswap_config::admin_socket_of(&self.config)
+            .unwrap_or_else(|| PathBuf::from(keyswap_config::model::DEFAULT_ADMIN_SOCKET));
+        Ok(AdminTarget::Socket(socket))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Issue a task from a policy; prints its environment as shell `export` lines (or, with
+    /// --json, the id, token, proxy URL, expiry and environment).
+    Issue {
+        #[arg(long)]
+        policy: String,
+        /// e.g. 30m or 2h; default: the policy's ttl; at most its max_ttl.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Default: POLICY-<random>.
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the live tasks (never their tokens).
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show one task.
+    Show {
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Revoke a task: its token stops working and its open connections close.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EnvArgs {
+    /// A task defined in the config (a runtime task's environment is printed once, by
+    /// `keyswap task issue`).
+    #[arg(long)]
+    pub task: String,
+    #[arg(long, default_value = "keyswap.yaml")]
+    pub config: PathBuf,
+    /// Print JSON instead of `export` lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+pub fn task(command: TaskCommand) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        match command {
+            TaskCommand::Issue {
+                policy,
+                ttl,
+                id,
+                json,
+                admin,
+            } => {
+                let client = AdminClient::new(admin.target()?);
+                let request = IssueRequest {
+                    policy,
+                    ttl,
+                    id,
+                    by: Some("api".into()),
+                    lifeline: false,
+                };
+                let issued = client.issue(&request).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&issued)?);
+                } else {
+                    eprintln!(
+                        "keyswap: issued task {} (policy {}, expires {})",
+                        issued.id, issued.policy, issued.expires
+                    );
+                    print!("{}", shell_exports(&issued.env));
+                }
+            }
+            TaskCommand::List { json, admin } => {
+                let tasks = AdminClient::new(admin.target()?).list().await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&tasks)?);
+                } else {
+                    print!("{}", task_table(&tasks));
+                }
+            }
+            TaskCommand::Show { id, admin } => {
+                let task = AdminClient::new(admin.target()?).show(&id).await?;
+                println!("{}", serde_json::to_string_pretty(&task)?);
+            }
+            TaskCommand::Revoke { id, admin } => {
+                let revoked = AdminClient::new(admin.target()?).revoke(&id, "api").await?;
+                println!(
+                    "revoked {}: {} connection(s) closed after {} request(s)",
+                    revoked.id, revoked.connections_closed, revoked.requests
+                );
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn reload(admin: AdminArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let summary = AdminClient::new(admin.target()?).reload().await?;
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        Ok(())
+    })
+}
+
+/// One line per task: id, policy, source, expiry, connections, requests.
+fn task_table(tasks: &[TaskInfo]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<32} {:<16} {:<8} {:<26} {:>5} {:>9}",
+        "ID", "POLICY", "SOURCE", "EXPIRES", "CONNS", "REQUESTS"
+    );
+    for task in tasks {
+        let expires = match (&task.expires, task.expired) {
+            (Some(at), true) => format!("{at} (expired)"),
+            (Some(at), false) => at.clone(),
+            (None, _) => "never".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<32} {:<16} {:<8} {:<26} {:>5} {:>9}",
+            task.id,
+            task.policy.as_deref().unwrap_or("-"),
+            task.source,
+            expires,
+            task.open_connections,
+            task.requests
+        );
+    }
+    out
+}
+
+/// `keyswap env --task ID`: the environment of a task from the config, with its token from
+/// its `token_env`.
+pub fn env(args: EnvArgs) -> anyhow::Result<()> {
+    let config = keyswap_config::load(&args.config)
+        .map_err(|e| anyhow::anyhow!("{} is not valid:\n{e}", args.config.display()))?;
+    let task = config.task(&args.task).with_context(|| {
+        format!(
+            "no task {} in {}; a runtime task's environment is printed once, by `keyswap task issue`",
+            args.task,
+            args.config.display()
+        )
+    })?;
+    let ca = CertificateAuthority::load_or_create(&config.ca_dir)?;
+    let trust = write_trust_files(&config.ca_dir, &ca.cert_pem())?;
+    let placeholders: Vec<(String, String)> = keyswap_config::granted_secrets(&task.rules)
+        .into_iter()
+        .map(|id| config.secret(id))
+        .filter_map(|s| s.env.clone().map(|env| (env, s.placeholder.clone())))
+        .collect();
+    let env = task_env(
+        ProxyEndpoint {
+            task: &task.id,
+            token: task.token.as_ref().map(|t| t.expose_secret()),
+            addr: config.listen,
+        },
+        &trust,
+        &placeholders,
+    );
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&env)?);
+    } else {
+        print!("{}", shell_exports(&env));
+    }
+    Ok(())
+}
+
+/// Whether something answers on the admin socket at `path`.
+pub async fn socket_answers(path: &Path) -> bool {
+    tokio::net::UnixStream::connect(path).await.is_ok()
+}

@@ -1,0 +1,435 @@
+//! The admin API: HTTP/1.1 over a unix socket (mode 0600; whoever can open it is the
+//! operator), and optionally over TCP for sidecars, where every request must carry
+//! `Authorization: Bearer <admin token>`.
+//!
+//! ```text
+//! POST   /v1/tasks        {"policy","ttl","id","lifeline"} → IssuedTask (the only response with a token)
+//! GET    /v1/tasks        → TaskList (never a token)
+//! GET    /v1/tasks/{id}   → TaskInfo
+//! DELETE /v1/tasks/{id}   → Revoked   (?why=exit from `keyswap exec`)
+//! POST   /v1/reload       → Reloaded  (reads the config file again)
+//! ```
+//!
+//! Errors are JSON [`ApiError`]s. A `lifeline` issue keeps its response open and revokes the
+//! task when the connection drops, so a killed `keyswap exec` cannot leave its task behind.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use http_body::Frame;
+use keyswap_config::Admin;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::api::{ApiError, IssueRequest, IssuedTask, TaskList};
+use super::registry::{LiveTask, RevokeWhy};
+use super::tasks::{self, Issued, TaskError};
+use crate::child_env::{task_env, ProxyEndpoint};
+use crate::error::ProxyError;
+use crate::server::Shared;
+
+/// How often a lifeline response writes a newline: a write to a peer that has gone fails,
+/// which is how a killed `exec` is noticed within a second.
+pub const LIFELINE_HEARTBEAT: Duration = Duration::from_millis(250);
+
+#[derive(Clone)]
+struct AdminState {
+    shared: Arc<Shared>,
+    config_path: Option<PathBuf>,
+    stop: watch::Receiver<bool>,
+}
+
+/// The admin listeners that were started.
+pub struct AdminServed {
+    pub tcp_addr: Option<SocketAddr>,
+    pub handles: Vec<JoinHandle<()>>,
+}
+
+/// Binds the unix socket (and the TCP listener if configured) and serves until `stop`.
+pub async fn start(
+    shared: Arc<Shared>,
+    admin: &Admin,
+    config_path: Option<PathBuf>,
+    stop: watch::Receiver<bool>,
+) -> Result<AdminServed, ProxyError> {
+    let state = AdminState {
+        shared,
+        config_path,
+        stop: stop.clone(),
+    };
+    let unix = bind_socket(&admin.socket).await?;
+    let mut handles = vec![tokio::spawn(serve_unix(
+        unix,
+        router(state.clone()),
+        stop.clone(),
+    ))];
+    let mut tcp_addr = None;
+    if let (Some(listen), Some(token)) = (admin.listen, admin.token.clone()) {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| ProxyError::Io {
+                what: format!("admin API: listen on {listen}"),
+                source,
+            })?;
+        tcp_addr = listener.local_addr().ok();
+        let token = Arc::new(token);
+        let app = router(state).layer(axum::middleware::from_fn(move |req, next| {
+            require_bearer(token.clone(), req, next)
+        }));
+        let mut stop = stop.clone();
+        handles.push(tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "admin API (TCP) stopped");
+            }
+        }));
+        tracing::info!(addr = ?tcp_addr, "admin API listening on TCP (bearer token required)");
+    }
+    tracing::info!(socket = %admin.socket.display(), "admin API listening");
+    Ok(AdminServed { tcp_addr, handles })
+}
+
+/// Binds the socket with mode 0600. A socket file left by a proxy that is gone is replaced;
+/// one that answers belongs to a running proxy and is an error.
+async fn bind_socket(path: &Path) -> Result<UnixListener, ProxyError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |what: &str, source| ProxyError::Io {
+        what: format!("admin socket {}: {what}", path.display()),
+        source,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| io("creating its directory", e))?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(io(
+                "another keyswap is serving it",
+                std::io::Error::new(std::io::ErrorKind::AddrInUse, "stop it or set admin.socket"),
+            ));
+        }
+        std::fs::remove_file(path).map_err(|e| io("removing the stale socket", e))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| io("bind", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io("setting mode 0600", e))?;
+    Ok(listener)
+}
+
+async fn serve_unix(listener: UnixListener, app: Router, mut stop: watch::Receiver<bool>) {
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.changed().await;
+        })
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "admin API (socket) stopped");
+    }
+}
+
+fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/v1/tasks", post(issue).get(list))
+        .route("/v1/tasks/{id}", get(show).delete(revoke))
+        .route("/v1/reload", post(reload))
+        .fallback(|| async {
+            failure(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such admin API route; see the README's admin API section",
+            )
+        })
+        .with_state(state)
+}
+
+/// Every request on the TCP listener needs the admin bearer token (compared in constant
+/// time); the unix socket is guarded by its file mode instead.
+async fn require_bearer(token: Arc<SecretString>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let ok: bool = token
+        .expose_secret()
+        .as_bytes()
+        .ct_eq(presented.trim().as_bytes())
+        .into();
+    if ok {
+        next.run(req).await
+    } else {
+        let mut response = failure(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send Authorization: Bearer <the admin token from admin.token_env>",
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"keyswap-admin\""),
+        );
+        response
+    }
+}
+
+fn failure(status: StatusCode, reason: &str, message: impl Into<String>) -> Response {
+    let body = ApiError {
+        reason: reason.to_string(),
+        message: message.into(),
+    };
+    (status, Json(body)).into_response()
+}
+
+fn task_failure(e: TaskError) -> Response {
+    let status = match e {
+        TaskError::UnknownTask(_) => StatusCode::NOT_FOUND,
+        TaskError::DuplicateId(_) | TaskError::StaticTask(_) => StatusCode::CONFLICT,
+        TaskError::Random => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    failure(status, e.reason(), e.to_string())
+}
+
+/// The answer to an issue: id, token, proxy URL, expiry and the agent's environment.
+pub fn issued_task(shared: &Shared, issued: &Issued) -> IssuedTask {
+    let task = &issued.task;
+    let snapshot = shared.snapshot();
+    let placeholders: Vec<(String, String)> = snapshot
+        .rules_of(task)
+        .map(keyswap_config::granted_secrets)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|id| snapshot.config.secret(id))
+        .filter_map(|s| s.env.clone().map(|env| (env, s.placeholder.clone())))
+        .collect();
+    let env = task_env(
+        ProxyEndpoint {
+            task: &task.id,
+            token: Some(issued.token.expose_secret()),
+            addr: shared.listen,
+        },
+        &shared.trust,
+        &placeholders,
+    );
+    IssuedTask {
+        id: task.id.clone(),
+        policy: task.policy.clone().unwrap_or_default(),
+        token: issued.token.expose_secret().to_string(),
+        proxy_url: env.get("HTTPS_PROXY").cloned().unwrap_or_default(),
+        expires: task
+            .expires()
+            .map(crate::audit::timestamp)
+            .unwrap_or_default(),
+        env,
+    }
+}
+
+async fn issue(
+    State(state): State<AdminState>,
+    body: Result<Json<IssueRequest>, JsonRejection>,
+) -> Response {
+    let Json(request) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!(
+                    "the body must be JSON like {{\"policy\":\"github-rw\",\"ttl\":\"30m\"}}: {}",
+                    rejection.body_text()
+                ),
+            )
+        }
+    };
+    let issued = match tasks::issue(&state.shared, &request) {
+        Ok(issued) => issued,
+        Err(e) => return task_failure(e),
+    };
+    let answer = issued_task(&state.shared, &issued);
+    if !request.lifeline {
+        return (StatusCode::CREATED, Json(answer)).into_response();
+    }
+    let Ok(mut first) = serde_json::to_vec(&answer) else {
+        tasks::end(&state.shared, &issued.task, RevokeWhy::Exit, true);
+        return failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "encoding failed",
+        );
+    };
+    first.push(b'\n');
+    let body = LifelineBody {
+        first: Some(Bytes::from(first)),
+        heartbeat: tokio::time::interval(LIFELINE_HEARTBEAT),
+        stop: Box::pin(wait_stop(state.stop.clone())),
+        guard: Lifeline {
+            shared: state.shared.clone(),
+            task: issued.task.clone(),
+        },
+    };
+    (
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::new(body),
+    )
+        .into_response()
+}
+
+async fn wait_stop(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Revokes its task when dropped: the lifeline response ended (the client went away).
+struct Lifeline {
+    shared: Arc<Shared>,
+    task: Arc<LiveTask>,
+}
+
+impl Drop for Lifeline {
+    fn drop(&mut self) {
+        tasks::end(&self.shared, &self.task, RevokeWhy::Exit, true);
+    }
+}
+
+/// The body of a lifeline response: the issued task as one JSON line, then a newline every
+/// [`LIFELINE_HEARTBEAT`] until the task ends, the proxy stops, or the client goes away.
+struct LifelineBody {
+    first: Option<Bytes>,
+    heartbeat: tokio::time::Interval,
+    stop: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    guard: Lifeline,
+}
+
+impl http_body::Body for LifelineBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        if self.guard.task.is_cancelled() || self.stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        match self.heartbeat.poll_tick(cx) {
+            Poll::Ready(_) => Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"\n"))))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+async fn list(State(state): State<AdminState>) -> Response {
+    let tasks = state
+        .shared
+        .tasks
+        .all()
+        .iter()
+        .map(|t| tasks::info(t))
+        .collect();
+    Json(TaskList { tasks }).into_response()
+}
+
+async fn show(State(state): State<AdminState>, UrlPath(id): UrlPath<String>) -> Response {
+    match state.shared.tasks.get(&id) {
+        Some(task) => Json(tasks::info(&task)).into_response(),
+        None => task_failure(TaskError::UnknownTask(id)),
+    }
+}
+
+#[derive(Deserialize)]
+struct RevokeQuery {
+    why: Option<String>,
+}
+
+async fn revoke(
+    State(state): State<AdminState>,
+    UrlPath(id): UrlPath<String>,
+    Query(query): Query<RevokeQuery>,
+) -> Response {
+    let why = match query.why.as_deref() {
+        None | Some("api") => RevokeWhy::Api,
+        Some("exit") => RevokeWhy::Exit,
+        Some(_) => {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "why must be \"api\" or \"exit\"",
+            )
+        }
+    };
+    match tasks::revoke(&state.shared, &id, why) {
+        Ok(revoked) => Json(revoked).into_response(),
+        Err(e) => task_failure(e),
+    }
+}
+
+async fn reload(State(state): State<AdminState>) -> Response {
+    let Some(path) = state.config_path.clone() else {
+        return failure(
+            StatusCode::CONFLICT,
+            "no_config_file",
+            "this keyswap was not started from a config file, so there is nothing to reload",
+        );
+    };
+    let loaded = tokio::task::spawn_blocking(move || keyswap_config::load(&path)).await;
+    let config = match loaded {
+        Ok(Ok(config)) => config,
+        Ok(Err(errors)) => {
+            tracing::error!(errors = %errors, "config not reloaded; keeping the running one");
+            return failure(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_config",
+                format!("the config was not reloaded; the running one stays:\n{errors}"),
+            );
+        }
+        Err(_) => {
+            return failure(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the config load did not finish",
+            )
+        }
+    };
+    match crate::server::reload(&state.shared, config) {
+        Ok(summary) => {
+            tracing::info!(
+                added = ?summary.tasks_added,
+                removed = ?summary.tasks_removed,
+                revoked = ?summary.tasks_revoked,
+                "config reloaded through the admin API"
+            );
+            Json(summary).into_response()
+        }
+        Err(e) => failure(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_config",
+            format!("the config was not reloaded; the running one stays: {e}"),
+        ),
+    }
+}

@@ -1,0 +1,308 @@
+//! What happens to tasks: issue one from a policy, revoke one, let one expire, and bring the
+//! static tasks in line with a (re)loaded config. Each ending cancels the task's connections
+//! and is audited once (`task_issued` / `task_revoked`) and counted in the metrics.
+//!
+//! Tokens are generated here and handed out once, in the [`Issued`] value; they are never
+//! logged or audited.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use keyswap_config::{Config, TtlError};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::api;
+use super::registry::{IssuedBy, LiveTask, RevokeWhy, TaskSource};
+use crate::audit::{timestamp, LifecycleRecord};
+use crate::server::Shared;
+
+/// Why a task could not be issued or revoked. The messages name policies and ids only.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskError {
+    #[error("no policy named \"{0}\" in the config; `keyswap check` lists the policies")]
+    UnknownPolicy(String),
+    #[error("\"{0}\" is not a duration; write e.g. 30m, 2h or 1h30m")]
+    BadTtl(String),
+    #[error("{0}")]
+    TtlRefused(TtlError),
+    #[error("\"{0}\" is not a valid task id: use 1 to 64 characters of A-Z, a-z, 0-9, \".\", \"_\" and \"-\"")]
+    BadId(String),
+    #[error("a task with id \"{0}\" already exists; choose another id or revoke that task first")]
+    DuplicateId(String),
+    #[error("no task \"{0}\"")]
+    UnknownTask(String),
+    #[error("task \"{0}\" is defined in the config; remove it there and reload to end it")]
+    StaticTask(String),
+    #[error("\"{0}\" is not who issues a task: use \"exec\" or \"api\"")]
+    BadIssuer(String),
+    #[error("the system random number generator failed; no token could be made")]
+    Random,
+}
+
+impl TaskError {
+    /// The `reason` of the admin API's JSON error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TaskError::UnknownPolicy(_) => "unknown_policy",
+            TaskError::BadTtl(_) => "bad_ttl",
+            TaskError::TtlRefused(_) => "ttl_above_max",
+            TaskError::BadId(_) => "bad_id",
+            TaskError::DuplicateId(_) => "duplicate_id",
+            TaskError::UnknownTask(_) => "unknown_task",
+            TaskError::StaticTask(_) => "static_task",
+            TaskError::BadIssuer(_) => "bad_request",
+            TaskError::Random => "internal",
+        }
+    }
+}
+
+/// A task just issued, with the token that is shown this once.
+pub struct Issued {
+    pub task: Arc<LiveTask>,
+    pub token: SecretString,
+}
+
+/// Issues a runtime task from a policy of the current config.
+pub fn issue(shared: &Arc<Shared>, request: &api::IssueRequest) -> Result<Issued, TaskError> {
+    let by = match request.by.as_deref() {
+        None | Some("api") => IssuedBy::Api,
+        Some("exec") => IssuedBy::Exec,
+        Some(other) => return Err(TaskError::BadIssuer(other.to_string())),
+    };
+    let snapshot = shared.snapshot();
+    let policy = snapshot
+        .config
+        .policy(&request.policy)
+        .ok_or_else(|| TaskError::UnknownPolicy(request.policy.clone()))?;
+    let requested = match &request.ttl {
+        None => None,
+        Some(text) => Some(
+            humantime::parse_duration(text.trim()).map_err(|_| TaskError::BadTtl(text.clone()))?,
+        ),
+    };
+    let ttl = policy.ttl_for(requested).map_err(TaskError::TtlRefused)?;
+    let id = match &request.id {
+        Some(id) if keyswap_config::valid_task_id(id) => id.clone(),
+        Some(id) => return Err(TaskError::BadId(id.clone())),
+        None => generated_id(shared, &policy.name)?,
+    };
+    let token = SecretString::from(random_hex(shared, 16)?);
+    let task = Arc::new(LiveTask::new(
+        id.clone(),
+        TaskSource::Runtime {
+            policy: policy.name.clone(),
+        },
+        Some(policy.name.clone()),
+        by,
+        Some(token.clone()),
+        Some(SystemTime::now() + ttl),
+    ));
+    shared
+        .tasks
+        .insert_new(task.clone())
+        .map_err(|_| TaskError::DuplicateId(id))?;
+    started(shared, &task);
+    Ok(Issued { task, token })
+}
+
+/// Revokes a runtime task (`DELETE /v1/tasks/{id}`).
+pub fn revoke(shared: &Shared, id: &str, why: RevokeWhy) -> Result<api::Revoked, TaskError> {
+    let task = shared
+        .tasks
+        .get(id)
+        .ok_or_else(|| TaskError::UnknownTask(id.to_string()))?;
+    if task.source == TaskSource::Config {
+        return Err(TaskError::StaticTask(id.to_string()));
+    }
+    Ok(end(shared, &task, why, true).unwrap_or_else(|| revoked_value(&task, why)))
+}
+
+/// Ends `task`: cancels its connections, optionally removes it, and audits it — once; `None`
+/// if it had already ended.
+pub fn end(
+    shared: &Shared,
+    task: &Arc<LiveTask>,
+    why: RevokeWhy,
+    remove: bool,
+) -> Option<api::Revoked> {
+    if remove {
+        shared.tasks.remove_exact(task);
+    }
+    // Counted before cancelling: the connections are open until they see the cancellation.
+    let revoked = revoked_value(task, why);
+    if !task.end() {
+        return None;
+    }
+    tracing::info!(task = %task.id, why = why.as_str(), connections = revoked.connections_closed, "task ended");
+    shared.audit.lifecycle(LifecycleRecord::TaskRevoked {
+        ts: timestamp(SystemTime::now()),
+        task: task.id.clone(),
+        policy: task.policy.clone(),
+        why: why.as_str(),
+        connections_closed: revoked.connections_closed,
+        requests: revoked.requests,
+    });
+    shared.metrics.task_revoked(why.as_str());
+    Some(revoked)
+}
+
+fn revoked_value(task: &LiveTask, why: RevokeWhy) -> api::Revoked {
+    api::Revoked {
+        id: task.id.clone(),
+        why: why.as_str().to_string(),
+        connections_closed: task.open_connections(),
+        requests: task.requests(),
+    }
+}
+
+/// Audits and counts a newly registered task and arms its expiry.
+fn started(shared: &Arc<Shared>, task: &Arc<LiveTask>) {
+    shared.audit.lifecycle(LifecycleRecord::TaskIssued {
+        ts: timestamp(task.issued_at),
+        task: task.id.clone(),
+        policy: task.policy.clone(),
+        expires: task.expires().map(timestamp),
+        by: task.issued_by.as_str(),
+    });
+    shared.metrics.task_issued(task.issued_by.as_str());
+    tracing::info!(task = %task.id, policy = task.policy.as_deref().unwrap_or("-"), by = task.issued_by.as_str(), "task issued");
+    tokio::spawn(watch_expiry(Arc::downgrade(shared), task.clone()));
+}
+
+/// Ends the task when it expires (re-arming when a reload moves its expiry). A runtime task
+/// is removed; a static one stays so that its requests are refused as `task_expired`.
+async fn watch_expiry(shared: Weak<Shared>, task: Arc<LiveTask>) {
+    loop {
+        let Some(expires) = task.expires() else {
+            tokio::select! {
+                _ = task.expiry_changed.notified() => continue,
+                _ = task.cancelled() => return,
+            }
+        };
+        let wait = expires
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {
+                if !task.is_expired(SystemTime::now()) {
+                    continue;
+                }
+                if let Some(shared) = shared.upgrade() {
+                    let remove = task.source != TaskSource::Config;
+                    end(&shared, &task, RevokeWhy::Expired, remove);
+                }
+                return;
+            }
+            _ = task.expiry_changed.notified() => continue,
+            _ = task.cancelled() => return,
+        }
+    }
+}
+
+/// Brings the registry in line with `config` (at start and after every reload): static
+/// tasks are added, updated or ended; runtime tasks whose policy is gone are revoked.
+pub fn sync(shared: &Arc<Shared>, config: &Config) -> api::Reloaded {
+    let mut summary = api::Reloaded {
+        tasks_added: Vec::new(),
+        tasks_removed: Vec::new(),
+        tasks_revoked: Vec::new(),
+    };
+    let configured: BTreeSet<&str> = config.tasks.keys().map(String::as_str).collect();
+    for live in shared.tasks.all() {
+        match &live.source {
+            TaskSource::Config if !configured.contains(live.id.as_str()) => {
+                end(shared, &live, RevokeWhy::Reload, true);
+                summary.tasks_removed.push(live.id.clone());
+            }
+            TaskSource::Runtime { policy }
+                if config.policy(policy).is_none() || configured.contains(live.id.as_str()) =>
+            {
+                end(shared, &live, RevokeWhy::Reload, true);
+                summary.tasks_revoked.push(live.id.clone());
+            }
+            _ => {}
+        }
+    }
+    for task in config.tasks.values() {
+        if let Some(live) = shared.tasks.get(&task.id) {
+            let unchanged_identity = live.same_token(task.token.as_ref())
+                && live.policy == task.policy
+                && !live.is_cancelled();
+            if unchanged_identity {
+                live.set_expires(task.expires);
+                continue;
+            }
+            // A new token (or a task that had expired and was extended) starts afresh: the
+            // connections opened with the old identity end.
+            end(shared, &live, RevokeWhy::Reload, true);
+        }
+        let live = Arc::new(LiveTask::new(
+            task.id.clone(),
+            TaskSource::Config,
+            task.policy.clone(),
+            IssuedBy::Config,
+            task.token.clone(),
+            task.expires,
+        ));
+        shared.tasks.replace(live.clone());
+        started(shared, &live);
+        summary.tasks_added.push(task.id.clone());
+    }
+    summary
+}
+
+/// Ends every task without removing it (the proxy is stopping).
+pub fn end_all(shared: &Shared) {
+    for task in shared.tasks.all() {
+        task.end();
+    }
+}
+
+/// The listing of one task (never its token).
+pub fn info(task: &LiveTask) -> api::TaskInfo {
+    let now = SystemTime::now();
+    api::TaskInfo {
+        id: task.id.clone(),
+        source: match task.source {
+            TaskSource::Config => "config",
+            TaskSource::Runtime { .. } => "runtime",
+        }
+        .to_string(),
+        policy: task.policy.clone(),
+        issued_by: task.issued_by.as_str().to_string(),
+        issued_at: timestamp(task.issued_at),
+        expires: task.expires().map(timestamp),
+        expired: task.is_expired(now),
+        open_connections: task.open_connections(),
+        requests: task.requests(),
+    }
+}
+
+/// `<policy>-<8 hex digits>`, cut so the id stays within 64 characters.
+fn generated_id(shared: &Shared, policy: &str) -> Result<String, TaskError> {
+    let suffix = random_hex(shared, 4)?;
+    let keep = policy.len().min(64 - suffix.len() - 1);
+    Ok(format!("{}-{suffix}", &policy[..keep]))
+}
+
+/// `bytes` random bytes from the TLS provider's CSPRNG, as lowercase hex.
+fn random_hex(shared: &Shared, bytes: usize) -> Result<String, TaskError> {
+    use std::fmt::Write;
+    let mut buf = vec![0u8; bytes];
+    shared
+        .provider
+        .secure_random
+        .fill(&mut buf)
+        .map_err(|_| TaskError::Random)?;
+    let mut out = String::with_capacity(bytes * 2);
+    for b in &buf {
+        let _ = write!(out, "{b:02x}");
+    }
+    Ok(out)
+}
+
+/// The token of an issued task, for the one response that carries it.
+pub fn expose_token(issued: &Issued) -> &str {
+    issued.token.expose_secret()
+}
