@@ -161,10 +161,6 @@ pub(crate) fn read_value(
 /// be too long to guess.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
-/// What to do about an admin token that is empty or too short.
-const ADMIN_TOKEN_FIX: &str =
-    "set it to a random token, e.g. `export KEYSWAP_ADMIN_TOKEN=$(head -c 24 /dev/urandom | base64)`";
-
 /// Reads a task's proxy password from `token_env`.
 pub(crate) fn read_token(name: &str, env: &dyn EnvSource) -> Result<SecretString, SourceError> {
     read_env_token(
@@ -180,13 +176,17 @@ pub(crate) fn read_admin_token(
     name: &str,
     env: &dyn EnvSource,
 ) -> Result<SecretString, SourceError> {
-    let token = read_env_token(name, env, ADMIN_TOKEN_FIX)?;
+    // What to do about a token that is empty or too short.
+    let fix = format!(
+        "set it to a random token of at least {MIN_ADMIN_TOKEN_LEN} bytes, e.g. `export {name}=$(head -c 24 /dev/urandom | base64)`"
+    );
+    let token = read_env_token(name, env, &fix)?;
     if token.expose_secret().len() < MIN_ADMIN_TOKEN_LEN {
         return Err(source_error(
             format!(
                 "the value of environment variable {name} is shorter than {MIN_ADMIN_TOKEN_LEN} bytes, too short for the admin API's bearer token"
             ),
-            ADMIN_TOKEN_FIX,
+            fix,
         ));
     }
     Ok(token)
