@@ -394,3 +394,27 @@ fn admin_socket_must_not_be_empty() {
         "{text}"
     );
 }
+
+#[test]
+fn shipped_example_loads_without_warnings() {
+    let env = HashMap::from([
+        (
+            "GITHUB_TOKEN_REAL".to_string(),
+            "KSREAL-example-github-value".to_string(),
+        ),
+        (
+            "KEYSWAP_TOKEN_FIX42".to_string(),
+            "example-task-token".to_string(),
+        ),
+    ]);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/keyswap.yaml");
+    let config = keyswap_config::load_with(&path, &env).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.warnings.is_empty(), "{:#?}", config.warnings);
+    assert_eq!(config.admin.socket, PathBuf::from(DEFAULT_ADMIN_SOCKET));
+    assert!(config.admin.listen.is_none());
+    let github = config.secret_by_name("github").map(|id| config.secret(id));
+    assert_eq!(github.and_then(|s| s.env.as_deref()), Some("GITHUB_TOKEN"));
+    let policy = config.policy("github-rw").expect("policy github-rw");
+    assert_eq!(policy.granted_secrets(), [SecretId(0)]);
+    assert!(config.task("fix-issue-42").is_some());
+}
