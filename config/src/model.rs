@@ -205,11 +205,27 @@ pub struct Secret {
 }
 
 /// Where a secret's value comes from. Names a variable, a path or a command, never a value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum SecretSource {
     Env(String),
     File(PathBuf),
     Command(Vec<String>),
+}
+
+impl fmt::Debug for SecretSource {
+    // A command's arguments may carry the value or a reference to it (`printf %s VALUE`,
+    // `op read op://...`): only the program and the number of arguments are shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::Env(name) => f.debug_tuple("Env").field(name).finish(),
+            SecretSource::File(path) => f.debug_tuple("File").field(path).finish(),
+            SecretSource::Command(argv) => f
+                .debug_struct("Command")
+                .field("program", &argv.first().map_or("", String::as_str))
+                .field("args", &argv.len().saturating_sub(1))
+                .finish(),
+        }
+    }
 }
 
 impl fmt::Debug for Secret {

@@ -23,6 +23,9 @@ pub(crate) struct RawConfig {
     pub secrets: Option<L<Entries<L<RawSecret>>>>,
     pub tasks_dir: Option<L<String>>,
     pub tasks: Option<L<Entries<L<RawTask>>>>,
+    pub policies: Option<L<Entries<L<RawPolicy>>>>,
+    pub admin: Option<L<RawAdmin>>,
+    pub metrics: Option<L<RawMetrics>>,
 }
 
 /// `upstream:`.
@@ -42,6 +45,8 @@ pub(crate) struct RawSecret {
     pub from_file: Option<L<String>>,
     pub from_command: Option<L<Vec<L<String>>>>,
     pub placeholder: Option<L<String>>,
+    pub env: Option<L<String>>,
+    pub refresh: Option<L<String>>,
 }
 
 /// One task: an entry of `tasks:` or the whole body of a file in `tasks_dir`.
@@ -50,10 +55,36 @@ pub(crate) struct RawSecret {
 pub(crate) struct RawTask {
     pub token_env: Option<L<String>>,
     pub expires: Option<L<String>>,
+    pub policy: Option<L<String>>,
     pub allow: Option<L<Vec<L<RawRule>>>>,
 }
 
-/// One element of a task's `allow:` list.
+/// One entry of `policies:` (the key is the policy's name).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPolicy {
+    pub ttl: Option<L<String>>,
+    pub max_ttl: Option<L<String>>,
+    pub allow: Option<L<Vec<L<RawRule>>>>,
+}
+
+/// `admin:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub socket: Option<L<String>>,
+    pub listen: Option<L<String>>,
+    pub token_env: Option<L<String>>,
+}
+
+/// `metrics:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMetrics {
+    pub listen: Option<L<String>>,
+}
+
+/// One element of a task's or a policy's `allow:` list.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRule {

@@ -157,8 +157,46 @@ pub(crate) fn read_value(
     Ok(SecretString::from(Box::<str>::from(text)))
 }
 
+/// The admin API's bearer token lets its holder issue credentials for any policy: it must
+/// be too long to guess.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
 /// Reads a task's proxy password from `token_env`.
 pub(crate) fn read_token(name: &str, env: &dyn EnvSource) -> Result<SecretString, SourceError> {
+    read_env_token(
+        name,
+        env,
+        "set it to the task's password, or remove token_env for no password",
+    )
+}
+
+/// Reads the admin API's bearer token from `admin.token_env`: a task token's checks, and at
+/// least [`MIN_ADMIN_TOKEN_LEN`] bytes.
+pub(crate) fn read_admin_token(
+    name: &str,
+    env: &dyn EnvSource,
+) -> Result<SecretString, SourceError> {
+    // What to do about a token that is empty or too short.
+    let fix = format!(
+        "set it to a random token of at least {MIN_ADMIN_TOKEN_LEN} bytes, e.g. `export {name}=$(head -c 24 /dev/urandom | base64)`"
+    );
+    let token = read_env_token(name, env, &fix)?;
+    if token.expose_secret().len() < MIN_ADMIN_TOKEN_LEN {
+        return Err(source_error(
+            format!(
+                "the value of environment variable {name} is shorter than {MIN_ADMIN_TOKEN_LEN} bytes, too short for the admin API's bearer token"
+            ),
+            fix,
+        ));
+    }
+    Ok(token)
+}
+
+fn read_env_token(
+    name: &str,
+    env: &dyn EnvSource,
+    empty_fix: &str,
+) -> Result<SecretString, SourceError> {
     let value = Zeroizing::new(env.var(name).ok_or_else(|| {
         source_error(
             format!("environment variable {name} is not set"),
@@ -168,7 +206,7 @@ pub(crate) fn read_token(name: &str, env: &dyn EnvSource) -> Result<SecretString
     if value.is_empty() {
         return Err(source_error(
             format!("environment variable {name} is empty"),
-            "set it to the task's password, or remove token_env for no password",
+            empty_fix,
         ));
     }
     if value.bytes().any(|b| b < 0x20 || b == 0x7F) {
@@ -359,6 +397,11 @@ pub(crate) fn token_contains_value(token: &SecretString, value: &SecretString) -
     token.expose_secret().contains(value.expose_secret())
 }
 
+/// Whether two tokens are the same.
+pub(crate) fn same_token(a: &SecretString, b: &SecretString) -> bool {
+    a.expose_secret() == b.expose_secret()
+}
+
 /// Leading or trailing whitespace is usually a copy-paste slip (and some servers trim it).
 pub(crate) fn has_outer_whitespace(value: &SecretString) -> bool {
     let v = value.expose_secret();
@@ -502,5 +545,22 @@ mod tests {
             read_token("X", &e).unwrap_err().message,
             "environment variable X is not set"
         );
+    }
+
+    #[test]
+    fn admin_tokens_are_long_and_never_shown() {
+        let long = "admin-token-0123456789";
+        let e = env(&[("LONG", long), ("SHORT", "admin-token-123"), ("E", "")]);
+        assert_eq!(expose(&read_admin_token("LONG", &e).unwrap()), long);
+        let short = read_admin_token("SHORT", &e).unwrap_err();
+        assert!(short.message.contains("shorter than 16 bytes"), "{short:?}");
+        assert!(!short.message.contains("admin-token-123") && !short.fix.contains("admin-token"));
+        assert!(read_admin_token("E", &e)
+            .unwrap_err()
+            .fix
+            .contains("random token"));
+        let a = read_admin_token("LONG", &e).unwrap();
+        assert!(same_token(&a, &read_admin_token("LONG", &e).unwrap()));
+        assert!(!same_token(&a, &read_token("SHORT", &e).unwrap()));
     }
 }

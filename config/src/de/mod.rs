@@ -210,16 +210,24 @@ fn human(exp: &dyn de::Expected) -> String {
 
 fn unknown_field(field: &str, allowed: &[&str]) -> (String, String) {
     let list = allowed.join(", ");
-    let close = allowed
-        .iter()
-        .copied()
-        .filter(|a| edit_distance(a, field) <= 2)
-        .min_by_key(|a| edit_distance(a, field));
-    let fix = match close {
+    let fix = match closest(field, allowed.iter().copied()) {
         Some(name) => format!("did you mean \"{name}\"? allowed fields here: {list}"),
         None => format!("allowed fields here: {list}"),
     };
     (format!("unknown field \"{field}\""), fix)
+}
+
+/// The candidate within two edits of `word` (a likely typo of it), the nearest first.
+pub(crate) fn closest<'c>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'c str>,
+) -> Option<&'c str> {
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(c, word), c))
+        .filter(|(distance, _)| *distance <= 2)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, c)| c)
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {

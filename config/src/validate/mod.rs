@@ -1,20 +1,23 @@
 //! Raw config → [`Config`]: every check that is not about YAML types, collecting *all*
 //! errors (with file, line, column, field path and a fix) before failing.
 //!
-//! `top` checks the top level and `upstream`, `secrets` the secret definitions, `tasks`
-//! the tasks (inline and `tasks_dir`) and `rules` their allow lists. Secret values are read
+//! `top` checks the top level and `upstream`, `admin` the admin API and metrics listeners,
+//! `secrets` the secret definitions, `policies` the named allowlists, `tasks` the tasks
+//! (inline and `tasks_dir`) and `rules` the allow lists of both. Secret values are read
 //! and compared only through [`crate::secrets`], so no message built here can contain one.
 //! All paths are used as written: relative paths are relative to the process's working
 //! directory, not to the config file.
 
+mod admin;
+mod policies;
 mod rules;
 mod secrets;
 mod tasks;
 mod top;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::de::{self, Located};
 use crate::error::{ConfigError, ConfigErrors, Sink};
@@ -121,13 +124,21 @@ fn check(
         .as_ref()
         .map(|u| top::check_upstream(u, sink))
         .unwrap_or_default();
+    let admin = admin::check_admin(raw.admin.as_ref(), sink, checker);
+    let metrics = admin::check_metrics(raw.metrics.as_ref(), sink, checker);
+    admin::check_listeners_apart(&raw, listen, &admin, metrics.as_ref(), sink);
     let secrets = secrets::check_secrets(raw.secrets.as_ref(), sink, checker);
-    let defined = Defined {
+    let no_policies = BTreeMap::new();
+    let mut defined = Defined {
         secrets: &secrets,
         declared: tree.keys_of("secrets").into_iter().collect::<BTreeSet<_>>(),
+        policies: &no_policies,
     };
+    let policies = policies::check_policies(raw.policies.as_ref(), &defined, sink, checker);
+    defined.policies = &policies;
     let tasks = tasks::check_all(&raw, &defined, sink, checker, task_file_errors);
-    tasks::warn_unused_secrets(&secrets, &tasks, sink.file, checker);
+    admin::check_admin_token_apart(&raw, &admin, &tasks, sink);
+    tasks::warn_unused_secrets(&secrets, &tasks, &policies, sink.file, checker);
     Some(Config {
         listen,
         ca_dir,
@@ -135,11 +146,38 @@ fn check(
         upstream,
         secrets,
         tasks,
-        policies: Default::default(),
-        admin: Default::default(),
-        metrics: None,
+        policies,
+        admin,
+        metrics,
         warnings: std::mem::take(&mut checker.warnings),
     })
+}
+
+/// Longer than any sensible TTL or refresh interval, and far below where adding it to a
+/// clock could overflow.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A humantime duration (`90s`, `15m`, `2h`, `1h30m`); bounds are checked by the caller.
+pub(crate) fn check_duration(value: &Located<String>, sink: &mut Sink<'_>) -> Option<Duration> {
+    match humantime::parse_duration(value.value.trim()) {
+        Ok(d) if d > MAX_DURATION => {
+            sink.at(
+                value,
+                format!("\"{}\" is longer than 100 years", value.value),
+                "write a shorter duration, e.g. 8h or 30days",
+            );
+            None
+        }
+        Ok(d) => Some(d),
+        Err(_) => {
+            sink.at(
+                value,
+                format!("\"{}\" is not a duration", value.value),
+                "write a number and a unit, e.g. 90s, 15m, 2h or 1h30m",
+            );
+            None
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

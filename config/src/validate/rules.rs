@@ -1,6 +1,6 @@
-//! One task's `allow:` rules: raw → [`Rule`]. Owns the checks of every rule field (host
-//! pattern, port, methods, path globs, granted secrets, tunnel, `swap_in`) and the warning
-//! about rules that CONNECT can never choose. Never sees a secret value.
+//! One task's or policy's `allow:` rules: raw → [`Rule`]. Owns the checks of every rule
+//! field (host pattern, port, methods, path globs, granted secrets, tunnel, `swap_in`) and
+//! the warnings about rules that CONNECT can never choose. Never sees a secret value.
 
 use std::path::Path;
 
@@ -9,7 +9,7 @@ use super::{Checker, Site};
 use crate::de::Located;
 use crate::error::Sink;
 use crate::host::HostPattern;
-use crate::model::{Rule, SecretId, SwapIn};
+use crate::model::{Policy, Rule, SecretId, SwapIn};
 use crate::path::PathPatterns;
 use crate::raw::{RawRule, RawSwapIn};
 
@@ -20,8 +20,31 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// Checks an `allow:` list. Returns the rules without errors, indexed by their position in
+/// the list, with the site of each.
+pub(super) fn check_rules(
+    list: Option<&Located<Vec<Located<RawRule>>>>,
+    defined: &Defined<'_>,
+    sink: &mut Sink<'_>,
+) -> (Vec<Rule>, Vec<Site>) {
+    let mut rules = Vec::new();
+    let mut sites = Vec::new();
+    for (index, raw_rule) in list
+        .map(|l| l.value.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        if let Some(rule) = check_rule(index, raw_rule, defined, sink) {
+            rules.push(rule);
+            sites.push(Site::from(raw_rule));
+        }
+    }
+    (rules, sites)
+}
+
 /// Checks one rule; `None` if any of its fields has an error (all are reported).
-pub(super) fn check_rule(
+fn check_rule(
     index: usize,
     raw: &Located<RawRule>,
     defined: &Defined<'_>,
@@ -203,19 +226,43 @@ pub(super) fn warn_shadowed(
     checker: &mut Checker<'_>,
 ) {
     for (j, later) in rules.iter().enumerate() {
-        let earlier = rules[..j]
-            .iter()
-            .find(|r| r.host == later.host && r.port == later.port && r.tunnel != later.tunnel);
-        if let Some(earlier) = earlier {
-            let note = if earlier.tunnel {
-                format!(
-                    "never used: allow[{}] tunnels the same host and port without interception",
-                    earlier.index
-                )
-            } else {
-                format!("never used: allow[{}] intercepts the same host and port, so it is not tunnelled", earlier.index)
-            };
+        if let Some(earlier) = shadowing(&rules[..j], later) {
+            let earlier_name = format!("allow[{}]", earlier.index);
+            let note = shadowed_note(&earlier_name, earlier.tunnel);
             checker.warn(file, sites[j].pos, &sites[j].path, note);
         }
+    }
+}
+
+/// Like [`warn_shadowed`] for a task's own rules after the rules of the policy it names
+/// (which come first).
+pub(super) fn warn_shadowed_by_policy(
+    policy: &Policy,
+    rules: &[Rule],
+    sites: &[Site],
+    file: &Path,
+    checker: &mut Checker<'_>,
+) {
+    for (later, site) in rules.iter().zip(sites) {
+        if let Some(earlier) = shadowing(&policy.rules, later) {
+            let earlier_name = format!("policy {}'s allow[{}]", policy.name, earlier.index);
+            let note = shadowed_note(&earlier_name, earlier.tunnel);
+            checker.warn(file, site.pos, &site.path, note);
+        }
+    }
+}
+
+/// The first of `earlier` that takes `later`'s host and port with the other kind.
+fn shadowing<'r>(earlier: &'r [Rule], later: &Rule) -> Option<&'r Rule> {
+    earlier
+        .iter()
+        .find(|r| r.host == later.host && r.port == later.port && r.tunnel != later.tunnel)
+}
+
+fn shadowed_note(earlier: &str, earlier_tunnels: bool) -> String {
+    if earlier_tunnels {
+        format!("never used: {earlier} tunnels the same host and port without interception")
+    } else {
+        format!("never used: {earlier} intercepts the same host and port, so it is not tunnelled")
     }
 }

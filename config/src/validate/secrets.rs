@@ -1,12 +1,14 @@
-//! The `secrets:` section: names, placeholders, the one source of each value, and the
-//! clashes between placeholders and real values. Values are read and compared only through
+//! The `secrets:` section: names, placeholders, the one source of each value, `env` and
+//! `refresh`, and the clashes between placeholders and real values. Values are read and compared only through
 //! [`crate::secrets`]; messages name secrets and sources, never values.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::{Checker, Site};
+use super::{check_duration, Checker, Site};
 use crate::de::{Entries, Located};
 use crate::error::Sink;
 use crate::model::{Secret, SecretId, SecretSource};
@@ -21,9 +23,12 @@ pub(super) fn check_secrets(
     let entries = raw.map(|r| r.value.0.as_slice()).unwrap_or_default();
     let mut secrets = Vec::new();
     let mut sites: Vec<(Site, Site)> = Vec::new();
+    let mut envs: HashMap<&str, &str> = HashMap::new();
     for (name, raw) in entries {
         check_secret_name(name, sink);
         let placeholder = check_placeholder(raw, sink);
+        let env = check_env(name, raw, &mut envs, sink);
+        let refresh = check_refresh(raw, sink);
         let value = read_secret_value(name, raw, sink, checker);
         if let (Some(placeholder), Some((value, source, source_site))) = (placeholder, value) {
             if secrets::has_outer_whitespace(&value) {
@@ -44,8 +49,8 @@ pub(super) fn check_secrets(
                 placeholder: placeholder.value.clone(),
                 value,
                 source,
-                env: None,
-                refresh: None,
+                env,
+                refresh,
             });
             sites.push((Site::from(placeholder), source_site));
         }
@@ -85,6 +90,68 @@ fn check_placeholder<'r>(
         return None;
     }
     Some(placeholder)
+}
+
+/// The variable `keyswap exec` sets to the placeholder: a name every shell can export, and
+/// one per secret (two placeholders cannot share a variable).
+fn check_env<'r>(
+    name: &'r Located<String>,
+    raw: &'r Located<RawSecret>,
+    envs: &mut HashMap<&'r str, &'r str>,
+    sink: &mut Sink<'_>,
+) -> Option<String> {
+    let env = raw.value.env.as_ref()?;
+    let var = env.value.as_str();
+    let mut bytes = var.bytes();
+    let portable = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !portable {
+        sink.at(
+            env,
+            format!("\"{var}\" is not a valid environment variable name"),
+            "use letters, digits and \"_\", not starting with a digit, e.g. GITHUB_TOKEN",
+        );
+        return None;
+    }
+    if let Some(other) = envs.get(var) {
+        sink.at(
+            env,
+            format!("env {var} is also the env of secret \"{other}\""),
+            "give each secret its own variable (keyswap exec sets it to that secret's placeholder)",
+        );
+        return None;
+    }
+    envs.insert(var, &name.value);
+    Some(var.to_string())
+}
+
+/// How often the value is read again: only a file or a command can change while keyswap
+/// runs, and not more often than once a second.
+fn check_refresh(raw: &Located<RawSecret>, sink: &mut Sink<'_>) -> Option<Duration> {
+    let refresh = raw.value.refresh.as_ref()?;
+    if raw.value.from_env.is_some() {
+        sink.at(
+            refresh,
+            "refresh cannot be used with from_env: the environment cannot change while keyswap runs",
+            "remove refresh, or read the secret with from_file or from_command",
+        );
+        return None;
+    }
+    let every = check_duration(refresh, sink)?;
+    if every < Duration::from_secs(1) {
+        sink.at(
+            refresh,
+            format!(
+                "refresh {} is shorter than 1s",
+                humantime::format_duration(every)
+            ),
+            "write 1s or more, e.g. 15m",
+        );
+        return None;
+    }
+    Some(every)
 }
 
 fn valid_env_name(name: &str) -> bool {

@@ -1,27 +1,30 @@
 //! Tasks: raw → [`Task`], for inline tasks and for the files of `tasks_dir` (each
 //! `*.yaml`/`*.yml` is one task, id = file stem; errors in it name that file and its lines).
 //!
-//! Owns task ids, `token_env`, `expires`, and the warnings about tasks as a whole (tasks
-//! without a token, secrets no rule grants); rules are checked in `rules`. Never formats a
-//! secret value or a token; tokens are compared with values only through [`crate::secrets`].
+//! Owns task ids, `token_env`, `expires`, `policy` (whose rules come before the task's
+//! own), and the warnings about tasks as a whole (tasks without a token, secrets no rule
+//! grants); rules are checked in `rules`. Never formats a secret value or a token; tokens
+//! are compared with values only through [`crate::secrets`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use super::rules::{check_rule, warn_shadowed};
+use super::rules::{check_rules, warn_shadowed, warn_shadowed_by_policy};
 use super::{read_raw, sort, Checker, Site};
-use crate::de::Located;
+use crate::de::{closest, Located};
 use crate::error::{io_reason, ConfigError, Sink};
 use crate::locate::child;
-use crate::model::{Secret, SecretId, Task};
+use crate::model::{Policy, Secret, SecretId, Task};
 use crate::raw::{RawConfig, RawTask};
 use crate::secrets;
 
 /// The secrets rules may name: loaded ones (with ids) and every name written under
-/// `secrets:` (a secret whose own definition has errors is not also "undefined").
+/// `secrets:` (a secret whose own definition has errors is not also "undefined"); and the
+/// policies tasks may name (empty while the policies themselves are checked).
 pub(crate) struct Defined<'a> {
     pub secrets: &'a [Secret],
     pub declared: BTreeSet<String>,
+    pub policies: &'a BTreeMap<String, Policy>,
 }
 
 impl Defined<'_> {
@@ -30,8 +33,9 @@ impl Defined<'_> {
     }
 }
 
-/// Task ids appear in proxy credentials (`http://TASK:TOKEN@...`) and file names.
-fn valid_task_id(id: &str) -> bool {
+/// Task ids appear in proxy credentials (`http://TASK:TOKEN@...`) and file names; policy
+/// names follow the same rule.
+pub(super) fn valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
             .bytes()
@@ -57,7 +61,7 @@ pub(crate) fn check_all(
         .map(|t| t.value.0.as_slice())
         .unwrap_or_default()
     {
-        if !valid_task_id(&id.value) {
+        if !valid_id(&id.value) {
             sink.at(
                 id,
                 format!("\"{}\" is not a valid task id", id.value),
@@ -143,7 +147,7 @@ fn check_dir(
             );
             continue;
         };
-        if !valid_task_id(&id) {
+        if !valid_id(&id) {
             let message = format!(
                 "file {} gives the task id \"{id}\", which is not valid",
                 file.display()
@@ -251,20 +255,12 @@ fn check_task(
                     None
                 }
             });
-    let raw_rules = raw
-        .allow
+    let policy = raw
+        .policy
         .as_ref()
-        .map(|a| a.value.as_slice())
-        .unwrap_or_default();
-    let mut rules = Vec::new();
-    let mut sites = Vec::new();
-    for (index, raw_rule) in raw_rules.iter().enumerate() {
-        if let Some(rule) = check_rule(index, raw_rule, defined, sink) {
-            rules.push(rule);
-            sites.push(Site::from(raw_rule));
-        }
-    }
-    if raw_rules.is_empty() {
+        .and_then(|name| check_policy_name(name, defined, sink));
+    let (mut rules, sites) = check_rules(raw.allow.as_ref(), defined, sink);
+    if raw.allow.as_ref().map_or(true, |a| a.value.is_empty()) && raw.policy.is_none() {
         checker.warn(
             sink.file,
             site.pos,
@@ -273,19 +269,60 @@ fn check_task(
         );
     }
     warn_shadowed(&rules, &sites, sink.file, checker);
+    if let Some(policy) = policy {
+        warn_shadowed_by_policy(policy, &rules, &sites, sink.file, checker);
+        // The policy's rules first, then the task's own; `index` is the position in that
+        // list (what the audit record's `rule` names).
+        let mut all = policy.rules.clone();
+        all.append(&mut rules);
+        rules = all;
+        for (index, rule) in rules.iter_mut().enumerate() {
+            rule.index = index;
+        }
+    }
     Task {
         id: id.to_string(),
         token,
         expires,
-        policy: None,
+        policy: raw.policy.as_ref().map(|p| p.value.clone()),
         rules,
     }
 }
 
-/// A secret no rule grants is probably a typo in a rule.
+/// The policy a task names with `policy:`.
+fn check_policy_name<'d>(
+    name: &Located<String>,
+    defined: &Defined<'d>,
+    sink: &mut Sink<'_>,
+) -> Option<&'d Policy> {
+    if let Some(policy) = defined.policies.get(&name.value) {
+        return Some(policy);
+    }
+    let known: Vec<&str> = defined.policies.keys().map(String::as_str).collect();
+    let fix = if known.is_empty() {
+        "define it under policies:, or remove policy (no policies are defined)".to_string()
+    } else if let Some(close) = closest(&name.value, known.iter().copied()) {
+        format!(
+            "did you mean \"{close}\"? defined policies: {}",
+            known.join(", ")
+        )
+    } else {
+        format!("use one of the defined policies: {}", known.join(", "))
+    };
+    sink.at(
+        name,
+        format!("policy \"{}\" is not defined", name.value),
+        fix,
+    );
+    None
+}
+
+/// A secret no rule grants is probably a typo in a rule. Policies' rules count: tasks are
+/// issued from them at runtime.
 pub(crate) fn warn_unused_secrets(
     secrets: &[Secret],
     tasks: &BTreeMap<String, Task>,
+    policies: &BTreeMap<String, Policy>,
     file: &Path,
     checker: &mut Checker<'_>,
 ) {
@@ -293,6 +330,7 @@ pub(crate) fn warn_unused_secrets(
         let used = tasks
             .values()
             .flat_map(|t| &t.rules)
+            .chain(policies.values().flat_map(|p| &p.rules))
             .any(|r| r.grants(secret.id));
         if !used {
             checker.note(

@@ -39,38 +39,60 @@ pub(super) fn check_listen(
     sink: &mut Sink<'_>,
     checker: &mut Checker<'_>,
 ) -> SocketAddr {
-    let default = || {
-        DEFAULT_LISTEN
-            .parse()
-            .expect("default listen address is valid")
-    };
-    let Some(listen) = listen else {
-        return default();
-    };
-    match listen.value.parse::<SocketAddr>() {
+    listen
+        .and_then(|listen| {
+            check_socket_addr(
+                listen,
+                DEFAULT_LISTEN,
+                Some("other machines can reach the proxy"),
+                sink,
+                checker,
+            )
+        })
+        .unwrap_or_else(|| {
+            DEFAULT_LISTEN
+                .parse()
+                .expect("default listen address is valid")
+        })
+}
+
+/// An `ip:port` field. When the address is not loopback and `exposed` says what that
+/// exposes, a warning says so.
+pub(super) fn check_socket_addr(
+    value: &Located<String>,
+    example: &str,
+    exposed: Option<&str>,
+    sink: &mut Sink<'_>,
+    checker: &mut Checker<'_>,
+) -> Option<SocketAddr> {
+    match value.value.parse::<SocketAddr>() {
         Ok(addr) => {
-            if !addr.ip().is_loopback() {
+            if let Some(exposed) = exposed.filter(|_| !addr.ip().is_loopback()) {
                 checker.warn(
                     sink.file,
-                    listen.pos,
-                    &listen.path,
-                    format!("{addr} is not a loopback address: other machines can reach the proxy"),
+                    value.pos,
+                    &value.path,
+                    format!("{addr} is not a loopback address: {exposed}"),
                 );
             }
-            addr
+            Some(addr)
         }
         Err(_) => {
             sink.at(
-                listen,
-                format!("\"{}\" is not an IP address and port", listen.value),
-                "write ip:port, e.g. 127.0.0.1:8080 (host names are not accepted)",
+                value,
+                format!("\"{}\" is not an IP address and port", value.value),
+                format!("write ip:port, e.g. {example} (host names are not accepted)"),
             );
-            default()
+            None
         }
     }
 }
 
-fn non_empty_path(value: Option<&Located<String>>, default: &str, sink: &mut Sink<'_>) -> PathBuf {
+pub(super) fn non_empty_path(
+    value: Option<&Located<String>>,
+    default: &str,
+    sink: &mut Sink<'_>,
+) -> PathBuf {
     match value {
         None => PathBuf::from(default),
         Some(v) if v.value.trim().is_empty() => {
