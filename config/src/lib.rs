@@ -7,8 +7,8 @@
 //! environment through an [`EnvSource`], and running `from_command` programs.
 //!
 //! **Paths**: every path in the config (`ca_dir`, `audit_log`, `tasks_dir`,
-//! `upstream.extra_roots`, `from_file`) is used as written, so relative paths are relative
-//! to the process's current working directory, not to the config file.
+//! `upstream.extra_roots`, `from_file`, `admin.socket`) is used as written, so relative
+//! paths are relative to the process's current working directory, not to the config file.
 //!
 //! Secret values are held only in [`secrecy::SecretString`] and never appear in an error,
 //! a warning or a `Debug` output of this crate.
