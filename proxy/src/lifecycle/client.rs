@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -179,12 +179,8 @@ impl AdminClient {
         while !line.contains(&b'\n') {
             match body.frame().await {
                 Some(Ok(frame)) => {
-                    if let Some(mut data) = frame.into_data().ok() {
-                        while data.has_remaining() {
-                            let chunk = data.chunk().to_vec();
-                            data.advance(chunk.len());
-                            line.extend_from_slice(&chunk);
-                        }
+                    if let Ok(data) = frame.into_data() {
+                        line.extend_from_slice(&data);
                     }
                 }
                 Some(Err(e)) => return Err(ClientError::Protocol(e.to_string())),
