@@ -226,11 +226,14 @@ pub fn sync(shared: &Arc<Shared>, config: &Config) -> api::Reloaded {
     }
     for task in config.tasks.values() {
         if let Some(live) = shared.tasks.get(&task.id) {
-            let unchanged_identity = live.same_token(task.token.as_ref())
-                && live.policy == task.policy
-                && !live.is_cancelled();
-            if unchanged_identity {
+            let same_identity =
+                live.same_token(task.token.as_ref()) && live.policy == task.policy;
+            if same_identity && !live.is_cancelled() {
                 live.set_expires(task.expires);
+                continue;
+            }
+            if same_identity && task.is_expired(SystemTime::now()) {
+                // Expired before and still expired: it stays as it is (refused as expired).
                 continue;
             }
             // A new token (or a task that had expired and was extended) starts afresh: the
