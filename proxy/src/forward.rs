@@ -15,7 +15,7 @@ use keyswap_config::SecretId;
 use crate::audit::{query_keys, timestamp, AuditRecord};
 use crate::body::{boxed, empty, Counted, ProxyBody};
 use crate::decision::{Denial, Reason};
-use crate::headers::{is_upgrade_request, strip_hop_by_hop};
+use crate::headers::{is_websocket_upgrade, strip_hop_by_hop};
 use crate::replace::ReplacingBody;
 use crate::route::{decide, ConnContext, Refused};
 use crate::scrub::{body_policy, scrub_body, scrub_headers, BodyPolicy};
@@ -125,7 +125,7 @@ async fn forward(
     mut req: Request<Incoming>,
     ex: &mut Exchange,
 ) -> Result<Response<ProxyBody>, Refused> {
-    let upgrade = is_upgrade_request(req.headers()) && req.version() == Version::HTTP_11;
+    let upgrade = is_websocket_upgrade(req.headers()) && req.version() == Version::HTTP_11;
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
 
@@ -268,6 +268,14 @@ async fn forward(
     })?;
     let mut response = response;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching && !upgrade {
+        // Only a WebSocket handshake may switch protocols: anything else would leave a
+        // connection whose later requests are never decided.
+        return Err(refuse_with_rule(Denial::new(
+            Reason::UpstreamError,
+            "the upstream switched protocols on a request that did not ask for WebSocket",
+        )));
+    }
     let upstream_upgrade = (switching && upgrade).then(|| hyper::upgrade::on(&mut response));
     let (mut resp_parts, resp_body) = response.into_parts();
     let policy = body_policy(&resp_parts.headers, !used.is_empty());

@@ -3,13 +3,15 @@
 
 use http::header::{self, HeaderMap, HeaderName};
 
-/// Headers that describe one connection, never forwarded.
-const HOP_BY_HOP: &[HeaderName] = &[
+/// Headers that describe one connection, never forwarded. `HTTP2-Settings` belongs to the
+/// h2c upgrade (RFC 7540 §3.2.1), which keyswap never lets through.
+const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Removes hop-by-hop headers, the headers that `Connection` names, and every `Proxy-*` and
@@ -26,7 +28,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let upgrade = keep_upgrade
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten();
-    for name in named.iter().chain(HOP_BY_HOP) {
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
     let proxy_headers: Vec<HeaderName> = headers
@@ -46,9 +48,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Whether the request asks to switch protocols (HTTP/1.1 `Connection: upgrade`).
-pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+/// Whether the request asks to switch to WebSocket (HTTP/1.1 `Connection: upgrade` and
+/// `Upgrade: websocket`, that one protocol alone). Any other upgrade — `h2c`, or a list that
+/// offers more than WebSocket — is not one: its `Upgrade` header is stripped and the request
+/// is forwarded as an ordinary request, because a spliced connection would carry requests
+/// that keyswap never decides or audits.
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    let mut upgrades = headers.get_all(header::UPGRADE).iter();
+    let only_websocket = match (upgrades.next(), upgrades.next()) {
+        (Some(value), None) => value
+            .to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket")),
+        _ => false,
+    };
+    only_websocket
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -67,6 +80,25 @@ pub fn ambiguous_framing(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_websocket_is_an_upgrade() {
+        let with = |upgrade: &[&str]| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, "Upgrade".parse().unwrap());
+            for u in upgrade {
+                h.append(header::UPGRADE, u.parse().unwrap());
+            }
+            is_websocket_upgrade(&h)
+        };
+        assert!(with(&["websocket"]));
+        assert!(with(&["WebSocket"]));
+        assert!(!with(&["h2c"]));
+        assert!(!with(&["websocket, h2c"]));
+        assert!(!with(&["websocket", "h2c"]));
+        assert!(!with(&["TLS/1.2"]));
+        assert!(!with(&[]));
+    }
     use http::HeaderValue;
 
     #[test]
@@ -91,7 +123,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(is_upgrade_request(&h));
+        assert!(is_websocket_upgrade(&h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h[header::UPGRADE], "websocket");
         assert_eq!(h[header::CONNECTION], "upgrade");

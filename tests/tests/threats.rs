@@ -281,3 +281,38 @@ async fn reload_applies_to_open_connections_and_revokes_rules() {
     );
     env.assert_no_leaks();
 }
+
+#[tokio::test]
+async fn h2c_upgrade_is_not_spliced() {
+    let env = TestEnv::start().await;
+    let opts = env.agent(&format!("{API_HOST}:443"), Alpn::Http1Only);
+    let mut conn = env.open(&opts).await;
+    for upgrade in ["h2c", "websocket, h2c", "TLS/1.2"] {
+        let req = client::request("GET", API_HOST, "/echo/upgrade", false)
+            .header("connection", "Upgrade, HTTP2-Settings")
+            .header("upgrade", upgrade)
+            .header("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA")
+            .body(client::empty())
+            .unwrap();
+        let reply = env.reply(conn.send(req).await.expect("response")).await;
+        assert_eq!(reply.status, 200, "{upgrade}: an ordinary answer, not 101");
+        let echoed: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        let headers = &echoed["headers"];
+        for stripped in ["upgrade", "http2-settings", "connection"] {
+            assert!(
+                headers.get(stripped).is_none(),
+                "{upgrade}: the upstream saw {stripped}"
+            );
+        }
+    }
+    // The connection still carries decided requests: a route the task may not use is refused.
+    let req = client::request("DELETE", API_HOST, "/echo/x", false)
+        .body(client::empty())
+        .unwrap();
+    let reply = env.reply(conn.send(req).await.expect("response")).await;
+    assert_eq!(
+        (reply.status, reply.reason()),
+        (403, Some("route_not_allowed"))
+    );
+    env.assert_no_leaks();
+}

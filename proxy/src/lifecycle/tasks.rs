@@ -226,8 +226,7 @@ pub fn sync(shared: &Arc<Shared>, config: &Config) -> api::Reloaded {
     }
     for task in config.tasks.values() {
         if let Some(live) = shared.tasks.get(&task.id) {
-            let same_identity =
-                live.same_token(task.token.as_ref()) && live.policy == task.policy;
+            let same_identity = live.same_token(task.token.as_ref()) && live.policy == task.policy;
             if same_identity && !live.is_cancelled() {
                 live.set_expires(task.expires);
                 continue;
