@@ -389,11 +389,19 @@ pub struct Rule {
     /// or `swap_in`.
     pub tunnel: bool,
     pub swap_in: SwapIn,
+    /// The scheme the rule matches: `https` unless it says `scheme: http` or names port 80.
+    /// A request in the other scheme never matches it, so a secret granted for HTTPS is
+    /// never sent in cleartext.
+    pub scheme: Scheme,
+    /// `allow_cleartext: true`: an `http` rule may grant secrets.
+    pub allow_cleartext: bool,
 }
 
 impl Rule {
     pub fn matches_host(&self, scheme: Scheme, host: &str, port: u16) -> bool {
-        port == self.port.unwrap_or(scheme.default_port()) && self.host.matches(host)
+        scheme == self.scheme
+            && port == self.port.unwrap_or(scheme.default_port())
+            && self.host.matches(host)
     }
 
     /// Method (exact, case-sensitive) and normalised path.

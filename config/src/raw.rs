@@ -95,6 +95,16 @@ pub(crate) struct RawRule {
     pub secrets: Option<L<Vec<L<String>>>>,
     pub tunnel: Option<L<bool>>,
     pub swap_in: Option<L<Vec<L<RawSwapIn>>>>,
+    pub scheme: Option<L<RawScheme>>,
+    pub allow_cleartext: Option<L<bool>>,
+}
+
+/// `scheme:` of a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawScheme {
+    Http,
+    Https,
 }
 
 /// One word of `swap_in:`.

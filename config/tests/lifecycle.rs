@@ -100,6 +100,7 @@ tasks:
         secrets: [npm]
       - host: pypi.org
   policy-only:
+    token_env: KEYSWAP_FIXTURE_TOKEN
     policy: long
 "#;
 
@@ -323,7 +324,11 @@ fn task_with_policy_and_no_rules_is_not_warned_about() {
     let config = load(
         "version: 1\npolicies:\n  p:\n    allow:\n      - host: pypi.org\ntasks:\n  t:\n    policy: p\n",
     );
-    assert!(config.warnings.is_empty(), "{:#?}", config.warnings);
+    // The only warning is about its missing token (the config's only task may have none).
+    assert_eq!(
+        config.warnings,
+        vec!["k.yaml: task t has no token_env: any client that can reach the proxy can use it"]
+    );
 }
 
 #[test]

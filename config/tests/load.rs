@@ -160,7 +160,7 @@ fn full_fixture_loads_every_field() {
     let docs = config
         .task("docs-bot")
         .expect("task from tasks_dir/docs-bot.yaml");
-    assert!(docs.token.is_none());
+    assert!(docs.token.is_some());
 
     assert!(config.warnings.is_empty(), "{:#?}", config.warnings);
 
@@ -212,24 +212,26 @@ secrets:
     placeholder: ghp_keyswap_fixture_000000
 tasks:
   a:
+    token_env: KEYSWAP_FIXTURE_TOKEN
     allow:
       - host: api.github.com
         tunnel: true
       - host: api.github.com
   b:
+    token_env: KEYSWAP_FIXTURE_TOKEN
     expires: 2020-01-01T00:00:00Z
     allow:
       - host: api.github.com
-  c: {}
+  c:
+    token_env: KEYSWAP_FIXTURE_TOKEN
 "#;
     let config = load_str(yaml, Path::new("k.yaml"), &env()).expect("warnings are not errors");
     let all = config.warnings.join("\n");
     for expected in [
         "k.yaml:3:9 listen: 0.0.0.0:8080 is not a loopback address",
-        "k.yaml: tasks a, b, c have no token_env",
         "k.yaml: secret \"github\" is not granted by any rule",
-        "k.yaml:15:14 tasks.b.expires: task b has already expired",
-        "k.yaml:13:9 tasks.a.allow[1]: never used: allow[0] tunnels the same host and port",
+        "k.yaml:17:14 tasks.b.expires: task b has already expired",
+        "k.yaml:14:9 tasks.a.allow[1]: never used: allow[0] tunnels the same host and port",
         "tasks.c: task c has no allow rules",
     ] {
         assert!(all.contains(expected), "missing {expected:?} in:\n{all}");

@@ -172,7 +172,16 @@ fn routes_table() {
             "/user",
             Err("host_not_allowed"),
         ),
-        (Http, "api.github.com", 80, "GET", "/user", Ok(0)),
+        // Schemes: a rule is https unless it says scheme: http (or port: 80), so a grant for
+        // HTTPS never matches a plain-HTTP request.
+        (
+            Http,
+            "api.github.com",
+            80,
+            "GET",
+            "/user",
+            Err("host_not_allowed"),
+        ),
         (
             Http,
             "api.github.com",
@@ -182,7 +191,7 @@ fn routes_table() {
             Err("host_not_allowed"),
         ),
         (Https, "localhost", 8443, "GET", "/", Ok(5)),
-        (Http, "localhost", 8443, "GET", "/", Ok(5)),
+        (Http, "localhost", 8443, "GET", "/", Err("host_not_allowed")),
         (Https, "localhost", 443, "GET", "/", Err("host_not_allowed")),
         // Wildcards: one or more labels, never the bare suffix.
         (Https, "raw.githubusercontent.com", 443, "GET", "/x", Ok(2)),

@@ -82,7 +82,9 @@ tasks:
       - host: localhost
         port: {https_port}
       - host: plain.upstream.test
+        scheme: http
         secrets: [github]
+        allow_cleartext: true
   expired:
     token_env: KS_TEST_TOKEN
     expires: 2020-01-01T00:00:00Z

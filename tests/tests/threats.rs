@@ -316,3 +316,39 @@ async fn h2c_upgrade_is_not_spliced() {
     );
     env.assert_no_leaks();
 }
+
+#[tokio::test]
+async fn https_grant_is_never_sent_over_http() {
+    // api.upstream.test grants github on HTTPS (a rule without scheme or port). The same host
+    // in plain HTTP matches no rule, so the placeholder is never swapped into cleartext.
+    let env = TestEnv::start().await;
+    let before = (env.upstream.seen_count(), env.plain.seen_count());
+    for port in ["", ":443"] {
+        let req = http::Request::builder()
+            .method("GET")
+            .uri(format!("http://{API_HOST}{port}/echo/cleartext"))
+            .header("host", format!("{API_HOST}{port}"))
+            .header("authorization", bearer(GITHUB_PLACEHOLDER))
+            .body(client::empty())
+            .unwrap();
+        let resp = client::plain_proxy_request(
+            env.proxy.addr(),
+            Some(("agent", keyswap_tests::harness::AGENT_TOKEN)),
+            req,
+        )
+        .await
+        .expect("plain response");
+        let reply = env.reply(resp).await;
+        assert_eq!(
+            (reply.status, reply.reason()),
+            (403, Some("host_not_allowed")),
+            "http://{API_HOST}{port}"
+        );
+    }
+    assert_eq!(
+        (env.upstream.seen_count(), env.plain.seen_count()),
+        before,
+        "nothing was dialled"
+    );
+    env.assert_no_leaks();
+}

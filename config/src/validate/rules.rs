@@ -9,9 +9,9 @@ use super::{Checker, Site};
 use crate::de::Located;
 use crate::error::Sink;
 use crate::host::HostPattern;
-use crate::model::{Policy, Rule, SecretId, SwapIn};
+use crate::model::{Policy, Rule, Scheme, SecretId, SwapIn};
 use crate::path::PathPatterns;
-use crate::raw::{RawRule, RawSwapIn};
+use crate::raw::{RawRule, RawScheme, RawSwapIn};
 
 /// RFC 9110 §5.6.2 token characters (methods are tokens).
 fn is_token(s: &str) -> bool {
@@ -78,6 +78,14 @@ fn check_rule(
         None => SwapIn::HEADERS_ONLY,
         Some(list) => check_swap_in(list, sink),
     };
+    let scheme = match (&r.scheme, port) {
+        (Some(s), _) if s.value == RawScheme::Http => Scheme::Http,
+        (Some(_), _) => Scheme::Https,
+        (None, Some(80)) => Scheme::Http,
+        (None, _) => Scheme::Https,
+    };
+    let allow_cleartext = r.allow_cleartext.as_ref().is_some_and(|a| a.value);
+    check_cleartext(r, scheme, tunnel, &secrets, raw, sink);
     if sink.errors.len() > errors_before {
         return None;
     }
@@ -90,7 +98,49 @@ fn check_rule(
         secrets,
         tunnel,
         swap_in,
+        scheme,
+        allow_cleartext,
     })
+}
+
+/// A plain-HTTP rule sends whatever it swaps in cleartext: granting a secret there must be
+/// said out loud (`allow_cleartext: true`). A tunnel is a CONNECT, which is never `http`.
+fn check_cleartext(
+    r: &RawRule,
+    scheme: Scheme,
+    tunnel: bool,
+    secrets: &[SecretId],
+    raw: &Located<RawRule>,
+    sink: &mut Sink<'_>,
+) {
+    let cleartext_ok = r.allow_cleartext.as_ref().is_some_and(|a| a.value);
+    if scheme == Scheme::Http && tunnel {
+        let site = r.scheme.as_ref().map(Site::from).unwrap_or_else(|| raw.into());
+        sink.error(
+            site.pos,
+            &site.path,
+            "a tunnel: true rule is reached by CONNECT, which is never plain HTTP",
+            "remove scheme: http (and port: 80), or remove tunnel: true",
+        );
+    }
+    if scheme == Scheme::Http && !secrets.is_empty() && !cleartext_ok {
+        let site = r.secrets.as_ref().map(Site::from).unwrap_or_else(|| raw.into());
+        sink.error(
+            site.pos,
+            &site.path,
+            "this rule matches plain HTTP, so the secrets it grants would be sent unencrypted",
+            "use an https rule, or add allow_cleartext: true to this rule if the network path is trusted",
+        );
+    }
+    if let Some(flag) = r.allow_cleartext.as_ref().filter(|a| a.value) {
+        if scheme == Scheme::Https {
+            sink.at(
+                flag,
+                "allow_cleartext applies only to plain-HTTP rules",
+                "remove it, or add scheme: http",
+            );
+        }
+    }
 }
 
 fn check_port(port: &Located<u64>, sink: &mut Sink<'_>) -> Option<u16> {

@@ -90,21 +90,46 @@ pub(crate) fn check_all(
             &mut tasks,
         );
     }
-    let tokenless: Vec<&str> = tasks
-        .values()
-        .filter(|t| t.token.is_none())
-        .map(|t| t.id.as_str())
-        .collect();
-    if tokenless.len() > 1 {
-        checker.note(
-            sink.file,
-            format!(
-                "tasks {} have no token_env: any client that can reach the proxy can use each of them by name",
-                tokenless.join(", ")
-            ),
-        );
-    }
+    check_tokens(&tasks, &inline, raw.tasks_dir.as_ref(), sink, checker);
     tasks
+}
+
+/// A task without a token accepts any credentials that name it. That is the simplest
+/// laptop setup when it is the config's only task (a warning); with several tasks, anyone
+/// who can reach the proxy could act as it by name, so it is an error.
+fn check_tokens(
+    tasks: &BTreeMap<String, Task>,
+    inline: &HashMap<String, Site>,
+    tasks_dir: Option<&Located<String>>,
+    sink: &mut Sink<'_>,
+    checker: &mut Checker<'_>,
+) {
+    let tokenless = tasks.values().filter(|t| t.token.is_none());
+    if tasks.len() == 1 {
+        if let Some(task) = tokenless.into_iter().next() {
+            checker.note(
+                sink.file,
+                format!(
+                    "task {} has no token_env: any client that can reach the proxy can use it",
+                    task.id
+                ),
+            );
+        }
+        return;
+    }
+    for task in tokenless {
+        let message = format!(
+            "task {} has no token_env, and with {} tasks anyone who can reach the proxy could use it by naming it",
+            task.id,
+            tasks.len()
+        );
+        let fix = "add token_env: naming a variable that holds a token of at least 16 random bytes";
+        match (inline.get(&task.id), tasks_dir) {
+            (Some(site), _) => sink.error(site.pos, &site.path, message, fix),
+            (None, Some(dir)) => sink.at(dir, message, fix),
+            (None, None) => sink.error(super::TOP, "tasks", message, fix),
+        }
+    }
 }
 
 fn check_dir(
