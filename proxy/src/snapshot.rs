@@ -28,7 +28,7 @@ pub struct Snapshot {
     /// Per secret: its refresh has failed for longer than one more `refresh` period, so its
     /// value is no longer swapped in.
     pub stale: Vec<bool>,
-    /// The value each refreshed secret had before its last refresh, still scrubbed.
+    /// The value each refreshed secret had before its value last changed, still scrubbed.
     retired: Vec<(SecretId, SecretString)>,
 }
 
@@ -82,13 +82,11 @@ impl Snapshot {
     ) -> Result<Snapshot, ProxyError> {
         let mut config = self.config.clone();
         let old = std::mem::replace(&mut config.secrets[id.0].value, value);
-        let mut retired: Vec<(SecretId, SecretString)> = self
-            .retired
-            .iter()
-            .filter(|(r, _)| *r != id)
-            .cloned()
-            .collect();
+        let mut retired = self.retired.clone();
+        // A refresh that reads the same value again keeps the value retired before it: an
+        // upstream may still echo that one.
         if old.expose_secret() != config.secrets[id.0].value.expose_secret() {
+            retired.retain(|(r, _)| *r != id);
             retired.push((id, old));
         }
         let mut loaded_at = self.loaded_at.clone();

@@ -166,6 +166,17 @@ impl TestEnv {
     /// [`TestEnv::start_with`] with proxy options (admin API, metrics); `listen` is always
     /// an ephemeral loopback port.
     pub async fn start_with_options(template: &str, alpn: Alpn, options: ProxyOptions) -> TestEnv {
+        TestEnv::start_with_env(template, alpn, options, &[]).await
+    }
+
+    /// [`TestEnv::start_with_options`] with more environment for the config's `from_env` /
+    /// `token_env` than [`test_env_values`] (e.g. an admin API token).
+    pub async fn start_with_env(
+        template: &str,
+        alpn: Alpn,
+        options: ProxyOptions,
+        extra_env: &[(&str, &str)],
+    ) -> TestEnv {
         let log = LogCapture::default();
         // Tests run on a current-thread runtime, so a thread-default subscriber sees every
         // log line the proxy writes for this test. Dependencies are capped as in the binary.
@@ -217,12 +228,15 @@ impl TestEnv {
                 tunnel_port: tunnel.port(),
             },
         );
-        let config = keyswap_config::load_str(
-            &config_yaml,
-            &dir.path().join("keyswap.yaml"),
-            &test_env_values(),
-        )
-        .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let mut env_values = test_env_values();
+        env_values.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let config =
+            keyswap_config::load_str(&config_yaml, &dir.path().join("keyswap.yaml"), &env_values)
+                .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         let proxy_ca = CertificateAuthority::generate("keyswap test proxy CA").expect("proxy CA");
         let proxy_ca_der = proxy_ca.cert_der().clone();
         let proxy_ca_pem = proxy_ca.cert_pem().to_string();

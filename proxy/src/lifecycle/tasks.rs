@@ -46,7 +46,8 @@ impl TaskError {
         match self {
             TaskError::UnknownPolicy(_) => "unknown_policy",
             TaskError::BadTtl(_) => "bad_ttl",
-            TaskError::TtlRefused(_) => "ttl_above_max",
+            TaskError::TtlRefused(TtlError::Zero) => "bad_ttl",
+            TaskError::TtlRefused(TtlError::AboveMax { .. }) => "ttl_above_max",
             TaskError::BadId(_) => "bad_id",
             TaskError::DuplicateId(_) => "duplicate_id",
             TaskError::UnknownTask(_) => "unknown_task",
