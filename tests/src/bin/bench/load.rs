@@ -94,26 +94,39 @@ impl Endpoint {
             ));
         }
         let io = TokioIo::new(tls);
-        let sender = if h2 {
+        let (sender, closed) = if h2 {
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .adaptive_window(true)
                 .max_concurrent_reset_streams(0)
                 .handshake(io)
                 .await
                 .map_err(io::Error::other)?;
-            tokio::spawn(conn);
-            Sender::H2(sender)
+            (Sender::H2(sender), drive(conn))
         } else {
             let (sender, conn) = http1::handshake(io).await.map_err(io::Error::other)?;
-            tokio::spawn(conn);
-            Sender::H1(sender)
+            (Sender::H1(sender), drive(conn))
         };
         Ok(Conn {
             sender,
+            closed,
             authority,
             authorization: self.authorization.clone(),
         })
     }
+}
+
+/// Drives a client connection on its own task; the receiver turns `true` when the
+/// connection has ended (the server closed it, a read failed, or the client let it go).
+fn drive<F>(conn: F) -> tokio::sync::watch::Receiver<bool>
+where
+    F: std::future::Future + Send + 'static,
+{
+    let (ended, closed) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let _ = conn.await;
+        let _ = ended.send(true);
+    });
+    closed
 }
 
 fn client_tls(trust: &[CertificateDer<'static>], alpn: &[u8]) -> anyhow::Result<TlsConnector> {
@@ -174,6 +187,7 @@ enum Sender {
 /// One client connection.
 pub struct Conn {
     sender: Sender,
+    closed: tokio::sync::watch::Receiver<bool>,
     authority: String,
     authorization: HeaderValue,
 }
@@ -185,11 +199,22 @@ impl Conn {
         match &self.sender {
             Sender::H2(s) => Some(Conn {
                 sender: Sender::H2(s.clone()),
+                closed: self.closed.clone(),
                 authority: self.authority.clone(),
                 authorization: self.authorization.clone(),
             }),
             Sender::H1(_) => None,
         }
+    }
+
+    /// Whether the connection has ended (read EOF or an error).
+    pub fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    /// Resolves once the connection has ended.
+    pub async fn closed(&self) {
+        let _ = self.closed.clone().wait_for(|ended| *ended).await;
     }
 
     fn request(&self, method: &str, path: &str, body: BoxBody) -> Request<BoxBody> {

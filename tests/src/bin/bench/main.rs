@@ -1,5 +1,5 @@
 //! `bench`: measures keyswap side by side with a direct connection, hudsucker and mitmproxy in
-//! one run, and reports ratios.
+//! one run, and reports ratios; then keyswap's task lifecycle alone (scenario 7).
 //!
 //! ```text
 //! cargo run --release -p keyswap-tests --bin bench -- [--quick] [--out results.json]
@@ -11,6 +11,7 @@
 //! upstream answers 401 unless it received the real value, so a swap happens on every request.
 
 mod floor;
+mod lifecycle;
 mod load;
 mod peer;
 mod procfs;
@@ -53,8 +54,8 @@ struct Args {
     /// Do not pin processes to CPUs.
     #[arg(long)]
     no_pin: bool,
-    /// Run only these scenarios (0 is the machine floor), e.g. `--only 1,6`; 3 takes its rate
-    /// from 1 unless `--latency-rate` is given.
+    /// Run only these scenarios (0 is the machine floor, 7 keyswap's task lifecycle), e.g.
+    /// `--only 1,6`; 3 takes its rate from 1 unless `--latency-rate` is given.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Measure this keyswap binary instead of the one beside the bench (before/after runs).
@@ -220,6 +221,7 @@ async fn run(args: &Args, secret: String, token: String) -> anyhow::Result<()> {
         anyhow::Ok(())
     };
     let keyswap_setup = world.peer_setup("keyswap", cpu)?;
+    let admin_socket = setup::admin_socket(&keyswap_setup.dir);
     add(
         KEYSWAP,
         "keyswap",
@@ -328,6 +330,11 @@ async fn run(args: &Args, secret: String, token: String) -> anyhow::Result<()> {
     }
     if args.runs("6") {
         rows.extend(scenarios::streaming(&plan, &contenders).await);
+    }
+    if args.runs("7") {
+        if let Some(keyswap) = contenders.iter().find(|c| c.column == KEYSWAP) {
+            rows.extend(lifecycle::run(&plan, keyswap, &admin_socket).await);
+        }
     }
     drop(limit_server);
 

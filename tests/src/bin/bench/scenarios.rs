@@ -1,5 +1,6 @@
-//! The six scenarios of the bench, each run against every contender in turn (direct first),
-//! each returning its rows of the report.
+//! Scenarios 1–6 of the bench, each run against every contender in turn (direct first),
+//! each returning its rows of the report. Scenario 7, keyswap's task lifecycle, is in
+//! [`crate::lifecycle`].
 
 use std::time::Duration;
 
@@ -26,6 +27,13 @@ pub struct Plan {
     pub new_hosts: usize,
     pub idle_connections: usize,
     pub stream_bytes: u64,
+    /// Scenario 7: tasks revoked one by one, each holding this many open connections.
+    pub revoke_tasks: usize,
+    pub revoke_connections: usize,
+    /// Scenario 7: tasks issued back to back to time an issue.
+    pub issues: usize,
+    /// Scenario 7: live tasks while the request path is measured at scale.
+    pub live_tasks: usize,
 }
 
 impl Plan {
@@ -39,31 +47,35 @@ impl Plan {
             new_hosts: if quick { 8 } else { crate::setup::NEW_HOSTS },
             idle_connections: if quick { 200 } else { 1000 },
             stream_bytes: if quick { 64 << 20 } else { 1 << 30 },
+            revoke_tasks: if quick { 20 } else { 100 },
+            revoke_connections: 10,
+            issues: if quick { 200 } else { 1000 },
+            live_tasks: 1000,
         }
     }
 }
 
 /// CPU time the process spent between the two marks, per unit of work, in microseconds.
-struct CpuMeter {
+pub struct CpuMeter {
     pid: Option<u32>,
     marks: Vec<Duration>,
 }
 
 impl CpuMeter {
-    fn new(pid: Option<u32>) -> CpuMeter {
+    pub fn new(pid: Option<u32>) -> CpuMeter {
         CpuMeter {
             pid,
             marks: Vec::new(),
         }
     }
 
-    fn mark(&mut self) {
+    pub fn mark(&mut self) {
         if let Some(cpu) = self.pid.and_then(procfs::cpu_time) {
             self.marks.push(cpu);
         }
     }
 
-    fn micros_per(&self, units: u64) -> Option<f64> {
+    pub fn micros_per(&self, units: u64) -> Option<f64> {
         match self.marks.as_slice() {
             [start, end] if units > 0 => Some((*end - *start).as_secs_f64() * 1e6 / units as f64),
             _ => None,
@@ -71,7 +83,7 @@ impl CpuMeter {
     }
 }
 
-fn progress(what: &str, who: &str) {
+pub fn progress(what: &str, who: &str) {
     eprintln!("bench: {what}: {who}");
 }
 

@@ -20,6 +20,8 @@ pub const SECRET_ENV: &str = "KEYSWAP_BENCH_SECRET";
 /// Environment variable that carries keyswap's task token.
 pub const TOKEN_ENV: &str = "KEYSWAP_BENCH_TOKEN";
 pub const TASK: &str = "bench";
+/// The policy runtime tasks are issued from; its rules are [`TASK`]'s.
+pub const POLICY: &str = "bench";
 pub const PLACEHOLDER: &str = "ksph_bench_placeholder_000000000000000000";
 /// How many distinct host names resolve to the upstream (first connection to a new host).
 pub const NEW_HOSTS: usize = 64;
@@ -119,7 +121,8 @@ impl PeerSetupOwned {
 
 /// The keyswap config for the bench: one task with a token, the placeholder granted on the
 /// upstream's port for `localhost` and every `*.bench.test` name, each resolved to the
-/// upstream.
+/// upstream; a policy with the same rules for tasks issued at runtime; the admin socket in
+/// the proxy's scratch directory (never the default, relative to the working directory).
 fn keyswap_config(setup: &PeerSetup<'_>, proxy_ca_dir: &Path, upstream: SocketAddr) -> String {
     let port = upstream.port();
     let mut resolve = format!("    \"localhost:{port}\": \"{upstream}\"\n");
@@ -128,6 +131,14 @@ fn keyswap_config(setup: &PeerSetup<'_>, proxy_ca_dir: &Path, upstream: SocketAd
             "    \"h{i}.{NEW_HOST_DOMAIN}:{port}\": \"{upstream}\"\n"
         ));
     }
+    let allow = format!(
+        r#"      - host: localhost
+        port: {port}
+        secrets: [api]
+      - host: "*.{NEW_HOST_DOMAIN}"
+        port: {port}
+        secrets: [api]"#
+    );
     format!(
         r#"version: 1
 listen: 127.0.0.1:0
@@ -141,22 +152,31 @@ secrets:
   api:
     from_env: {SECRET_ENV}
     placeholder: {placeholder}
+admin:
+  socket: {admin}
 tasks:
   {TASK}:
     token_env: {TOKEN_ENV}
     allow:
-      - host: localhost
-        port: {port}
-        secrets: [api]
-      - host: "*.{NEW_HOST_DOMAIN}"
-        port: {port}
-        secrets: [api]
+{allow}
+policies:
+  {POLICY}:
+    ttl: 1h
+    max_ttl: 8h
+    allow:
+{allow}
 "#,
         ca_dir = proxy_ca_dir.display(),
         audit = setup.dir.join("audit.jsonl").display(),
+        admin = admin_socket(setup.dir).display(),
         roots = setup.upstream_roots.display(),
         placeholder = setup.placeholder,
     )
+}
+
+/// Where keyswap, started with `setup.dir` as its scratch directory, serves its admin API.
+pub fn admin_socket(dir: &Path) -> PathBuf {
+    dir.join("admin.sock")
 }
 
 /// The `keyswap` binary beside this one (`target/<profile>/keyswap`). When run by cargo,
