@@ -61,7 +61,9 @@ const RULES: &str = r#"    allow:
       - host: tunnel.upstream.test
         tunnel: true
       - host: plain.upstream.test
+        scheme: http
         secrets: [github]
+        allow_cleartext: true
 "#;
 
 const POLICY: &str = "agent-rw";

@@ -115,7 +115,11 @@ fn check_cleartext(
 ) {
     let cleartext_ok = r.allow_cleartext.as_ref().is_some_and(|a| a.value);
     if scheme == Scheme::Http && tunnel {
-        let site = r.scheme.as_ref().map(Site::from).unwrap_or_else(|| raw.into());
+        let site = r
+            .scheme
+            .as_ref()
+            .map(Site::from)
+            .unwrap_or_else(|| raw.into());
         sink.error(
             site.pos,
             &site.path,
@@ -124,7 +128,11 @@ fn check_cleartext(
         );
     }
     if scheme == Scheme::Http && !secrets.is_empty() && !cleartext_ok {
-        let site = r.secrets.as_ref().map(Site::from).unwrap_or_else(|| raw.into());
+        let site = r
+            .secrets
+            .as_ref()
+            .map(Site::from)
+            .unwrap_or_else(|| raw.into());
         sink.error(
             site.pos,
             &site.path,
