@@ -196,6 +196,13 @@ async fn forward(
 
     // Upstream request.
     strip_hop_by_hop(&mut parts.headers, upgrade);
+    let partial_refused = could_hold_secret(snapshot, ctx);
+    if partial_refused {
+        // Two partial responses could each return half of a stored value, which no scrubber
+        // can recognise: where a secret can be sent, whole representations only.
+        parts.headers.remove(header::RANGE);
+        parts.headers.remove(header::IF_RANGE);
+    }
     parts.headers.remove(header::HOST);
     if upgrade {
         // Compressed WebSocket frames could hide a secret from the guard in websocket.rs.
@@ -267,6 +274,13 @@ async fn forward(
         ))
     })?;
     let mut response = response;
+    if partial_refused && response.status() == StatusCode::PARTIAL_CONTENT {
+        return Err(refuse_with_rule(Denial::new(
+            Reason::UpstreamError,
+            "the upstream sent a partial response (206) on a host where secrets are sent; \
+             keyswap forwards only whole responses there",
+        )));
+    }
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching && !upgrade {
         // Only a WebSocket handshake may switch protocols: anything else would leave a
@@ -325,6 +339,17 @@ async fn forward(
     let body = scrub_body(&scrubber, policy, resp_body);
     let body = Counted::new(body, resp_bytes).on_end(on_end);
     Ok(Response::from_parts(resp_parts, boxed(body)))
+}
+
+/// Whether any of the task's rules for this host and port grants a secret: then a value may
+/// be stored there and read back, so partial responses are not allowed.
+fn could_hold_secret(snapshot: &Snapshot, ctx: &ConnContext) -> bool {
+    snapshot.rules_of(&ctx.task).is_some_and(|rules| {
+        rules.iter().any(|rule| {
+            !rule.secrets.is_empty()
+                && rule.matches_host(ctx.scheme, &ctx.target.host, ctx.target.port)
+        })
+    })
 }
 
 /// Placeholder → real value, for the secrets this rule grants only.

@@ -70,6 +70,30 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// Largest request head accepted: request line plus header fields, counted as written
+/// (name, value and the `: ` and CRLF around them). hyper's read buffer bounds what it
+/// reads at once, not the head it parses from a single large read, so the limit is checked
+/// again on the parsed head.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Whether the head of a request (method, URI and header fields) exceeds [`MAX_HEAD_BYTES`].
+pub fn head_too_large(method: &http::Method, uri: &http::Uri, headers: &HeaderMap) -> bool {
+    let line = method.as_str().len() + uri.to_string().len() + " HTTP/1.1\r\n ".len();
+    let fields: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    line + fields > MAX_HEAD_BYTES
+}
+
+/// Method-override headers: some frameworks serve the method they name instead of the
+/// request's own, so a rule that restricts methods must decide on them too.
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 /// Framing that two parsers could read differently (RFC 9112 §6.3): both
 /// `Transfer-Encoding` and `Content-Length`, or several `Content-Length` values.
 pub fn ambiguous_framing(headers: &HeaderMap) -> bool {
@@ -80,6 +104,22 @@ pub fn ambiguous_framing(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn head_limit_counts_the_whole_head() {
+        let mut h = HeaderMap::new();
+        h.insert("x-small", "a".repeat(1000).parse().unwrap());
+        let get = http::Method::GET;
+        let uri: http::Uri = "/x".parse().unwrap();
+        assert!(!head_too_large(&get, &uri, &h));
+        for i in 0..70 {
+            h.insert(
+                HeaderName::from_bytes(format!("x-big-{i}").as_bytes()).unwrap(),
+                "b".repeat(1000).parse().unwrap(),
+            );
+        }
+        assert!(head_too_large(&get, &uri, &h));
+    }
 
     #[test]
     fn only_websocket_is_an_upgrade() {

@@ -19,6 +19,7 @@ use crate::audit::AuditRecord;
 use crate::body::{empty, ProxyBody};
 use crate::decision::{Denial, Reason};
 use crate::forward::exchange;
+use crate::headers::head_too_large;
 use crate::identify::identify;
 use crate::intercept;
 use crate::lifecycle::closing::serve_until;
@@ -33,7 +34,7 @@ use crate::upstream::ConnectError;
 /// How long a client may take to send a request head.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head (and read buffer) accepted on an HTTP/1 connection.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+pub use crate::headers::MAX_HEAD_BYTES;
 /// Most header fields accepted in one HTTP/1 request.
 pub const MAX_HEADERS: usize = 128;
 
@@ -147,6 +148,13 @@ async fn proxy_request(
     tasks: Arc<PlainConnTasks>,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    if head_too_large(req.method(), req.uri(), req.headers()) {
+        return Denial::new(
+            Reason::BadRequest,
+            "the request head is larger than 64 KiB; send fewer or smaller headers",
+        )
+        .response(true);
+    }
     if req.method() == Method::CONNECT {
         return connect(shared, conn_id, req).await;
     }

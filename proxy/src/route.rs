@@ -12,7 +12,7 @@ use http::{header, Version};
 use keyswap_config::{match_route, normalize_path, RouteMatch, Rule, Scheme};
 
 use crate::decision::{Denial, Reason};
-use crate::headers::ambiguous_framing;
+use crate::headers::{ambiguous_framing, head_too_large, METHOD_OVERRIDE_HEADERS};
 use crate::lifecycle::registry::LiveTask;
 use crate::snapshot::Snapshot;
 use crate::target::Target;
@@ -75,6 +75,12 @@ pub fn decide<'c>(
             ),
         ));
     }
+    if head_too_large(&parts.method, &parts.uri, &parts.headers) {
+        return Err(Refused::new(
+            Reason::BadRequest,
+            "the request head is larger than 64 KiB; send fewer or smaller headers",
+        ));
+    }
     if ambiguous_framing(&parts.headers) {
         return Err(Refused::new(
             Reason::BadRequest,
@@ -97,7 +103,10 @@ pub fn decide<'c>(
         method,
         &path,
     ) {
-        RouteMatch::Rule(rule) => Ok(Routed { rule, path }),
+        RouteMatch::Rule(rule) => {
+            check_method_overrides(rule, parts, &path, ctx, task)?;
+            Ok(Routed { rule, path })
+        }
         RouteMatch::HostNotAllowed => Err(Refused::new(
             Reason::HostNotAllowed,
             format!(
@@ -113,6 +122,37 @@ pub fn decide<'c>(
             ),
         )),
     }
+}
+
+/// A method named by `X-HTTP-Method-Override` (and its kin) is decided like the request's
+/// own: the matched rule must allow it too, or an agent allowed only GET could DELETE
+/// through a framework that honours the header.
+fn check_method_overrides(
+    rule: &Rule,
+    parts: &Parts,
+    path: &str,
+    ctx: &ConnContext,
+    task: &LiveTask,
+) -> Result<(), Refused> {
+    for name in METHOD_OVERRIDE_HEADERS {
+        for value in parts.headers.get_all(name) {
+            let method = value
+                .to_str()
+                .map(|v| v.trim().to_ascii_uppercase())
+                .unwrap_or_default();
+            if !rule.matches_route(&method, path) {
+                let shown: String = method.chars().take(16).collect();
+                return Err(Refused::new(
+                    Reason::RouteNotAllowed,
+                    format!(
+                        "{name}: {shown} asks for a method that task {} may not use on {path} at {}; remove the header",
+                        task.id, ctx.target.host
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Every authority the request names must be the connection's target (an agent must not

@@ -352,3 +352,82 @@ async fn https_grant_is_never_sent_over_http() {
     );
     env.assert_no_leaks();
 }
+
+#[tokio::test]
+async fn head_limit_holds_for_a_head_sent_in_one_piece() {
+    // 100 fields of 1,000 bytes: about 100 KiB, written at once inside the tunnel.
+    let env = TestEnv::start().await;
+    let opts = env.agent(&format!("{API_HOST}:443"), Alpn::Http1Only);
+    let mut conn = env.open(&opts).await;
+    let before = env.upstream.seen_count();
+    let mut builder = client::request("GET", API_HOST, "/echo/huge-head", false);
+    for i in 0..100 {
+        builder = builder.header(format!("x-filler-{i}"), "f".repeat(1000));
+    }
+    let refused = match conn.send(builder.body(client::empty()).unwrap()).await {
+        Ok(resp) => {
+            let reply = env.reply(resp).await;
+            assert!(
+                reply.status == 400 || reply.status == 431,
+                "status {}",
+                reply.status
+            );
+            true
+        }
+        // Closed without an answer is a refusal too.
+        Err(_) => true,
+    };
+    assert!(refused);
+    assert_eq!(env.upstream.seen_count(), before, "the upstream saw it");
+    env.assert_no_leaks();
+}
+
+#[tokio::test]
+async fn method_override_is_decided_as_the_method_it_names() {
+    // The api.upstream.test rule for /echo allows GET, POST and HEAD only.
+    let env = TestEnv::start().await;
+    let opts = env.agent(&format!("{API_HOST}:443"), Alpn::Both);
+    let cases = [
+        ("x-http-method-override", "DELETE", 403),
+        ("x-http-method", "put", 403),
+        ("x-method-override", "PATCH", 403),
+        ("x-http-method-override", "POST", 200),
+    ];
+    for (name, method, status) in cases {
+        let reply = env
+            .request(&opts, "GET", "/echo/override", &[(name, method)])
+            .await;
+        assert_eq!(reply.status, status, "{name}: {method}");
+        if status == 403 {
+            assert_eq!(
+                reply.reason(),
+                Some("route_not_allowed"),
+                "{name}: {method}"
+            );
+        }
+    }
+    env.assert_no_leaks();
+}
+
+#[tokio::test]
+async fn range_requests_cannot_cut_a_value_where_secrets_go() {
+    // api.upstream.test has rules granting github: Range and If-Range never reach it.
+    let env = TestEnv::start().await;
+    let opts = env.agent(&format!("{API_HOST}:443"), Alpn::Http1Only);
+    let reply = env
+        .request(
+            &opts,
+            "GET",
+            "/echo/range",
+            &[("range", "bytes=0-9"), ("if-range", "\"etag\"")],
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    let echoed: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert!(echoed["headers"].get("range").is_none(), "Range forwarded");
+    assert!(
+        echoed["headers"].get("if-range").is_none(),
+        "If-Range forwarded"
+    );
+    env.assert_no_leaks();
+}
