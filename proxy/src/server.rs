@@ -114,7 +114,7 @@ impl ProxyHandle {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let audit = Arc::new(AuditSink::open(&config.audit_log)?);
         let listen = options.listen.unwrap_or(config.listen);
-        let trust = write_trust_files(&config.ca_dir, &ca.cert_pem())?;
+        let trust = write_trust_files(&config.ca_dir, ca.cert_pem())?;
         let snapshot = Snapshot::build(config, provider.clone())?;
         let leaves = Arc::new(LeafCache::new(Arc::new(ca), provider.clone())?);
         let bind = |addr: SocketAddr, what: &'static str| async move {

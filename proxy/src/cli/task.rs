@@ -218,7 +218,7 @@ pub fn env(args: EnvArgs) -> anyhow::Result<()> {
         )
     })?;
     let ca = CertificateAuthority::load_or_create(&config.ca_dir)?;
-    let trust = write_trust_files(&config.ca_dir, &ca.cert_pem())?;
+    let trust = write_trust_files(&config.ca_dir, ca.cert_pem())?;
     let placeholders: Vec<(String, String)> = keyswap_config::granted_secrets(&task.rules)
         .into_iter()
         .map(|id| config.secret(id))

@@ -179,7 +179,7 @@ impl AdminClient {
         while !line.contains(&b'\n') {
             match body.frame().await {
                 Some(Ok(frame)) => {
-                    if let Some(mut data) = frame.into_data().ok() {
+                    if let Ok(mut data) = frame.into_data() {
                         while data.has_remaining() {
                             let chunk = data.chunk().to_vec();
                             data.advance(chunk.len());
