@@ -24,59 +24,17 @@ use crate::target::normalize_host;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub async fn run(shared: Arc<Shared>, ctx: ConnContext, on_upgrade: OnUpgrade) {
-    let started = (Instant::now(), SystemTime::now());
     let conn = ctx.conn_id;
     let task_conn = ctx.task.connection(&shared.metrics);
-    let upgraded = match on_upgrade.await {
-        Ok(upgraded) => upgraded,
-        Err(e) => {
-            tracing::debug!(conn, error = %e, "CONNECT upgrade failed");
-            return;
-        }
-    };
-    let acceptor =
-        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
-    let start = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor).await {
-        Ok(Ok(start)) => start,
-        Ok(Err(e)) => {
-            tracing::debug!(conn, error = %e, "agent TLS ClientHello refused");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(conn, "agent TLS ClientHello timed out");
-            return;
-        }
-    };
-    if let Some(sni) = start.client_hello().server_name() {
-        if normalize_host(sni).ok().as_deref() != Some(ctx.target.host.as_str()) {
-            tracing::info!(conn, task = %ctx.task.id, host = %ctx.target.host, reason = %Reason::SniMismatch, "TLS handshake refused");
-            shared.record_request(AuditRecord::for_connect(
-                conn,
-                Some(&ctx.task),
-                Some(&ctx.target),
-                Reason::SniMismatch,
-                0,
-                started,
-            ));
-            return;
-        }
-    }
-    let server_config = match shared.leaves.server_config(&ctx.target.host).await {
-        Ok(config) => config,
-        Err(e) => {
-            tracing::warn!(conn, host = %ctx.target.host, error = %e, "could not mint a certificate");
-            return;
-        }
-    };
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(server_config)).await
-    {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::debug!(conn, error = %e, "agent TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(conn, "agent TLS handshake timed out");
+    // Registered from here on, so a revocation must close the connection in every phase —
+    // also while it waits for the agent's ClientHello or handshake (up to HANDSHAKE_TIMEOUT).
+    let tls = tokio::select! {
+        tls = accept_tls(&shared, &ctx, on_upgrade) => match tls {
+            Some(tls) => tls,
+            None => return,
+        },
+        _ = task_conn.revoked() => {
+            tracing::debug!(conn, task = %ctx.task.id, "connection closed before TLS: task ended");
             return;
         }
     };
@@ -99,4 +57,69 @@ pub async fn run(shared: Arc<Shared>, ctx: ConnContext, on_upgrade: OnUpgrade) {
     if let Some(Err(e)) = served {
         tracing::debug!(conn, error = %e, "intercepted connection ended with an error");
     }
+}
+
+/// The CONNECT upgrade, the ClientHello (SNI checked against the target) and the TLS
+/// handshake with a leaf for the target host; `None` when the connection is to end.
+async fn accept_tls(
+    shared: &Shared,
+    ctx: &ConnContext,
+    on_upgrade: OnUpgrade,
+) -> Option<tokio_rustls::server::TlsStream<TokioIo<hyper::upgrade::Upgraded>>> {
+    let started = (Instant::now(), SystemTime::now());
+    let conn = ctx.conn_id;
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            tracing::debug!(conn, error = %e, "CONNECT upgrade failed");
+            return None;
+        }
+    };
+    let acceptor =
+        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
+    let start = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => {
+            tracing::debug!(conn, error = %e, "agent TLS ClientHello refused");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(conn, "agent TLS ClientHello timed out");
+            return None;
+        }
+    };
+    if let Some(sni) = start.client_hello().server_name() {
+        if normalize_host(sni).ok().as_deref() != Some(ctx.target.host.as_str()) {
+            tracing::info!(conn, task = %ctx.task.id, host = %ctx.target.host, reason = %Reason::SniMismatch, "TLS handshake refused");
+            shared.record_request(AuditRecord::for_connect(
+                conn,
+                Some(&ctx.task),
+                Some(&ctx.target),
+                Reason::SniMismatch,
+                0,
+                started,
+            ));
+            return None;
+        }
+    }
+    let server_config = match shared.leaves.server_config(&ctx.target.host).await {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::warn!(conn, host = %ctx.target.host, error = %e, "could not mint a certificate");
+            return None;
+        }
+    };
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(server_config)).await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(conn, error = %e, "agent TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(conn, "agent TLS handshake timed out");
+            return None;
+        }
+    };
+    Some(tls)
 }

@@ -6,9 +6,14 @@
 //! runs inside this process on an ephemeral loopback port. Either way the command gets the
 //! task's environment, receives the signals `exec` gets (SIGINT, SIGTERM, SIGHUP), and
 //! `exec` revokes the task when it exits and exits with its status.
+//!
+//! The command is the agent: it never inherits a variable `exec` read a credential from (the
+//! config's `from_env`, `token_env` and `admin.token_env` when keyswap runs embedded, and
+//! `--admin-token-env` for a TCP admin API).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
+use std::sync::Mutex;
 
 use anyhow::Context;
 use clap::Args;
@@ -77,6 +82,11 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         by: Some("exec".into()),
     };
     let target = args.admin.target()?;
+    // Variables holding credentials exec used: the command must not inherit them.
+    let mut withheld = BTreeSet::new();
+    if let AdminTarget::Tcp { .. } = &target {
+        withheld.insert(args.admin.admin_token_env.clone());
+    }
     let use_running = match &target {
         AdminTarget::Socket(path) => args.admin.admin.is_some() || socket_answers(path).await,
         AdminTarget::Tcp { .. } => true,
@@ -89,12 +99,13 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("issuing a task at {}", client.target))?;
         (Issuer::Remote(client), issued, Some(lifeline))
     } else {
-        let handle = start_embedded(&args.admin.config).await?;
+        let (handle, read) = start_embedded(&args.admin.config).await?;
+        withheld.extend(read);
         let issued = handle.issue(&request).map_err(|e| anyhow::anyhow!("{e}"))?;
         (Issuer::Embedded(handle), issued, None)
     };
     tracing::info!(task = %issued.id, policy = %issued.policy, expires = %issued.expires, "running the command as a task");
-    let status = run_child(&args.command, &issued.env).await;
+    let status = run_child(&args.command, &issued.env, &withheld).await;
     let revoked = match &issuer {
         Issuer::Remote(client) => client
             .revoke(&issued.id, "exit")
@@ -117,18 +128,39 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     status
 }
 
+/// The process environment, noting the name of every variable read: a config load reads
+/// only `from_env`, `token_env` and `admin.token_env`, each a credential.
+#[derive(Default)]
+struct ReadVars(Mutex<BTreeSet<String>>);
+
+impl keyswap_config::EnvSource for ReadVars {
+    fn var(&self, name: &str) -> Option<String> {
+        if let Ok(mut read) = self.0.lock() {
+            read.insert(name.to_string());
+        }
+        std::env::var(name).ok()
+    }
+}
+
 /// keyswap in this process: the config's rules and secrets, an ephemeral loopback port, no
-/// admin socket (nothing outside this process needs one).
-async fn start_embedded(config_path: &std::path::Path) -> anyhow::Result<ProxyHandle> {
+/// admin socket (nothing outside this process needs one). Also returns the names of the
+/// variables the config read credentials from.
+async fn start_embedded(
+    config_path: &std::path::Path,
+) -> anyhow::Result<(ProxyHandle, BTreeSet<String>)> {
     let path = config_path.to_path_buf();
-    let config = tokio::task::spawn_blocking(move || keyswap_config::load(&path))
-        .await?
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "no running keyswap answered, and {} is not valid to start one:\n{e}",
-                config_path.display()
-            )
-        })?;
+    let (config, read) = tokio::task::spawn_blocking(move || {
+        let read = ReadVars::default();
+        let config = keyswap_config::load_with(&path, &read);
+        (config, read.0.into_inner().unwrap_or_default())
+    })
+    .await?;
+    let config = config.map_err(|e| {
+        anyhow::anyhow!(
+            "no running keyswap answered, and {} is not valid to start one:\n{e}",
+            config_path.display()
+        )
+    })?;
     for warning in &config.warnings {
         tracing::warn!(%warning, "config");
     }
@@ -137,15 +169,26 @@ async fn start_embedded(config_path: &std::path::Path) -> anyhow::Result<ProxyHa
         listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         ..ProxyOptions::default()
     };
-    Ok(ProxyHandle::start(config, ca, options).await?)
+    Ok((ProxyHandle::start(config, ca, options).await?, read))
 }
 
-/// Runs the command with the task's environment added, forwarding SIGINT, SIGTERM and
-/// SIGHUP; returns its exit status (128 + N when a signal N ended it, as shells report).
-async fn run_child(command: &[String], env: &BTreeMap<String, String>) -> anyhow::Result<ExitCode> {
+/// Runs the command with the task's environment added and the `withheld` variables removed,
+/// forwarding SIGINT, SIGTERM and SIGHUP; returns its exit status (128 + N when a signal N
+/// ended it, as shells report).
+async fn run_child(
+    command: &[String],
+    env: &BTreeMap<String, String>,
+    withheld: &BTreeSet<String>,
+) -> anyhow::Result<ExitCode> {
     let (program, args) = command.split_first().context("no command given")?;
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
+    let mut child = tokio::process::Command::new(program);
+    child.args(args);
+    for name in withheld {
+        child.env_remove(name);
+    }
+    // After the removals: a secret's `env:` may reuse the name its `from_env` reads, and the
+    // command gets the placeholder.
+    let mut child = child
         .envs(env)
         .spawn()
         .with_context(|| format!("starting {program}"))?;
