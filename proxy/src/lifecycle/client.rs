@@ -103,15 +103,7 @@ impl AdminClient {
                 let stream = tokio::net::UnixStream::connect(socket)
                     .await
                     .map_err(connect_error)?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(protocol)?;
-                (
-                    sender,
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    }),
-                )
+                handshake(stream).await?
             }
             AdminTarget::Tcp { addr, token } => {
                 request = request.header(
@@ -121,15 +113,7 @@ impl AdminClient {
                 let stream = tokio::net::TcpStream::connect(addr)
                     .await
                     .map_err(connect_error)?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(protocol)?;
-                (
-                    sender,
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    }),
-                )
+                handshake(stream).await?
             }
         };
         let request = request
@@ -221,6 +205,28 @@ impl AdminClient {
     pub async fn reload(&self) -> Result<Reloaded, ClientError> {
         self.call(Method::POST, "/v1/reload", None).await
     }
+}
+
+/// HTTP/1.1 over `stream`, with the connection driven by a spawned task.
+async fn handshake<S>(
+    stream: S,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        JoinHandle<()>,
+    ),
+    ClientError,
+>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok((sender, driver))
 }
 
 /// Task ids are `[A-Za-z0-9._-]`; anything else is percent-encoded so it stays one segment.
