@@ -1078,3 +1078,37 @@ async fn assert_closed(stream: &mut tokio::net::TcpStream) {
         "the revoked task's tunnel sent data instead of closing"
     );
 }
+
+/// SIGTERM sent to `exec` reaches the command, whose own exit status `exec` then returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_forwards_sigterm_to_the_command() {
+    let setup = Setup::new().await;
+    let ready = setup.dir.path().join("ready");
+    let script = format!(
+        "trap 'exit 42' TERM; echo up > {}; while :; do sleep 0.05; done",
+        ready.display()
+    );
+    let args = setup.exec_args(&[], &["sh", "-c", &script]);
+    let mut cmd = setup.keyswap_with_secrets(&args);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().expect("keyswap exec starts");
+    let exec_pid = child.id().expect("exec pid") as i32;
+    wait_for_file(&ready, Duration::from_secs(30)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(exec_pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("signal exec");
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("exec ends after the command does")
+        .expect("exec output");
+    setup.leaks.keep_output("keyswap exec (SIGTERM)", &out);
+    setup.check_leaks(None);
+    assert_eq!(
+        out.status.code(),
+        Some(42),
+        "the command's trap ran and exec passed its status on; stderr:\n{}",
+        text(&out.stderr)
+    );
+}

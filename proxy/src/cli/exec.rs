@@ -181,6 +181,11 @@ async fn run_child(
     withheld: &BTreeSet<String>,
 ) -> anyhow::Result<ExitCode> {
     let (program, args) = command.split_first().context("no command given")?;
+    // Listening before the command starts: a signal that arrives once it runs is forwarded,
+    // never taken by exec's default action.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     let mut child = tokio::process::Command::new(program);
     child.args(args);
     for name in withheld {
@@ -193,9 +198,6 @@ async fn run_child(
         .spawn()
         .with_context(|| format!("starting {program}"))?;
     let pid = child.id().map(|id| Pid::from_raw(id as i32));
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
     let status = loop {
         let forward = tokio::select! {
             status = child.wait() => break status?,
