@@ -343,17 +343,9 @@ fn split_proxy_url(url: &str) -> (String, String, String) {
     (id.to_string(), token.to_string(), addr.to_string())
 }
 
-/// The `authorization` header the upstream received on `path`.
-fn upstream_authorization(upstream: &Upstream, path: &str) -> Option<String> {
-    upstream
-        .seen()
-        .into_iter()
-        .find(|r| r.path_and_query == path)
-        .and_then(|r| r.header("authorization").map(str::to_string))
-}
-
 fn assert_upstream_got_the_real_value(upstream: &Upstream, path: &str) {
-    let authorization = upstream_authorization(upstream, path)
+    let authorization = upstream
+        .authorization_for(path)
         .unwrap_or_else(|| panic!("{path}: no request with Authorization reached the upstream"));
     assert!(
         authorization == format!("Bearer {GITHUB_REAL}"),
@@ -770,7 +762,10 @@ async fn exec_task_on_a_running_proxy_is_revoked_when_the_command_exits() {
         status.starts_with("407"),
         "the ended task's credentials still work: CONNECT answered {status}"
     );
-    assert!(upstream_authorization(&setup.upstream, "/echo/after-exit").is_none());
+    assert!(setup
+        .upstream
+        .authorization_for("/echo/after-exit")
+        .is_none());
 
     let tasks = setup.task_list().await;
     assert!(

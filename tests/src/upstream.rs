@@ -191,6 +191,16 @@ impl Upstream {
             .unwrap_or_default()
     }
 
+    /// The `Authorization` the upstream received with the latest request for exactly
+    /// `path_and_query`: what a swap delivered.
+    pub fn authorization_for(&self, path_and_query: &str) -> Option<String> {
+        self.seen()
+            .into_iter()
+            .rev()
+            .find(|r| r.path_and_query == path_and_query)
+            .and_then(|r| r.header("authorization").map(str::to_string))
+    }
+
     pub fn seen_count(&self) -> usize {
         self.state.seen.lock().map(|s| s.len()).unwrap_or_default()
     }

@@ -175,15 +175,6 @@ async fn echo(env: &TestEnv, task: &str, token: &str, path: &str) -> Reply {
     .await
 }
 
-fn upstream_authorization(env: &TestEnv, path: &str) -> Option<String> {
-    env.upstream
-        .seen()
-        .into_iter()
-        .rev()
-        .find(|r| r.path_and_query == path)
-        .and_then(|r| r.header("authorization").map(str::to_string))
-}
-
 /// Polls `cond` every few milliseconds until it holds or `within` has passed.
 async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;
@@ -269,7 +260,7 @@ async fn issued_task_works_is_listed_without_token_and_revoke_closes_it() {
     let reply = env.reply(conn.send(req).await.expect("response")).await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert!(
-        upstream_authorization(&env, "/echo/issued") == Some(format!("Bearer {GITHUB_REAL}")),
+        env.upstream.authorization_for("/echo/issued") == Some(format!("Bearer {GITHUB_REAL}")),
         "the upstream did not receive the real value"
     );
     // Outside the policy's routes: refused.
@@ -712,7 +703,7 @@ async fn reload_picks_up_the_edited_file_and_keeps_the_old_config_on_error() {
     assert!(issued.id.starts_with("late-"), "{issued:?}");
     let reply = echo(&env, &issued.id, &issued.token, "/echo/late").await;
     assert_eq!(reply.status, 200, "{reply:?}");
-    assert!(upstream_authorization(&env, "/echo/late") == Some(format!("Bearer {GITHUB_REAL}")));
+    assert!(env.upstream.authorization_for("/echo/late") == Some(format!("Bearer {GITHUB_REAL}")));
     let reply = echo(&env, "kept", &kept.token, "/echo/kept").await;
     assert_eq!(reply.status, 200, "{reply:?}");
 
@@ -739,7 +730,9 @@ async fn reload_picks_up_the_edited_file_and_keeps_the_old_config_on_error() {
     assert_eq!(reply.status, 200, "{reply:?}");
     let reply = echo(&env, "agent", AGENT_TOKEN, "/echo/static").await;
     assert_eq!(reply.status, 200, "{reply:?}");
-    assert!(upstream_authorization(&env, "/echo/static") == Some(format!("Bearer {GITHUB_REAL}")));
+    assert!(
+        env.upstream.authorization_for("/echo/static") == Some(format!("Bearer {GITHUB_REAL}"))
+    );
     let again = admin.issue(&late).await.expect("policy late still there");
     env.remember_token(&again.token);
 

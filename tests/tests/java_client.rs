@@ -137,14 +137,6 @@ async fn probe(
     out
 }
 
-fn upstream_authorization(env: &TestEnv, path: &str) -> Option<String> {
-    env.upstream
-        .seen()
-        .into_iter()
-        .find(|r| r.path_and_query == path)
-        .and_then(|r| r.header("authorization").map(str::to_string))
-}
-
 #[tokio::test]
 async fn java_httpclient_holds_only_the_placeholder() {
     if !jdk_available() {
@@ -305,7 +297,7 @@ async fn java_authenticator_drops_the_application_authorization_header() {
     assert!(out.success, "ProxyProbe failed\n{}", out.shown());
     // The Authenticator does get the tunnel open (answering keyswap's 407)...
     assert!(out.stdout.starts_with("status=200\n"), "{}", out.shown());
-    let authorization = upstream_authorization(&env, path);
+    let authorization = env.upstream.authorization_for(path);
     if version == Some(17) {
         // ...but with an Authenticator set, JDK 17 drops user-set Authorization headers.
         assert!(
@@ -348,7 +340,7 @@ async fn java_basic_for_tunnels_needs_the_disabled_schemes_override() {
         // The JDK's default disabledSchemes=Basic strips the Basic Proxy-Authorization from
         // the CONNECT, so keyswap never learns the task.
         assert!(refused, "expected keyswap's 407\n{}", out.shown());
-        assert!(upstream_authorization(&env, path).is_none());
+        assert!(env.upstream.authorization_for(path).is_none());
     } else {
         eprintln!("NOTICE: JDK {version:?} without the override: refused={refused}");
     }

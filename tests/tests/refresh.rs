@@ -78,16 +78,6 @@ async fn with_placeholder(env: &TestEnv, path: &str) -> Reply {
     .await
 }
 
-/// What the upstream received as `Authorization` on `path`.
-fn upstream_saw(env: &TestEnv, path: &str) -> Option<String> {
-    env.upstream
-        .seen()
-        .into_iter()
-        .rev()
-        .find(|r| r.path_and_query == path)
-        .and_then(|r| r.header("authorization").map(str::to_string))
-}
-
 /// Waits until the audit holds at least `count` `secret_refreshed` records with `ok`.
 async fn refreshed(env: &TestEnv, ok: bool, count: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -117,7 +107,8 @@ async fn refreshed_value_is_swapped_and_the_old_one_still_scrubbed() {
     let reply = with_placeholder(&env, "/echo/first").await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert!(
-        upstream_saw(&env, "/echo/first").as_deref() == Some("Bearer KSREAL-refresh-1-padding"),
+        env.upstream.authorization_for("/echo/first").as_deref()
+            == Some("Bearer KSREAL-refresh-1-padding"),
         "the first value was not swapped in"
     );
 
@@ -126,7 +117,8 @@ async fn refreshed_value_is_swapped_and_the_old_one_still_scrubbed() {
     let reply = with_placeholder(&env, "/echo/second").await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert!(
-        upstream_saw(&env, "/echo/second").as_deref() == Some("Bearer KSREAL-refresh-2-padding"),
+        env.upstream.authorization_for("/echo/second").as_deref()
+            == Some("Bearer KSREAL-refresh-2-padding"),
         "the refreshed value was not swapped in"
     );
     assert!(
@@ -190,7 +182,8 @@ async fn failing_refresh_keeps_the_last_value_then_refuses_as_unavailable() {
     let reply = with_placeholder(&env, "/echo/kept").await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert!(
-        upstream_saw(&env, "/echo/kept").as_deref() == Some("Bearer KSREAL-failing-1-padding"),
+        env.upstream.authorization_for("/echo/kept").as_deref()
+            == Some("Bearer KSREAL-failing-1-padding"),
         "the last good value was not swapped after a failed refresh"
     );
     let log = String::from_utf8_lossy(&env.log()).into_owned();
@@ -229,7 +222,7 @@ async fn failing_refresh_keeps_the_last_value_then_refuses_as_unavailable() {
         "the refusal does not name the secret"
     );
     assert!(
-        upstream_saw(&env, "/echo/stale").is_none()
+        env.upstream.authorization_for("/echo/stale").is_none()
             && !env
                 .upstream
                 .seen()
