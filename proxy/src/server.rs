@@ -19,7 +19,7 @@ use crate::child_env::{write_trust_files, TrustFiles};
 use crate::error::ProxyError;
 use crate::lifecycle::api;
 use crate::lifecycle::registry::TaskRegistry;
-use crate::lifecycle::tasks::{self, Issued, TaskError};
+use crate::lifecycle::tasks::{self, TaskError};
 use crate::listener::accept_loop;
 use crate::metrics::{MetricSources, Metrics};
 use crate::snapshot::Snapshot;
@@ -235,11 +235,6 @@ impl ProxyHandle {
     pub fn issue(&self, request: &api::IssueRequest) -> Result<api::IssuedTask, TaskError> {
         let issued = tasks::issue(&self.shared, request)?;
         Ok(crate::lifecycle::admin::issued_task(&self.shared, &issued))
-    }
-
-    /// Issues a runtime task and keeps its token only in the returned value.
-    pub fn issue_task(&self, request: &api::IssueRequest) -> Result<Issued, TaskError> {
-        tasks::issue(&self.shared, request)
     }
 
     /// Revokes a runtime task (what `DELETE /v1/tasks/{id}` does).

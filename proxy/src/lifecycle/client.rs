@@ -48,13 +48,6 @@ pub enum ClientError {
     Protocol(String),
 }
 
-impl ClientError {
-    /// Nobody listens at the target (as opposed to a proxy that answered with an error).
-    pub fn is_unreachable(&self) -> bool {
-        matches!(self, ClientError::Connect { .. })
-    }
-}
-
 pub struct AdminClient {
     pub target: AdminTarget,
 }

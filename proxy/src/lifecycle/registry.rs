@@ -148,10 +148,6 @@ impl LiveTask {
         self.expires().is_some_and(|expires| now >= expires)
     }
 
-    pub fn has_token(&self) -> bool {
-        self.token.is_some()
-    }
-
     /// Whether `presented` is this task's token, compared in constant time. A task without a
     /// token accepts any.
     pub fn token_matches(&self, presented: &str) -> bool {

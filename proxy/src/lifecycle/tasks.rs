@@ -10,7 +10,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use keyswap_config::{Config, TtlError};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 
 use super::api;
 use super::registry::{IssuedBy, LiveTask, RevokeWhy, TaskSource};
@@ -303,9 +303,4 @@ fn random_hex(shared: &Shared, bytes: usize) -> Result<String, TaskError> {
         let _ = write!(out, "{b:02x}");
     }
     Ok(out)
-}
-
-/// The token of an issued task, for the one response that carries it.
-pub fn expose_token(issued: &Issued) -> &str {
-    issued.token.expose_secret()
 }
