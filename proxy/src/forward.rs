@@ -15,10 +15,11 @@ use keyswap_config::SecretId;
 use crate::audit::{query_keys, timestamp, AuditRecord};
 use crate::body::{boxed, empty, Counted, ProxyBody};
 use crate::decision::{Denial, Reason};
+use crate::decode::UnknownCoding;
 use crate::headers::{is_websocket_upgrade, strip_hop_by_hop};
 use crate::replace::ReplacingBody;
 use crate::route::{decide, ConnContext, Refused};
-use crate::scrub::{body_policy, scrub_body, scrub_headers, BodyPolicy};
+use crate::scrub::{body_policy, scrub_body, scrub_headers};
 use crate::server::Shared;
 use crate::snapshot::Snapshot;
 use crate::swap::{swap_headers, swap_query, HeaderSwap, NotGranted};
@@ -292,14 +293,20 @@ async fn forward(
     }
     let upstream_upgrade = (switching && upgrade).then(|| hyper::upgrade::on(&mut response));
     let (mut resp_parts, resp_body) = response.into_parts();
-    let policy = body_policy(&resp_parts.headers, !used.is_empty());
-    if policy == BodyPolicy::Refuse {
-        return Err(refuse_with_rule(Denial::new(
-            Reason::UpstreamError,
-            "the upstream sent a compressed response to a request that carried a secret; \
-             keyswap cannot scrub it, so it was dropped",
-        )));
-    }
+    // Before strip_hop_by_hop: Transfer-Encoding names codings the body still carries.
+    let bodyless = head_request
+        || resp_parts.status.is_informational()
+        || resp_parts.status == StatusCode::NO_CONTENT
+        || resp_parts.status == StatusCode::NOT_MODIFIED;
+    let policy = body_policy(&mut resp_parts.headers, bodyless, !scrubber.is_empty()).map_err(
+        |UnknownCoding| {
+            refuse_with_rule(Denial::new(
+                Reason::UpstreamError,
+                "the upstream sent a body in a coding keyswap cannot decode, \
+                 so it cannot be scrubbed and was dropped",
+            ))
+        },
+    )?;
     strip_hop_by_hop(&mut resp_parts.headers, switching && upgrade);
     scrub_headers(
         &scrubber,
@@ -336,7 +343,12 @@ async fn forward(
         on_end();
         return Ok(Response::from_parts(resp_parts, empty()));
     }
-    let body = scrub_body(&scrubber, policy, resp_body);
+    let body = scrub_body(&scrubber, policy, resp_body).map_err(|_| {
+        refuse_with_rule(Denial::new(
+            Reason::UpstreamError,
+            "keyswap could not prepare the response decoder",
+        ))
+    })?;
     let body = Counted::new(body, resp_bytes).on_end(on_end);
     Ok(Response::from_parts(resp_parts, boxed(body)))
 }

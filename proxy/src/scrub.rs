@@ -1,11 +1,14 @@
 //! Step 7: real secret values never reach the agent. Every response header value and every
-//! identity-encoded body byte passes the scrubber, which turns a real value back into its
+//! body byte the agent will read passes the scrubber, which turns a real value back into its
 //! placeholder — streaming, including values split across frames.
 //!
-//! Seam for encoded bodies: [`body_policy`] decides per `Content-Encoding`. Today only
-//! identity bodies can be scrubbed; a compressed body is refused when the request carried a
-//! secret (keyswap asked the upstream for `Accept-Encoding: identity` on such requests) and
-//! passed as is otherwise. Decompressing scrubbers plug in here.
+//! Compressed bodies ([`body_policy`], [`crate::decode`]): declared codings
+//! (`Content-Encoding`, and `Transfer-Encoding` codings other than `chunked`) are decoded and
+//! the agent receives the decoded, scrubbed body without `Content-Encoding`/`Content-Length`;
+//! an unknown coding refuses the response. A body that declares no coding but begins with a
+//! gzip/zlib/zstd magic number passes byte-exact, released only as its decoded copy is
+//! scanned clean; a real value in it cuts the body. Decoding is bounded (decompression bombs
+//! are cut).
 
 use std::sync::Arc;
 
@@ -13,31 +16,54 @@ use http::{header, HeaderMap, StatusCode};
 use http_body::Body;
 
 use crate::body::{boxed, BoxError, ProxyBody};
+use crate::decode::{declared_codings, Codings, DecodingBody, SniffingBody, UnknownCoding};
 use crate::replace::{Replacer, ReplacingBody};
 
 /// What to do with a response body, decided from its headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyPolicy {
-    /// Identity encoding: scrub it.
+    /// Identity (or nothing to scrub): scrub it, watching for undeclared compression.
     Scrub,
-    /// Compressed, and the request carried no secret: pass it unchanged.
-    PassEncoded,
-    /// Compressed, and the request carried a secret: refuse the response.
-    Refuse,
+    /// Declared codings: decode, then scrub.
+    Decode(Codings),
 }
 
-pub fn body_policy(headers: &HeaderMap, request_carried_secret: bool) -> BodyPolicy {
-    let encoded = headers
-        .get_all(header::CONTENT_ENCODING)
+/// Decides from the upstream's headers, BEFORE hop-by-hop headers are stripped (a
+/// `Transfer-Encoding: gzip, chunked` coding is otherwise lost and the agent would get gzip
+/// bytes nobody scanned). When the body will be decoded, `Content-Encoding` and
+/// `Content-Length` are removed: the agent receives the decoded body. Re-compressing it for
+/// the agent is not worth the CPU on a loopback hop.
+///
+/// `bodyless` (HEAD, 1xx, 204, 304) responses keep their headers. With `scrubbing` false
+/// (no secret to scrub) content codings pass as they are; transfer codings are still undone,
+/// since the header that names them does not survive the hop.
+pub fn body_policy(
+    headers: &mut HeaderMap,
+    bodyless: bool,
+    scrubbing: bool,
+) -> Result<BodyPolicy, UnknownCoding> {
+    if bodyless {
+        return Ok(BodyPolicy::Scrub);
+    }
+    let transfer_coded = headers
+        .get_all(header::TRANSFER_ENCODING)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|coding| !coding.trim().eq_ignore_ascii_case("identity") && !coding.trim().is_empty());
-    match (encoded, request_carried_secret) {
-        (false, _) => BodyPolicy::Scrub,
-        (true, false) => BodyPolicy::PassEncoded,
-        (true, true) => BodyPolicy::Refuse,
+        .any(|c| {
+            let c = c.trim();
+            !c.is_empty() && !c.eq_ignore_ascii_case("chunked")
+        });
+    if !scrubbing && !transfer_coded {
+        return Ok(BodyPolicy::Scrub);
     }
+    let codings = declared_codings(headers)?;
+    if codings.is_empty() {
+        return Ok(BodyPolicy::Scrub);
+    }
+    headers.remove(header::CONTENT_ENCODING);
+    headers.remove(header::CONTENT_LENGTH);
+    Ok(BodyPolicy::Decode(codings))
 }
 
 /// Scrubs the response headers in place. When the body will be scrubbed its length may
@@ -59,35 +85,74 @@ pub fn scrub_headers(
     }
 }
 
-/// Wraps the response body per `policy` (never called with [`BodyPolicy::Refuse`]).
-pub fn scrub_body<B>(scrubber: &Arc<Replacer>, policy: BodyPolicy, body: B) -> ProxyBody
+/// Wraps the response body per `policy`. An empty scrubber (no secret loaded) costs nothing
+/// on identity bodies: no sniffing, no decoder.
+pub fn scrub_body<B>(
+    scrubber: &Arc<Replacer>,
+    policy: BodyPolicy,
+    body: B,
+) -> Result<ProxyBody, BoxError>
 where
     B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    if policy == BodyPolicy::Scrub && !scrubber.is_empty() {
-        boxed(ReplacingBody::new(body, scrubber.clone()))
-    } else {
-        boxed(body)
-    }
+    Ok(match policy {
+        BodyPolicy::Scrub if scrubber.is_empty() => boxed(body),
+        BodyPolicy::Scrub => boxed(SniffingBody::new(boxed(body), scrubber.clone())),
+        BodyPolicy::Decode(codings) => {
+            let decoded = DecodingBody::new(boxed(body), codings)?;
+            if scrubber.is_empty() {
+                boxed(decoded)
+            } else {
+                boxed(ReplacingBody::new(decoded, scrubber.clone()))
+            }
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::Coding;
     use http::HeaderValue;
 
-    #[test]
-    fn policy_follows_content_encoding() {
+    fn policy(
+        headers: &[(&'static str, &'static str)],
+    ) -> (Result<BodyPolicy, UnknownCoding>, HeaderMap) {
         let mut h = HeaderMap::new();
-        assert_eq!(body_policy(&h, true), BodyPolicy::Scrub);
-        h.insert(
-            header::CONTENT_ENCODING,
-            HeaderValue::from_static("identity"),
+        for (n, v) in headers {
+            h.append(*n, HeaderValue::from_static(v));
+        }
+        (body_policy(&mut h, false, true), h)
+    }
+
+    #[test]
+    fn policy_follows_content_and_transfer_encoding() {
+        assert_eq!(policy(&[]).0, Ok(BodyPolicy::Scrub));
+        assert_eq!(
+            policy(&[("content-encoding", "identity")]).0,
+            Ok(BodyPolicy::Scrub)
         );
-        assert_eq!(body_policy(&h, true), BodyPolicy::Scrub);
+        assert_eq!(
+            policy(&[("transfer-encoding", "chunked")]).0,
+            Ok(BodyPolicy::Scrub)
+        );
+        let (p, h) = policy(&[("content-encoding", "gzip"), ("content-length", "10")]);
+        assert!(matches!(p, Ok(BodyPolicy::Decode(c)) if c.as_slice() == [Coding::Gzip]));
+        assert!(h.get("content-encoding").is_none() && h.get("content-length").is_none());
+        let (p, _) = policy(&[
+            ("content-encoding", "gzip, br"),
+            ("transfer-encoding", "zstd, chunked"),
+        ]);
+        assert!(
+            matches!(p, Ok(BodyPolicy::Decode(c)) if c.as_slice() == [Coding::Gzip, Coding::Brotli, Coding::Zstd])
+        );
+        assert!(policy(&[("content-encoding", "compress")]).0.is_err());
+        assert!(policy(&[("transfer-encoding", "gzip, chunked")]).0.is_ok());
+        let mut h = HeaderMap::new();
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        assert_eq!(body_policy(&h, true), BodyPolicy::Refuse);
-        assert_eq!(body_policy(&h, false), BodyPolicy::PassEncoded);
+        assert_eq!(body_policy(&mut h, true, true), Ok(BodyPolicy::Scrub));
+        assert_eq!(body_policy(&mut h, false, false), Ok(BodyPolicy::Scrub));
+        assert!(h.get("content-encoding").is_some());
     }
 }

@@ -1,6 +1,6 @@
 //! In-process upstream servers: HTTPS (certificate from a test CA, ALPN as asked) or plain
 //! HTTP on `127.0.0.1:0`, with the routes the suite needs — `/echo`, `/reflect-header`,
-//! `/bytes/N`, `/upload`, `/discard`, `/status/N`, `/redirect`, `/ws` (WebSocket echo) — and a record
+//! `/bytes/N`, `/upload`, `/discard`, `/status/N`, `/redirect`, `/compressed`, `/ws` (WebSocket echo) — and a record
 //! of every request that reached the handler ([`Upstream::seen`]).
 //!
 //! This server plays the real API, so it does see and echo real values: that is what lets a
@@ -308,6 +308,8 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<BoxBody> 
         status(n)
     } else if path == "/redirect" {
         redirect(&req)
+    } else if path == "/compressed" {
+        compressed(&req)
     } else if path == "/ws" {
         websocket(req, &state.spawner)
     } else {
@@ -540,6 +542,113 @@ fn websocket(mut req: Request<Incoming>, spawner: &Spawner) -> Response<BoxBody>
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
         .body(empty())
         .expect("101 response")
+}
+
+/// A compressed body: `codings` (comma list, applied in order: gzip, x-gzip, deflate = zlib,
+/// raw-deflate, br, zstd), declared by `declare` = `ce` (Content-Encoding, the default), `te`
+/// (`Transfer-Encoding: <codings>, chunked`, HTTP/1.1 only) or `none`. The content is
+/// [`compressed_content`] with, for `reflect=NAME`, that request header's value inside;
+/// `pad=N` puts N bytes of text first; `zeros=N` makes it N zero bytes instead (a bomb). The compressed bytes go out in two
+/// frames split in the middle, so a value's encoding straddles them.
+fn compressed(req: &Request<Incoming>) -> Response<BoxBody> {
+    let query = req.uri().query();
+    let codings = query_param(query, "codings").unwrap_or_else(|| "gzip".into());
+    let declare = query_param(query, "declare").unwrap_or_else(|| "ce".into());
+    let content = match query_param(query, "zeros").map(|n| n.parse::<usize>()) {
+        Some(Ok(n)) if n as u64 <= MAX_BYTES => vec![0u8; n],
+        Some(_) => return text(StatusCode::BAD_REQUEST, "zeros: want a length\n"),
+        None => {
+            let value = query_param(query, "reflect")
+                .and_then(|name| req.headers().get(name.as_str()).cloned());
+            let pad = query_param(query, "pad").and_then(|n| n.parse::<u64>().ok());
+            let mut content = pad
+                .map(|n| pattern_text(n.min(MAX_BYTES)))
+                .unwrap_or_default();
+            content.extend(compressed_content(value.as_ref().map(|v| v.as_bytes())));
+            content
+        }
+    };
+    let Some(body) = compress(&codings, &content) else {
+        return text(StatusCode::BAD_REQUEST, "compressed: unknown coding\n");
+    };
+    let mut resp = Response::builder().header(header::CONTENT_TYPE, "application/octet-stream");
+    let named = codings.replace(',', ", ").replace("raw-deflate", "deflate");
+    match declare.as_str() {
+        "ce" => resp = resp.header(header::CONTENT_ENCODING, named),
+        "te" => resp = resp.header(header::TRANSFER_ENCODING, format!("{named}, chunked")),
+        _ => {}
+    }
+    let mid = body.len() / 2;
+    let frames = vec![
+        Bytes::copy_from_slice(&body[..mid]),
+        Bytes::copy_from_slice(&body[mid..]),
+    ];
+    resp.body(PacedFrames::new(frames).boxed())
+        .expect("compressed response")
+}
+
+/// `len` bytes of numbered text: compresses about 3×, like real JSON.
+pub fn pattern_text(len: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len as usize);
+    let mut i = 0u64;
+    while (out.len() as u64) < len {
+        out.extend_from_slice(format!("{} ", i.wrapping_mul(2654435761) % 100000).as_bytes());
+        i += 1;
+    }
+    out.truncate(len as usize);
+    out
+}
+
+/// The plain content of `/compressed` (after `pad=N` bytes of [`pattern_text`]): some text, `value` (if any), more text.
+pub fn compressed_content(value: Option<&[u8]>) -> Vec<u8> {
+    let mut content = b"{\"greeting\": \"hello\", \"token\": \"".to_vec();
+    content.extend_from_slice(value.unwrap_or(b"none"));
+    content.extend_from_slice(b"\", \"filler\": \"");
+    for i in 0..2000u32 {
+        content.extend_from_slice(format!("{i} ").as_bytes());
+    }
+    content.extend_from_slice(b"\"}\n");
+    content
+}
+
+/// `content` compressed with each of `codings` (comma list) in order; `None` for a coding
+/// this helper does not know (which the test of unknown codings relies on: `compress`).
+pub fn compress(codings: &str, content: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write;
+    let mut data = content.to_vec();
+    for coding in codings.split(',').map(str::trim) {
+        data = match coding {
+            "gzip" | "x-gzip" => {
+                let mut e =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(&data).ok()?;
+                e.finish().ok()?
+            }
+            "deflate" => {
+                let mut e =
+                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(&data).ok()?;
+                e.finish().ok()?
+            }
+            "raw-deflate" => {
+                let mut e =
+                    flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(&data).ok()?;
+                e.finish().ok()?
+            }
+            "br" => {
+                let mut out = Vec::new();
+                let params = brotli::enc::BrotliEncoderParams::default();
+                brotli::BrotliCompress(&mut &data[..], &mut out, &params).ok()?;
+                out
+            }
+            "zstd" => zstd::encode_all(&data[..], 3).ok()?,
+            // Not compressed: lets a test send a coding name keyswap must refuse.
+            "compress" => data,
+            _ => return None,
+        };
+    }
+    Some(data)
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<BoxBody> {
