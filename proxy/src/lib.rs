@@ -15,6 +15,7 @@ pub mod body;
 pub mod child_env;
 pub mod cli;
 pub mod decision;
+pub mod encodings;
 pub mod error;
 pub mod forward;
 pub mod headers;
