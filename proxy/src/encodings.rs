@@ -427,6 +427,26 @@ mod tests {
         }
     }
 
+    /// The cost of one secret in the scrubber, as the README reports it: patterns after
+    /// deduplication and the automaton's heap.
+    #[test]
+    fn one_secret_costs_a_bounded_number_of_patterns() {
+        let cases = [
+            ("token", "ghp_0123456789abcdefABCDEF0123456789abcd"),
+            ("special", "p@ss/w0rd+ü x=&<>\"~😀:"),
+        ];
+        for (what, value) in cases {
+            let r = Replacer::ignoring_ascii_case(forms(value, "ks-placeholder-0001")).unwrap();
+            eprintln!(
+                "{what} ({} bytes): {} patterns, automaton {} bytes",
+                value.len(),
+                r.pattern_count(),
+                r.memory_usage()
+            );
+            assert!(r.pattern_count() <= 40, "{what}: {}", r.pattern_count());
+        }
+    }
+
     #[test]
     fn the_shortest_value_keeps_every_derived_form() {
         let value = "abcdefgh";
