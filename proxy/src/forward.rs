@@ -268,12 +268,7 @@ async fn forward(
     })?;
 
     // Scrub.
-    let scrubber = snapshot.scrubber_with(header_swap.encoded).map_err(|_| {
-        refuse_with_rule(Denial::new(
-            Reason::UpstreamError,
-            "keyswap could not prepare the response scrubber",
-        ))
-    })?;
+    let scrubber = &snapshot.scrubber;
     let mut response = response;
     if partial_refused && response.status() == StatusCode::PARTIAL_CONTENT {
         return Err(refuse_with_rule(Denial::new(
@@ -308,13 +303,7 @@ async fn forward(
         },
     )?;
     strip_hop_by_hop(&mut resp_parts.headers, switching && upgrade);
-    scrub_headers(
-        &scrubber,
-        resp_parts.status,
-        &mut resp_parts.headers,
-        policy,
-        head_request,
-    );
+    scrub_headers(scrubber, &mut resp_parts, policy, head_request);
 
     // Audit (when the response body has been sent or dropped).
     let status = resp_parts.status;
@@ -343,7 +332,7 @@ async fn forward(
         on_end();
         return Ok(Response::from_parts(resp_parts, empty()));
     }
-    let body = scrub_body(&scrubber, policy, resp_body).map_err(|_| {
+    let body = scrub_body(scrubber, policy, resp_body).map_err(|_| {
         refuse_with_rule(Denial::new(
             Reason::UpstreamError,
             "keyswap could not prepare the response decoder",

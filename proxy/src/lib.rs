@@ -16,6 +16,7 @@ pub mod child_env;
 pub mod cli;
 pub mod decision;
 pub mod decode;
+pub mod encodings;
 pub mod error;
 pub mod forward;
 pub mod headers;

@@ -8,6 +8,7 @@
 //! This module never formats its patterns or replacements: [`Replacer`]'s `Debug` prints
 //! only how many it holds.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -20,8 +21,16 @@ use http_body::{Body, Frame, SizeHint};
 /// A fixed set of byte patterns and the replacement for each.
 pub struct Replacer {
     automaton: Option<AhoCorasick>,
-    patterns: Vec<Vec<u8>>,
     replacements: Vec<Bytes>,
+    /// Every pattern (ASCII-lowercased when matching ignores case), sorted: the patterns a
+    /// tail of a frame could begin form one contiguous run, found by binary search.
+    sorted: Vec<Vec<u8>>,
+    /// Which bytes begin some pattern (both cases when matching ignores case).
+    starts: [bool; 256],
+    ignore_ascii_case: bool,
+    /// When matching ignores case: every pattern as given (also those equal to another but
+    /// for case) and its replacement.
+    exact: HashMap<Vec<u8>, Bytes>,
     longest: usize,
 }
 
@@ -34,9 +43,36 @@ impl std::fmt::Debug for Replacer {
 }
 
 impl Replacer {
-    /// `pairs` are (pattern, replacement). Empty patterns are ignored.
+    /// `pairs` are (pattern, replacement), matched exactly; pattern ids are the positions in
+    /// `pairs`. Empty patterns are ignored.
     pub fn new(pairs: Vec<(Vec<u8>, Bytes)>) -> Result<Self, aho_corasick::BuildError> {
-        let pairs: Vec<_> = pairs.into_iter().filter(|(p, _)| !p.is_empty()).collect();
+        Replacer::build(pairs, false)
+    }
+
+    /// Like [`Replacer::new`], but patterns match regardless of ASCII case (a value an
+    /// upstream lowercased, e.g. in a header name, still matches), and patterns equal but for
+    /// case are kept once, the first one winning.
+    pub fn ignoring_ascii_case(
+        pairs: Vec<(Vec<u8>, Bytes)>,
+    ) -> Result<Self, aho_corasick::BuildError> {
+        Replacer::build(pairs, true)
+    }
+
+    fn build(
+        pairs: Vec<(Vec<u8>, Bytes)>,
+        ignore_ascii_case: bool,
+    ) -> Result<Self, aho_corasick::BuildError> {
+        let mut pairs: Vec<_> = pairs.into_iter().filter(|(p, _)| !p.is_empty()).collect();
+        let mut exact = HashMap::new();
+        if ignore_ascii_case {
+            for (pattern, replacement) in &pairs {
+                exact
+                    .entry(pattern.clone())
+                    .or_insert_with(|| replacement.clone());
+            }
+            let mut seen = std::collections::HashSet::new();
+            pairs.retain(|(p, _)| seen.insert(p.to_ascii_lowercase()));
+        }
         let longest = pairs.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
         let automaton = if pairs.is_empty() {
             None
@@ -44,16 +80,56 @@ impl Replacer {
             Some(
                 AhoCorasickBuilder::new()
                     .match_kind(MatchKind::LeftmostLongest)
+                    .ascii_case_insensitive(ignore_ascii_case)
                     .build(pairs.iter().map(|(p, _)| p.as_slice()))?,
             )
         };
-        let (patterns, replacements) = pairs.into_iter().unzip();
+        let mut starts = [false; 256];
+        let mut sorted = Vec::with_capacity(pairs.len());
+        for (pattern, _) in &pairs {
+            let key = if ignore_ascii_case {
+                pattern.to_ascii_lowercase()
+            } else {
+                pattern.clone()
+            };
+            starts[usize::from(pattern[0])] = true;
+            if ignore_ascii_case {
+                starts[usize::from(pattern[0].to_ascii_uppercase())] = true;
+                starts[usize::from(pattern[0].to_ascii_lowercase())] = true;
+            }
+            sorted.push(key);
+        }
+        sorted.sort_unstable();
+        sorted.dedup();
+        let replacements = pairs.into_iter().map(|(_, r)| r).collect();
         Ok(Replacer {
             automaton,
-            patterns,
             replacements,
+            sorted,
+            starts,
+            ignore_ascii_case,
+            exact,
             longest,
         })
+    }
+
+    /// What replaces match `m` of `haystack`: when matching ignores case, the replacement of
+    /// the pattern that equals the matched bytes exactly if there is one (so `%2f` and `%2F`
+    /// forms each map to the same hex case of the placeholder), else the automaton pattern's.
+    fn replacement<'a>(&'a self, m: &aho_corasick::Match, haystack: &[u8]) -> &'a [u8] {
+        self.exact
+            .get(&haystack[m.range()])
+            .unwrap_or(&self.replacements[m.pattern().as_usize()])
+    }
+
+    /// How many patterns the automaton holds.
+    pub fn pattern_count(&self) -> usize {
+        self.replacements.len()
+    }
+
+    /// Heap bytes used by the automaton (and its prefilter).
+    pub fn memory_usage(&self) -> usize {
+        self.automaton.as_ref().map_or(0, AhoCorasick::memory_usage)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -80,10 +156,9 @@ impl Replacer {
         let mut out: Option<Vec<u8>> = None;
         let mut pos = 0;
         for m in ac.find_iter(haystack) {
-            let id = m.pattern().as_usize();
             let buf = out.get_or_insert_with(|| Vec::with_capacity(haystack.len()));
             buf.extend_from_slice(&haystack[pos..m.start()]);
-            buf.extend_from_slice(&self.replacements[id]);
+            buf.extend_from_slice(self.replacement(&m, haystack));
             pos = m.end();
         }
         let mut buf = out?;
@@ -97,29 +172,58 @@ impl Replacer {
         if let Some(ac) = self.automaton.as_ref() {
             for m in ac.find_iter(haystack) {
                 f(Segment::Plain(&haystack[pos..m.start()]));
-                f(Segment::Replacement(
-                    &self.replacements[m.pattern().as_usize()],
-                ));
+                f(Segment::Replacement(self.replacement(&m, haystack)));
                 pos = m.end();
             }
         }
         f(Segment::Plain(&haystack[pos..]));
     }
 
-    /// Replaces matches in every header value. Values stay valid: replacements are
-    /// checked header-safe when the config loads.
-    pub fn replace_in_headers(&self, headers: &mut HeaderMap) {
+    /// Scrubs a header map (response headers or trailers): replaces matches in every value,
+    /// and drops every header whose *name* contains a pattern (names cannot take a
+    /// replacement: it need not be a valid token, and a renamed header means nothing to the
+    /// client). Returns how many headers were dropped. Values stay valid: replacements are
+    /// header-safe; a value that would not be is dropped rather than kept unscrubbed.
+    pub fn replace_in_headers(&self, headers: &mut HeaderMap) -> usize {
         if self.is_empty() {
-            return;
+            return 0;
         }
-        for value in headers.values_mut() {
-            if let Some(replaced) = self.replace_all(value.as_bytes()) {
-                if let Ok(mut new_value) = http::HeaderValue::from_bytes(&replaced) {
-                    new_value.set_sensitive(value.is_sensitive());
-                    *value = new_value;
-                }
+        let dirty = headers.iter().any(|(n, v)| {
+            self.contains_any(n.as_str().as_bytes()) || self.contains_any(v.as_bytes())
+        });
+        if !dirty {
+            return 0;
+        }
+        let mut dropped = 0;
+        let mut name = None;
+        let mut scrubbed = HeaderMap::with_capacity(headers.len());
+        for (next_name, value) in std::mem::take(headers) {
+            // `into_iter` names only the first value of each header.
+            if next_name.is_some() {
+                name = next_name;
             }
+            let Some(name) = name.as_ref() else { continue };
+            if self.contains_any(name.as_str().as_bytes()) {
+                dropped += 1;
+                continue;
+            }
+            let value = match self.replace_all(value.as_bytes()) {
+                None => value,
+                Some(replaced) => match http::HeaderValue::from_bytes(&replaced) {
+                    Ok(mut new_value) => {
+                        new_value.set_sensitive(value.is_sensitive());
+                        new_value
+                    }
+                    Err(_) => {
+                        dropped += 1;
+                        continue;
+                    }
+                },
+            };
+            scrubbed.append(name.clone(), value);
         }
+        *headers = scrubbed;
+        dropped
     }
 
     /// Where the tail of `buf` that could still become a match begins: the first position
@@ -129,13 +233,27 @@ impl Replacer {
     fn hold_from(&self, buf: &[u8]) -> usize {
         let start = buf.len().saturating_sub(self.longest.saturating_sub(1));
         (start..buf.len())
-            .find(|&i| {
-                let tail = &buf[i..];
-                self.patterns
-                    .iter()
-                    .any(|p| p.len() > tail.len() && p.starts_with(tail))
-            })
+            .find(|&i| self.starts[usize::from(buf[i])] && self.begins_longer_pattern(&buf[i..]))
             .unwrap_or(buf.len())
+    }
+
+    /// Whether `tail` is a proper prefix of some pattern. The patterns that start with
+    /// `tail` sort together, right after where `tail` itself would sort; at most one of them
+    /// (an equal pattern) is not longer than `tail`.
+    fn begins_longer_pattern(&self, tail: &[u8]) -> bool {
+        let fold = |b: u8| {
+            if self.ignore_ascii_case {
+                b.to_ascii_lowercase()
+            } else {
+                b
+            }
+        };
+        let below = |p: &Vec<u8>| p.iter().copied().lt(tail.iter().copied().map(fold));
+        let first = self.sorted.partition_point(below);
+        self.sorted[first..]
+            .iter()
+            .take(2)
+            .any(|p| p.len() > tail.len() && p.iter().zip(tail).all(|(&a, &b)| a == fold(b)))
     }
 
     /// Feeds one frame of data. Returns what may be emitted now; keeps in `carry` what
@@ -162,7 +280,7 @@ impl Replacer {
                 break;
             }
             out.extend_from_slice(&buf[pos..m.start()]);
-            out.extend_from_slice(&self.replacements[m.pattern().as_usize()]);
+            out.extend_from_slice(self.replacement(&m, &buf));
             pos = m.end();
         }
         let emit_to = hold_from.max(pos);
@@ -349,6 +467,56 @@ mod tests {
             Some(&b"short message"[..])
         );
         assert!(r.guard(&mut carry, b"xx SECRET").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_value_in_another_case_split_across_frames_is_replaced() {
+        let r = Arc::new(
+            Replacer::ignoring_ascii_case(vec![
+                (b"SecretValue%2F".to_vec(), Bytes::from_static(b"<ph%2F>")),
+                (b"SecretValue%2f".to_vec(), Bytes::from_static(b"<ph%2f>")),
+            ])
+            .unwrap(),
+        );
+        assert_eq!(r.pattern_count(), 1);
+        let input: &'static [u8] = b"a SecretValue%2f b SECRETVALUE%2F c";
+        for i in 0..input.len() {
+            let frames = Frames(
+                vec![&input[..i], &input[i..]]
+                    .into_iter()
+                    .map(Bytes::from_static)
+                    .collect(),
+            );
+            let out = ReplacingBody::new(frames, r.clone())
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes();
+            assert_eq!(&out[..], b"a <ph%2f> b <ph%2F> c", "split at {i}");
+        }
+    }
+
+    #[test]
+    fn headers_named_after_a_value_are_dropped_and_values_replaced() {
+        let r = Replacer::ignoring_ascii_case(vec![(
+            b"SECRETVALUE".to_vec(),
+            Bytes::from_static(b"ph"),
+        )])
+        .unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-secretvalue", http::HeaderValue::from_static("1"));
+        h.append("x-a", http::HeaderValue::from_static("SecretValue"));
+        h.append("x-a", http::HeaderValue::from_static("plain"));
+        h.insert("x-b", http::HeaderValue::from_static("kept"));
+        assert_eq!(r.replace_in_headers(&mut h), 1);
+        assert!(h.get("x-secretvalue").is_none());
+        let a: Vec<_> = h
+            .get_all("x-a")
+            .iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect();
+        assert_eq!(a, vec![b"ph".to_vec(), b"plain".to_vec()]);
+        assert_eq!(h.get("x-b").map(|v| v.as_bytes()), Some(&b"kept"[..]));
     }
 
     #[tokio::test]

@@ -66,22 +66,45 @@ pub fn body_policy(
     Ok(BodyPolicy::Decode(codings))
 }
 
-/// Scrubs the response headers in place. When the body will be scrubbed its length may
-/// change, so `Content-Length` goes (except where there is no body to change).
+/// Scrubs the response head in place: every header value, every header name (a header whose
+/// name holds a real value in any form, in any ASCII case, is dropped), and the HTTP/1.1
+/// reason phrase (hyper hands a non-canonical one over as the [`hyper::ext::ReasonPhrase`]
+/// extension and writes it back out; if it holds a real value the extension is dropped, so
+/// the agent gets the canonical phrase). Nothing else hyper puts in a client response reaches
+/// the agent: 1xx responses other than 101 are discarded by hyper's client (keyswap registers
+/// no `on_informational` callback, and its HTTP/2 client never polls for them), and 101's
+/// head passes through here like any other.
+///
+/// When the body will be scrubbed its length may change, so `Content-Length` goes (except
+/// where there is no body to change).
 pub fn scrub_headers(
     scrubber: &Replacer,
-    status: StatusCode,
-    headers: &mut HeaderMap,
+    head: &mut http::response::Parts,
     policy: BodyPolicy,
     head_request: bool,
 ) {
-    scrubber.replace_in_headers(headers);
+    let dropped = scrubber.replace_in_headers(&mut head.headers);
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            "response headers dropped: their names held a real secret value"
+        );
+    }
+    let reason_leaks = head
+        .extensions
+        .get::<hyper::ext::ReasonPhrase>()
+        .is_some_and(|reason| scrubber.contains_any(reason.as_bytes()));
+    if reason_leaks {
+        head.extensions.remove::<hyper::ext::ReasonPhrase>();
+        tracing::warn!("response reason phrase replaced: it held a real secret value");
+    }
+    let status = head.status;
     let bodyless = head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     if policy == BodyPolicy::Scrub && !scrubber.is_empty() && !bodyless {
-        headers.remove(header::CONTENT_LENGTH);
+        head.headers.remove(header::CONTENT_LENGTH);
     }
 }
 

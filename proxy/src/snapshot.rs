@@ -10,6 +10,7 @@ use bytes::Bytes;
 use keyswap_config::{Config, Rule, SecretId};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::encodings;
 use crate::error::ProxyError;
 use crate::lifecycle::registry::{LiveTask, TaskSource};
 use crate::replace::Replacer;
@@ -19,8 +20,10 @@ pub struct Snapshot {
     pub config: Config,
     /// Pattern `i` is the placeholder of `SecretId(i)`; its replacement the real value.
     pub placeholders: Replacer,
-    /// Pattern `i` is the real value of `SecretId(i)`; its replacement the placeholder.
-    /// Values replaced by a refresh follow (an upstream may still echo them).
+    /// Every form of every real value ([`crate::encodings`]), matched regardless of ASCII
+    /// case, each replaced by the same form of its placeholder (or by something that reveals
+    /// nothing). Values replaced by a refresh are included (an upstream may still echo them).
+    /// Built once per snapshot: no request builds an automaton.
     pub scrubber: Arc<Replacer>,
     pub upstream: UpstreamClients,
     /// Per secret: when its current value was read (the config load, or its last refresh).
@@ -42,19 +45,6 @@ impl Snapshot {
                 self.config.policy(policy).map(|p| p.rules.as_slice())
             }
         }
-    }
-
-    /// The scrubber for one response: every real value, plus request-specific encoded forms
-    /// (a swapped `Basic` credential's base64) mapped back to what the agent sent.
-    pub fn scrubber_with(&self, extra: Vec<(Vec<u8>, Bytes)>) -> Result<Arc<Replacer>, ProxyError> {
-        if extra.is_empty() {
-            return Ok(self.scrubber.clone());
-        }
-        let mut pairs = scrub_pairs(&self.config, &self.retired);
-        pairs.extend(extra);
-        Replacer::new(pairs)
-            .map(Arc::new)
-            .map_err(|e| ProxyError::Matcher(e.to_string()))
     }
 
     pub fn build(
@@ -130,7 +120,8 @@ impl Snapshot {
                 .collect(),
         )
         .map_err(matcher_error)?;
-        let scrubber = Replacer::new(scrub_pairs(&config, &retired)).map_err(matcher_error)?;
+        let scrubber =
+            Replacer::ignoring_ascii_case(scrub_pairs(&config, &retired)).map_err(matcher_error)?;
         Ok(Snapshot {
             config,
             placeholders,
@@ -143,7 +134,9 @@ impl Snapshot {
     }
 }
 
-/// Real value → placeholder, for every secret, then the values refreshes replaced.
+/// Every form of every real value → the same form of its placeholder: current values first,
+/// in secret order, then the values refreshes replaced. A form shared by two values is
+/// scrubbed once, to the first one's replacement (the scrubber keeps the first).
 fn scrub_pairs(config: &Config, retired: &[(SecretId, SecretString)]) -> Vec<(Vec<u8>, Bytes)> {
     let current = config.secrets.iter().map(|s| (&s.value, &s.placeholder));
     let old = retired
@@ -151,11 +144,6 @@ fn scrub_pairs(config: &Config, retired: &[(SecretId, SecretString)]) -> Vec<(Ve
         .map(|(id, value)| (value, &config.secret(*id).placeholder));
     current
         .chain(old)
-        .map(|(value, placeholder)| {
-            (
-                value.expose_secret().as_bytes().to_vec(),
-                Bytes::copy_from_slice(placeholder.as_bytes()),
-            )
-        })
+        .flat_map(|(value, placeholder)| encodings::forms(value.expose_secret(), placeholder))
         .collect()
 }

@@ -11,7 +11,6 @@
 use std::collections::BTreeSet;
 
 use base64::Engine;
-use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue};
 use keyswap_config::{Rule, SecretId};
 
@@ -24,12 +23,10 @@ pub struct NotGranted(pub Vec<SecretId>);
 /// What swapping the headers did.
 #[derive(Default)]
 pub struct HeaderSwap {
-    /// The secrets swapped in.
+    /// The secrets swapped in. (An upstream that echoes a swapped `Basic` credential's
+    /// base64 is caught by the value's base64 forms in the scrubber, see
+    /// [`crate::encodings`].)
     pub used: BTreeSet<SecretId>,
-    /// For each swapped `Basic` credential: (base64 with the real value, base64 the agent
-    /// sent). An upstream that echoes the credential echoes the first; the response scrubber
-    /// turns it back into the second.
-    pub encoded: Vec<(Vec<u8>, Bytes)>,
 }
 
 /// Finds the placeholders in header values (including Basic credentials) and, when the rule
@@ -43,10 +40,7 @@ pub fn swap_headers(
 ) -> Result<HeaderSwap, NotGranted> {
     let found = find_in_headers(placeholders, headers);
     check_granted(&found, rule)?;
-    let mut swap = HeaderSwap {
-        used: found,
-        encoded: Vec::new(),
-    };
+    let swap = HeaderSwap { used: found };
     if swap.used.is_empty() {
         return Ok(swap);
     }
@@ -57,13 +51,7 @@ pub fn swap_headers(
         } else {
             None
         };
-        let replaced = match basic {
-            Some((swapped, real_b64, sent_b64)) => {
-                swap.encoded.push((real_b64, sent_b64));
-                Some(swapped)
-            }
-            None => placeholders.replace_all(bytes),
-        };
+        let replaced = basic.or_else(|| placeholders.replace_all(bytes));
         if let Some(replaced) = replaced {
             // Real values were checked free of CR, LF and NUL when the config loaded.
             if let Ok(mut new_value) = HeaderValue::from_bytes(&replaced) {
@@ -153,15 +141,12 @@ fn decode_basic(value: &[u8]) -> Option<Vec<u8>> {
         .ok()
 }
 
-/// `Basic base64(user:PLACEHOLDER)` → `Basic base64(user:REAL)`; also returns the new and
-/// the original base64 for the response scrubber.
-fn swap_basic(placeholders: &Replacer, value: &[u8]) -> Option<(Vec<u8>, Vec<u8>, Bytes)> {
+/// `Basic base64(user:PLACEHOLDER)` → `Basic base64(user:REAL)`.
+fn swap_basic(placeholders: &Replacer, value: &[u8]) -> Option<Vec<u8>> {
     let decoded = decode_basic(value)?;
     let swapped = placeholders.replace_all(&decoded)?;
     let engine = base64::engine::general_purpose::STANDARD;
-    let real_b64 = engine.encode(swapped).into_bytes();
-    let sent_b64 = Bytes::from(engine.encode(&decoded));
     let mut out = b"Basic ".to_vec();
-    out.extend_from_slice(&real_b64);
-    Some((out, real_b64, sent_b64))
+    out.extend_from_slice(engine.encode(swapped).as_bytes());
+    Some(out)
 }

@@ -1,6 +1,6 @@
 //! In-process upstream servers: HTTPS (certificate from a test CA, ALPN as asked) or plain
 //! HTTP on `127.0.0.1:0`, with the routes the suite needs — `/echo`, `/reflect-header`,
-//! `/bytes/N`, `/upload`, `/discard`, `/status/N`, `/redirect`, `/compressed`, `/ws` (WebSocket echo) — and a record
+//! `/reflect-form`, `/bytes/N`, `/upload`, `/discard`, `/status/N`, `/redirect`, `/compressed`, `/ws` (WebSocket echo) — and a record
 //! of every request that reached the handler ([`Upstream::seen`]).
 //!
 //! This server plays the real API, so it does see and echo real values: that is what lets a
@@ -298,6 +298,8 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<BoxBody> 
         echo(&req)
     } else if path == "/reflect-header" {
         reflect_header(&req)
+    } else if path == "/reflect-form" {
+        reflect_form(&req)
     } else if let Some(n) = path.strip_prefix("/bytes/") {
         bytes(n)
     } else if path == "/upload" {
@@ -403,6 +405,189 @@ fn reflect_header(req: &Request<Incoming>) -> Response<BoxBody> {
         .header(header::CONTENT_TYPE, "text/plain")
         .body(PacedFrames::new(frames).boxed())
         .expect("reflect response")
+}
+
+/// The encodings `/reflect-form` can apply, each as a real encoder writes it (written here
+/// independently of keyswap's own list, so a test compares two implementations).
+pub const FORMS: &[&str] = &[
+    "raw",
+    "base64",
+    "base64url",
+    "base64-nopad",
+    "base64url-nopad",
+    "base64-blob-0",
+    "base64-blob-1",
+    "base64-blob-2",
+    "base64url-blob-1",
+    "basic",
+    "percent-rfc3986",
+    "percent-rfc3986-lower",
+    "percent-plus",
+    "percent-component",
+    "percent-form",
+    "percent-all",
+    "percent-all-lower",
+    "json-serde",
+    "json-slash",
+    "json-ascii",
+    "json-ascii-upper",
+    "json-html",
+    "json-all",
+    "json-all-upper",
+];
+
+/// `value` in encoding `form` (one of [`FORMS`]); `None` for an unknown form.
+pub fn encode_form(form: &str, value: &[u8]) -> Option<String> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    use base64::Engine;
+    let text = String::from_utf8_lossy(value);
+    let percent = |keep: &dyn Fn(u8) -> bool, plus: bool, lower: bool| -> String {
+        value
+            .iter()
+            .map(|&b| match b {
+                b' ' if plus => "+".to_string(),
+                b if keep(b) => (b as char).to_string(),
+                b if lower => format!("%{b:02x}"),
+                b => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+    let serde = serde_json::to_string(&text).ok()?;
+    let serde = serde[1..serde.len() - 1].to_string();
+    let u_escape = |upper: bool, only_non_ascii: bool, json: &str| -> String {
+        let mut out = String::new();
+        for c in json.chars() {
+            if only_non_ascii && c.is_ascii() {
+                out.push(c);
+                continue;
+            }
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&if upper {
+                    format!("\\u{u:04X}")
+                } else {
+                    format!("\\u{u:04x}")
+                });
+            }
+        }
+        out
+    };
+    // A value inside a longer base64 blob, starting at byte offset `shift`.
+    let blob = |shift: usize| [&b"xyz"[..shift], value, b"-tail"].concat();
+    Some(match form {
+        "raw" => text.into_owned(),
+        "base64" => STANDARD.encode(value),
+        "base64url" => URL_SAFE.encode(value),
+        "base64-nopad" => STANDARD_NO_PAD.encode(value),
+        "base64url-nopad" => URL_SAFE_NO_PAD.encode(value),
+        "base64-blob-0" => STANDARD.encode(blob(0)),
+        "base64-blob-1" => STANDARD.encode(blob(1)),
+        "base64-blob-2" => STANDARD.encode(blob(2)),
+        "base64url-blob-1" => URL_SAFE_NO_PAD.encode(blob(1)),
+        "basic" => STANDARD.encode([b"x-access-token:", value].concat()),
+        "percent-rfc3986" => percent(&unreserved, false, false),
+        "percent-rfc3986-lower" => percent(&unreserved, false, true),
+        "percent-plus" => percent(&unreserved, true, false),
+        "percent-component" => percent(
+            &|b| b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b),
+            false,
+            false,
+        ),
+        "percent-form" => percent(
+            &|b| b.is_ascii_alphanumeric() || b"*-._".contains(&b),
+            true,
+            false,
+        ),
+        "percent-all" => percent(&|_| false, false, false),
+        "percent-all-lower" => percent(&|_| false, false, true),
+        "json-serde" => serde,
+        "json-slash" => u_escape(false, true, &serde.replace('/', "\\/")),
+        "json-ascii" => u_escape(false, true, &serde),
+        "json-ascii-upper" => u_escape(true, true, &serde),
+        "json-html" => serde
+            .replace('<', "\\u003c")
+            .replace('>', "\\u003e")
+            .replace('&', "\\u0026"),
+        "json-all" => u_escape(false, false, &text),
+        "json-all-upper" => u_escape(true, false, &text),
+        _ => return None,
+    })
+}
+
+/// Sends request header `name`'s value back in encoding `form` (see [`encode_form`]), in the
+/// place `in` names: `body` (split over three frames, so a scrubber must match across them),
+/// `header` (a header value), `name` (a header name, lowercased as HTTP requires), `reason`
+/// (the HTTP/1.1 reason phrase) or `trailer` (a trailer's value and another trailer's name).
+fn reflect_form(req: &Request<Incoming>) -> Response<BoxBody> {
+    let query = req.uri().query();
+    let name = query_param(query, "name").unwrap_or_default();
+    let (Some(form), Some(place)) = (query_param(query, "form"), query_param(query, "in")) else {
+        return text(StatusCode::BAD_REQUEST, "reflect-form: want form and in\n");
+    };
+    let Some(value) = req.headers().get(name.as_str()) else {
+        return text(StatusCode::BAD_REQUEST, "no such request header\n");
+    };
+    let Some(encoded) = encode_form(&form, value.as_bytes()) else {
+        return text(StatusCode::BAD_REQUEST, "reflect-form: unknown form\n");
+    };
+    let encoded = encoded.into_bytes();
+    let third = encoded.len() / 3;
+    let body_frames = |e: &[u8]| {
+        vec![
+            Bytes::from([b"{\"v\":\"".as_slice(), &e[..third]].concat()),
+            Bytes::copy_from_slice(&e[third..2 * third]),
+            Bytes::from([&e[2 * third..], b"\"}\n".as_slice()].concat()),
+        ]
+    };
+    let mut resp = Response::builder().header(header::CONTENT_TYPE, "application/json");
+    let body = match place.as_str() {
+        "body" => PacedFrames::new(body_frames(&encoded)).boxed(),
+        "header" => match HeaderValue::from_bytes(&[b"v=".as_slice(), &encoded].concat()) {
+            Ok(v) => {
+                resp = resp.header("x-reflected", v);
+                full("header\n")
+            }
+            Err(_) => return text(StatusCode::BAD_REQUEST, "not a header value\n"),
+        },
+        "name" => {
+            let lower = [b"x-".as_slice(), &encoded].concat().to_ascii_lowercase();
+            match header::HeaderName::from_bytes(&lower) {
+                Ok(n) => {
+                    resp = resp.header(n, "1").header("x-kept", "yes");
+                    full("name\n")
+                }
+                Err(_) => return text(StatusCode::BAD_REQUEST, "not a header name\n"),
+            }
+        }
+        "reason" => match hyper::ext::ReasonPhrase::try_from(encoded.clone()) {
+            Ok(reason) => {
+                let mut resp = Response::new(full("reason\n"));
+                resp.extensions_mut().insert(reason);
+                return resp;
+            }
+            Err(_) => return text(StatusCode::BAD_REQUEST, "not a reason phrase\n"),
+        },
+        "trailer" => {
+            let lower = [b"x-".as_slice(), &encoded].concat().to_ascii_lowercase();
+            let (Ok(value), Ok(name)) = (
+                HeaderValue::from_bytes(&encoded),
+                header::HeaderName::from_bytes(&lower),
+            ) else {
+                return text(StatusCode::BAD_REQUEST, "not a trailer\n");
+            };
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-trailer", value);
+            trailers.insert(name, HeaderValue::from_static("1"));
+            let frames = http_body_util::StreamBody::new(futures_util::stream::iter(vec![
+                Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"trailer\n"))),
+                Ok(Frame::trailers(trailers)),
+            ]));
+            BodyExt::boxed(frames)
+        }
+        _ => return text(StatusCode::BAD_REQUEST, "reflect-form: unknown place\n"),
+    };
+    resp.body(body).expect("reflect-form response")
 }
 
 const MAX_BYTES: u64 = 2 << 30;
