@@ -206,7 +206,7 @@ async fn forward(
     }
     parts.headers.remove(header::HOST);
     if upgrade {
-        // Compressed WebSocket frames could hide a secret from the guard in websocket.rs.
+        // Compressed WebSocket frames could hide a secret from the scrubber in websocket.rs.
         parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     }
     if !used.is_empty() {
@@ -325,7 +325,7 @@ async fn forward(
         websocket::splice(
             ctx.task.connection(&shared.metrics),
             ex.conn,
-            snapshot.scrubber.clone(),
+            scrubber.clone(),
             agent_upgrade,
             upstream_upgrade,
         );

@@ -14,6 +14,7 @@ pub mod audit;
 pub mod body;
 pub mod child_env;
 pub mod cli;
+pub mod client_hello;
 pub mod decision;
 pub mod decode;
 pub mod encodings;

@@ -1,22 +1,33 @@
-//! `tunnel: true` rules: the CONNECT is passed through byte for byte, without interception —
-//! so nothing can be swapped and nothing is scrubbed. The upstream is dialled (under the same
-//! address rules) before the agent is told 200, so a refusal is still an HTTP answer.
+//! `tunnel: true` rules: the CONNECT is passed through without interception — so nothing can
+//! be swapped and nothing is scrubbed. The upstream is dialled (under the same address rules)
+//! before the agent is told 200, so a refusal of the dial is still an HTTP answer.
+//!
+//! Before any byte reaches the upstream, the agent's TLS ClientHello is read
+//! ([`crate::client_hello`]) and its SNI must name the CONNECT host: otherwise a tunnel
+//! granted for host A could carry a TLS session for host B served at the same address
+//! (domain fronting). A ClientHello without SNI is refused too (`sni_mismatch`), unless the
+//! CONNECT named an IP address, where clients send none (RFC 6066 §3 allows only DNS names).
+//! Bytes that are not a ClientHello are refused with `bad_request`. A refusal closes the
+//! agent's connection (the 200 has been sent) and is audited; the upstream sees nothing.
+//! Otherwise the hello is written to the upstream and both sides are spliced byte for byte.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::StatusCode;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::audit::AuditRecord;
+use crate::client_hello::{peek_client_hello, PeekError, PeekLimits, PeekedHello};
 use crate::decision::Reason;
 use crate::route::ConnContext;
 use crate::server::Shared;
+use crate::target::{normalize_host, Target};
 
-/// Splices the agent's upgraded connection with the dialled upstream until either closes,
-/// then writes the audit record with the bytes each way.
+/// Checks the agent's ClientHello, then splices its upgraded connection with the dialled
+/// upstream until either closes, then writes the audit record with the bytes each way.
 pub async fn splice(
     shared: Arc<Shared>,
     ctx: ConnContext,
@@ -25,37 +36,150 @@ pub async fn splice(
     mut upstream: TcpStream,
     started: (Instant, SystemTime),
 ) {
+    let conn = ctx.conn_id;
     let task_conn = ctx.task.connection(&shared.metrics);
-    let (mut sent, mut received) = (0, 0);
-    match agent.await {
-        Ok(agent) => {
-            let mut agent = TokioIo::new(agent);
-            tokio::select! {
-                copied = tokio::io::copy_bidirectional(&mut agent, &mut upstream) => match copied {
-                    Ok((to_upstream, to_agent)) => {
-                        sent = to_upstream;
-                        received = to_agent;
-                    }
-                    Err(e) => tracing::debug!(conn = ctx.conn_id, error = %e, "tunnel ended"),
-                },
-                _ = task_conn.revoked() => {
-                    tracing::debug!(conn = ctx.conn_id, "tunnel closed: task ended");
+    let revoked = task_conn.revoked();
+    tokio::pin!(revoked);
+    let mut agent = match agent.await {
+        Ok(agent) => TokioIo::new(agent),
+        Err(e) => {
+            tracing::debug!(conn, error = %e, "tunnel upgrade failed");
+            return;
+        }
+    };
+    let hello = tokio::select! {
+        peeked = peek_client_hello(&mut agent, PeekLimits::default()) => peeked,
+        _ = &mut revoked => {
+            tracing::debug!(conn, "tunnel closed before TLS: task ended");
+            return;
+        }
+    };
+    let hello = match check_hello(&ctx.target, hello) {
+        Ok(hello) => hello,
+        Err((reason, why)) => {
+            tracing::info!(conn, task = %ctx.task.id, host = %ctx.target.host, %reason, why, "tunnel refused");
+            drop(task_conn);
+            let mut record = AuditRecord::for_connect(
+                conn,
+                Some(&ctx.task),
+                Some(&ctx.target),
+                reason,
+                0,
+                started,
+            );
+            record.rule = Some(rule);
+            shared.record_request(record);
+            return;
+        }
+    };
+    let (mut sent, mut received) = (hello.len() as u64, 0);
+    if let Err(e) = upstream.write_all(&hello).await {
+        tracing::debug!(conn, error = %e, "tunnel ended");
+    } else {
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut agent, &mut upstream) => match copied {
+                Ok((to_upstream, to_agent)) => {
+                    sent += to_upstream;
+                    received = to_agent;
                 }
+                Err(e) => tracing::debug!(conn, error = %e, "tunnel ended"),
+            },
+            _ = &mut revoked => {
+                tracing::debug!(conn, "tunnel closed: task ended");
             }
         }
-        Err(e) => tracing::debug!(conn = ctx.conn_id, error = %e, "tunnel upgrade failed"),
     }
     drop(task_conn);
     let mut record = AuditRecord::for_connect(
-        ctx.conn_id,
+        conn,
         Some(&ctx.task),
         Some(&ctx.target),
         Reason::Allowed,
-        StatusCode::OK.as_u16(),
+        http::StatusCode::OK.as_u16(),
         started,
     );
     record.rule = Some(rule);
     record.req_bytes = sent;
     record.resp_bytes = received;
     shared.record_request(record);
+}
+
+/// The buffered ClientHello if its SNI names `target`; else the refusal's reason and a
+/// short cause for the log.
+fn check_hello(
+    target: &Target,
+    peeked: Result<(PeekedHello, bytes::Bytes), PeekError>,
+) -> Result<bytes::Bytes, (Reason, &'static str)> {
+    let (hello, buffered) = match peeked {
+        Ok(peeked) => peeked,
+        Err(PeekError::NotTls) => return Err((Reason::BadRequest, "the agent did not start TLS")),
+        Err(PeekError::TooLarge(_)) => {
+            return Err((Reason::BadRequest, "the ClientHello is too large"))
+        }
+        Err(PeekError::Timeout) => {
+            return Err((Reason::BadRequest, "the ClientHello did not arrive in time"))
+        }
+        Err(PeekError::Closed | PeekError::Io(_)) => {
+            return Err((
+                Reason::BadRequest,
+                "the agent closed before its ClientHello",
+            ))
+        }
+    };
+    match hello.sni.as_deref() {
+        Some(sni) if normalize_host(sni).ok().as_deref() == Some(target.host.as_str()) => {
+            Ok(buffered)
+        }
+        Some(_) => Err((Reason::SniMismatch, "the SNI names another host")),
+        None if target.ip().is_some() => Ok(buffered),
+        None => Err((Reason::SniMismatch, "the ClientHello has no SNI")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(host: &str) -> Target {
+        Target {
+            host: host.into(),
+            port: 443,
+        }
+    }
+
+    fn hello(sni: Option<&str>) -> Result<(PeekedHello, bytes::Bytes), PeekError> {
+        Ok((
+            PeekedHello {
+                sni: sni.map(str::to_string),
+                alpn: Vec::new(),
+            },
+            bytes::Bytes::from_static(b"hello"),
+        ))
+    }
+
+    #[test]
+    fn sni_must_name_the_connect_host() {
+        let reason = |t: &str, peeked| check_hello(&target(t), peeked).err().map(|e| e.0);
+        assert_eq!(reason("a.test", hello(Some("a.test"))), None);
+        assert_eq!(reason("a.test", hello(Some("A.Test."))), None);
+        assert_eq!(
+            reason("a.test", hello(Some("b.test"))),
+            Some(Reason::SniMismatch)
+        );
+        assert_eq!(reason("a.test", hello(None)), Some(Reason::SniMismatch));
+        assert_eq!(reason("127.0.0.1", hello(None)), None);
+        assert_eq!(reason("::1", hello(None)), None);
+        assert_eq!(
+            reason("127.0.0.1", hello(Some("b.test"))),
+            Some(Reason::SniMismatch)
+        );
+        assert_eq!(
+            reason("a.test", Err(PeekError::NotTls)),
+            Some(Reason::BadRequest)
+        );
+        assert_eq!(
+            reason("a.test", Err(PeekError::Timeout)),
+            Some(Reason::BadRequest)
+        );
+    }
 }

@@ -1,7 +1,9 @@
 //! In-process upstream servers: HTTPS (certificate from a test CA, ALPN as asked) or plain
 //! HTTP on `127.0.0.1:0`, with the routes the suite needs — `/echo`, `/reflect-header`,
-//! `/reflect-form`, `/bytes/N`, `/upload`, `/discard`, `/status/N`, `/redirect`, `/compressed`, `/ws` (WebSocket echo) — and a record
-//! of every request that reached the handler ([`Upstream::seen`]).
+//! `/reflect-form`, `/bytes/N`, `/upload`, `/discard`, `/status/N`, `/redirect`, `/compressed`,
+//! `/ws` (WebSocket echo, or with `?script=` hand-built frames: [`WsScript`]) — and a record of
+//! every request that reached the handler ([`Upstream::seen`]) and of whether each TCP
+//! connection sent any byte at all ([`Upstream::connections`]).
 //!
 //! This server plays the real API, so it does see and echo real values: that is what lets a
 //! test prove the swap happened. It never logs them, and [`SeenRequest`]'s `Debug` prints
@@ -11,6 +13,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -125,6 +128,9 @@ pub struct Upstream {
 
 struct State {
     seen: Mutex<Vec<SeenRequest>>,
+    /// TCP connections that sent at least one byte / closed before sending any.
+    with_data: AtomicUsize,
+    without_data: AtomicUsize,
     record: bool,
     require_authorization: Option<HeaderValue>,
     spawner: Spawner,
@@ -170,6 +176,8 @@ impl Upstream {
         let tasks = Tasks::new();
         let state = Arc::new(State {
             seen: Mutex::new(Vec::new()),
+            with_data: AtomicUsize::new(0),
+            without_data: AtomicUsize::new(0),
             record: opts.record,
             require_authorization: opts.require_authorization,
             spawner: tasks.spawner(),
@@ -199,6 +207,15 @@ impl Upstream {
             .rev()
             .find(|r| r.path_and_query == path_and_query)
             .and_then(|r| r.header("authorization").map(str::to_string))
+    }
+
+    /// TCP connections accepted so far that sent at least one byte, and that closed before
+    /// sending any: proof of whether a client's TLS bytes ever reached this server.
+    pub fn connections(&self) -> (usize, usize) {
+        (
+            self.state.with_data.load(Ordering::SeqCst),
+            self.state.without_data.load(Ordering::SeqCst),
+        )
     }
 
     pub fn seen_count(&self) -> usize {
@@ -250,6 +267,11 @@ async fn accept_loop(
 
 async fn serve_tcp(tcp: TcpStream, tls: Option<TlsAcceptor>, alpn: Alpn, state: Arc<State>) {
     let _ = tcp.set_nodelay(true);
+    if !matches!(tcp.peek(&mut [0u8; 1]).await, Ok(n) if n > 0) {
+        state.without_data.fetch_add(1, Ordering::SeqCst);
+        return;
+    }
+    state.with_data.fetch_add(1, Ordering::SeqCst);
     match tls {
         Some(acceptor) => {
             if let Ok(stream) = acceptor.accept(tcp).await {
@@ -673,7 +695,7 @@ fn redirect(req: &Request<Incoming>) -> Response<BoxBody> {
 /// Answers a valid HTTP/1.1 WebSocket upgrade with 101, then echoes text and binary
 /// messages. With `?announce=authorization` the first message is
 /// `authorization=<the handshake's Authorization header>`: through keyswap that sends a real
-/// value back, which the proxy must stop (it cuts the connection), so it is opt-in.
+/// value back, which the proxy must replace with its placeholder, so it is opt-in.
 fn websocket(mut req: Request<Incoming>, spawner: &Spawner) -> Response<BoxBody> {
     let headers = req.headers();
     let has = |name: header::HeaderName, token: &str| {
@@ -694,6 +716,7 @@ fn websocket(mut req: Request<Incoming>, spawner: &Spawner) -> Response<BoxBody>
     };
     let accept = derive_accept_key(key.as_bytes());
     let announce = query_param(req.uri().query(), "announce").as_deref() == Some("authorization");
+    let script = query_param(req.uri().query(), "script").and_then(|s| WsScript::parse(&s));
     let authorization = headers
         .get(header::AUTHORIZATION)
         .map(lossy)
@@ -703,7 +726,10 @@ fn websocket(mut req: Request<Incoming>, spawner: &Spawner) -> Response<BoxBody>
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let io = TokioIo::new(upgraded);
+        let mut io = TokioIo::new(upgraded);
+        if let Some(script) = script {
+            return script.run(&mut io, authorization.as_bytes()).await;
+        }
         let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
         let first = Message::Text(format!("authorization={authorization}").into());
         if announce && ws.send(first).await.is_err() {
@@ -979,4 +1005,171 @@ impl http_body::Body for PacedFrames {
     fn is_end_stream(&self) -> bool {
         self.frames.is_empty()
     }
+}
+
+/// What `/ws?script=NAME` sends after the handshake, as hand-built frames (not through a
+/// codec, so they can be split, masked or flagged as a well-behaved server never would).
+/// `V` below is the handshake's `Authorization` value — through keyswap, the real one. Each
+/// script ends with a text message `end` and a close frame (reason `bye`), so an agent that
+/// reads `end` knows nothing was cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WsScript {
+    /// `token=V` in one text frame.
+    Text,
+    /// `token=V` split in the middle of `V` across a text frame and its continuation.
+    FragmentedText,
+    /// `V` split across two binary frames of one message.
+    FragmentedBinary,
+    /// `V` split across two separate text messages.
+    SplitMessages,
+    /// `V` as the reason of the closing frame.
+    CloseReason,
+    /// `V` as a ping's payload.
+    Ping,
+    /// The value after `Bearer ` base64-encoded (standard alphabet) in a text message.
+    Base64,
+    /// A binary message of two 9 MiB frames (over keyswap's 16 MiB limit), `V` at its end.
+    OversizedMessage,
+    /// One binary frame announcing 16 MiB + 1 bytes, `V` at its end.
+    OversizedFrame,
+    /// `V` in a text frame with RSV1 set (as if compressed, with no extension negotiated).
+    Rsv1,
+    /// `V` in a masked text frame (servers must not mask).
+    Masked,
+}
+
+impl WsScript {
+    pub const ALL: [WsScript; 11] = [
+        WsScript::Text,
+        WsScript::FragmentedText,
+        WsScript::FragmentedBinary,
+        WsScript::SplitMessages,
+        WsScript::CloseReason,
+        WsScript::Ping,
+        WsScript::Base64,
+        WsScript::OversizedMessage,
+        WsScript::OversizedFrame,
+        WsScript::Rsv1,
+        WsScript::Masked,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WsScript::Text => "text",
+            WsScript::FragmentedText => "fragmented-text",
+            WsScript::FragmentedBinary => "fragmented-binary",
+            WsScript::SplitMessages => "split-messages",
+            WsScript::CloseReason => "close-reason",
+            WsScript::Ping => "ping",
+            WsScript::Base64 => "base64",
+            WsScript::OversizedMessage => "oversized-message",
+            WsScript::OversizedFrame => "oversized-frame",
+            WsScript::Rsv1 => "rsv1",
+            WsScript::Masked => "masked",
+        }
+    }
+
+    fn parse(name: &str) -> Option<WsScript> {
+        WsScript::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    async fn run<IO>(self, io: &mut IO, value: &[u8])
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        use base64::Engine;
+        use tokio::io::AsyncWriteExt;
+        const FIN: u8 = 0x80;
+        const RSV1: u8 = 0x40;
+        const CONT: u8 = 0x0;
+        const TEXT: u8 = 0x1;
+        const BINARY: u8 = 0x2;
+        const CLOSE: u8 = 0x8;
+        const PING: u8 = 0x9;
+        let (first, second) = value.split_at(value.len() / 2);
+        let token = [b"token=".as_slice(), value].concat();
+        let big = |len: usize, tail: &[u8]| {
+            let mut payload = vec![b'x'; len - tail.len()];
+            payload.extend_from_slice(tail);
+            payload
+        };
+        let mut close_reason = b"bye".to_vec();
+        let frames: Vec<Vec<u8>> = match self {
+            WsScript::Text => vec![ws_frame(FIN | TEXT, &token, None)],
+            WsScript::FragmentedText => vec![
+                ws_frame(TEXT, &[b"token=".as_slice(), first].concat(), None),
+                ws_frame(FIN | CONT, second, None),
+            ],
+            WsScript::FragmentedBinary => vec![
+                ws_frame(BINARY, first, None),
+                ws_frame(FIN | CONT, second, None),
+            ],
+            WsScript::SplitMessages => vec![
+                ws_frame(FIN | TEXT, &[b"token=".as_slice(), first].concat(), None),
+                ws_frame(FIN | TEXT, second, None),
+            ],
+            WsScript::CloseReason => {
+                close_reason = token.clone();
+                Vec::new()
+            }
+            WsScript::Ping => vec![ws_frame(FIN | PING, value, None)],
+            WsScript::Base64 => {
+                let bare = value.strip_prefix(b"Bearer ").unwrap_or(value);
+                let encoded = base64::engine::general_purpose::STANDARD.encode(bare);
+                vec![ws_frame(
+                    FIN | TEXT,
+                    format!("b64={encoded}").as_bytes(),
+                    None,
+                )]
+            }
+            WsScript::OversizedMessage => vec![
+                ws_frame(BINARY, &big(9 << 20, b""), None),
+                ws_frame(FIN | CONT, &big(9 << 20, value), None),
+            ],
+            WsScript::OversizedFrame => {
+                vec![ws_frame(FIN | BINARY, &big((16 << 20) + 1, value), None)]
+            }
+            WsScript::Rsv1 => vec![ws_frame(FIN | RSV1 | TEXT, &token, None)],
+            WsScript::Masked => vec![ws_frame(FIN | TEXT, &token, Some([0x12, 0x34, 0x56, 0x78]))],
+        };
+        let mut close = 1000u16.to_be_bytes().to_vec();
+        close.extend_from_slice(&close_reason);
+        let end = [
+            ws_frame(FIN | TEXT, b"end", None),
+            ws_frame(FIN | CLOSE, &close, None),
+        ];
+        for frame in frames.iter().chain(end.iter()) {
+            if io.write_all(frame).await.is_err() || io.flush().await.is_err() {
+                return;
+            }
+        }
+        // Read (and drop) whatever comes back until the peer closes.
+        let _ = tokio::io::copy(io, &mut tokio::io::sink()).await;
+    }
+}
+
+/// One WebSocket frame: `first` is FIN, RSV and opcode; `mask` masks the payload as a client's
+/// would be.
+fn ws_frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = vec![first];
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        len @ 0..=125 => out.push(mask_bit | len as u8),
+        len @ 126..=0xffff => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(key) => {
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
 }
