@@ -430,14 +430,16 @@ async fn ungranted_placeholder_far_into_streamed_body_closes_the_h1_upstream_req
     ungranted_placeholder_far_into_a_streamed_body(Alpn::Http1Only).await;
 }
 
+/// (header, value, expected status, reason, what the upstream must see in that header)
+type HeaderCase<'a> = (&'a str, &'a str, u16, Option<&'a str>, Option<&'a str>);
+
 #[tokio::test]
 async fn granted_placeholder_is_swapped_only_into_the_headers_named_for_it() {
     let (env, _recorder) = start(Alpn::Both).await;
     let opts = env.agent(&format!("{API_HOST}:443"), Alpn::Both);
-    // (header, value, expected status, reason, what the upstream must see in that header)
     let auth = bearer(GITHUB_PLACEHOLDER);
     let real = bearer(GITHUB_REAL);
-    let cases: [(&str, &str, u16, Option<&str>, Option<&str>); 3] = [
+    let cases: [HeaderCase; 3] = [
         ("authorization", &auth, 200, None, Some(&real)),
         (
             "x-note",
