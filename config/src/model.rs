@@ -202,6 +202,9 @@ pub struct Secret {
     /// Re-read the source when the value is older than this (`refresh:`); only for
     /// `from_file` and `from_command`.
     pub refresh: Option<Duration>,
+    /// `headers:`: the only request headers (lower-case names) its placeholder may be
+    /// swapped into, on any rule; `None` = any header.
+    pub headers: Option<Vec<String>>,
 }
 
 /// Where a secret's value comes from. Names a variable, a path or a command, never a value.
@@ -238,6 +241,7 @@ impl fmt::Debug for Secret {
             .field("source", &self.source)
             .field("env", &self.env)
             .field("refresh", &self.refresh)
+            .field("headers", &self.headers)
             .finish_non_exhaustive()
     }
 }
@@ -389,6 +393,9 @@ pub struct Rule {
     /// or `swap_in`.
     pub tunnel: bool,
     pub swap_in: SwapIn,
+    /// `headers:`: the only request headers (lower-case names) a placeholder may be swapped
+    /// into on this rule; `None` = any header. A secret's own `headers:` narrows it further.
+    pub headers: Option<Vec<String>>,
     /// The scheme the rule matches: `https` unless it says `scheme: http` or names port 80.
     /// A request in the other scheme never matches it, so a secret granted for HTTPS is
     /// never sent in cleartext.
@@ -419,5 +426,17 @@ impl Rule {
 
     pub fn grants(&self, id: SecretId) -> bool {
         self.secrets.contains(&id)
+    }
+
+    /// Whether `secret`'s placeholder may be swapped into the request header `name`
+    /// (lower-case) on this rule: only where both the rule's and the secret's `headers:`
+    /// allow it (an absent list allows any header). Says nothing about whether the rule
+    /// grants the secret or swaps in headers at all.
+    pub fn swaps_into_header(&self, secret: &Secret, name: &str) -> bool {
+        let allows = |list: &Option<Vec<String>>| {
+            list.as_ref()
+                .map_or(true, |names| names.iter().any(|n| n == name))
+        };
+        allows(&self.headers) && allows(&secret.headers)
     }
 }

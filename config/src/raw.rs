@@ -47,6 +47,7 @@ pub(crate) struct RawSecret {
     pub placeholder: Option<L<String>>,
     pub env: Option<L<String>>,
     pub refresh: Option<L<String>>,
+    pub headers: Option<L<Vec<L<String>>>>,
 }
 
 /// One task: an entry of `tasks:` or the whole body of a file in `tasks_dir`.
@@ -95,6 +96,7 @@ pub(crate) struct RawRule {
     pub secrets: Option<L<Vec<L<String>>>>,
     pub tunnel: Option<L<bool>>,
     pub swap_in: Option<L<Vec<L<RawSwapIn>>>>,
+    pub headers: Option<L<Vec<L<String>>>>,
     pub scheme: Option<L<RawScheme>>,
     pub allow_cleartext: Option<L<bool>>,
 }

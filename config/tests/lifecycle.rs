@@ -59,15 +59,18 @@ secrets:
     from_env: KEYSWAP_FIXTURE_SECRET
     placeholder: ghp_keyswap_fixture_000000
     env: GITHUB_TOKEN
+    headers: [authorization]
   npm:
     from_command: [printf, "%s\n", fixture-command-value-42]
     placeholder: npm_keyswap_placeholder_0001
     env: NPM_TOKEN
     refresh: 15m
+    headers: [authorization]
   openai:
     from_file: tests/fixtures/valid/openai-secret.txt
     placeholder: sk-keyswap-openai-placeholder
     refresh: 1h30m
+    headers: [authorization, x-api-key]
 policies:
   github-rw:
     ttl: 2h

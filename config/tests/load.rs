@@ -138,6 +138,21 @@ fn full_fixture_loads_every_field() {
         }
     );
     assert!(openai.grants(SecretId(1)) && !openai.grants(SecretId(0)));
+    assert_eq!(
+        openai.headers.as_deref(),
+        Some(&["authorization".to_string(), "x-api-key".to_string()][..])
+    );
+    assert_eq!(github.headers, None);
+    let github_secret = config.secret(SecretId(0));
+    assert_eq!(
+        github_secret.headers.as_deref(),
+        Some(&["authorization".to_string()][..])
+    );
+    assert!(github.swaps_into_header(github_secret, "authorization"));
+    assert!(!github.swaps_into_header(github_secret, "x-api-key"));
+    let openai_secret = config.secret(SecretId(1));
+    assert!(openai.swaps_into_header(openai_secret, "x-api-key"));
+    assert!(!openai.swaps_into_header(openai_secret, "x-forwarded-for"));
 
     assert!(task.rules[2].secrets.is_empty());
     assert!(task.rules[3].tunnel);
@@ -237,6 +252,45 @@ tasks:
         assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
     }
     assert!(!all.contains(SECRET_VALUE));
+}
+
+#[test]
+fn swapping_into_unnamed_headers_is_warned_until_headers_are_named() {
+    let yaml = r#"
+version: 1
+secrets:
+  github:
+    from_env: KEYSWAP_FIXTURE_SECRET
+    placeholder: ghp_keyswap_fixture_000000
+  scoped:
+    from_env: KEYSWAP_FIXTURE_TOKEN
+    placeholder: ks_scoped_fixture_0000001
+    headers: [x-api-key]
+tasks:
+  a:
+    allow:
+      - host: api.github.com
+        secrets: [github, scoped]
+      - host: api.github.com
+        secrets: [github]
+        headers: [authorization]
+      - host: api.github.com
+        secrets: [github]
+        swap_in: [body]
+      - host: api.github.com
+        secrets: [scoped]
+"#;
+    let config = load_str(yaml, Path::new("k.yaml"), &env()).expect("warnings are not errors");
+    let unscoped: Vec<&String> = config
+        .warnings
+        .iter()
+        .filter(|w| w.contains("may be swapped into any request header"))
+        .collect();
+    assert_eq!(unscoped.len(), 1, "{:#?}", config.warnings);
+    assert!(
+        unscoped[0].starts_with("k.yaml:14:9 tasks.a.allow[0]: secret github may be swapped"),
+        "{unscoped:?}"
+    );
 }
 
 #[test]

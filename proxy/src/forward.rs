@@ -17,12 +17,13 @@ use crate::body::{boxed, empty, Counted, ProxyBody};
 use crate::decision::{Denial, Reason};
 use crate::decode::UnknownCoding;
 use crate::headers::{is_websocket_upgrade, strip_hop_by_hop};
-use crate::replace::ReplacingBody;
 use crate::route::{decide, ConnContext, Refused};
 use crate::scrub::{body_policy, scrub_body, scrub_headers};
 use crate::server::Shared;
 use crate::snapshot::Snapshot;
-use crate::swap::{swap_headers, swap_query, HeaderSwap, NotGranted};
+use crate::swap::{
+    check_uri, swap_headers, swap_query, BodyRefusal, Misplaced, ScanBody, SnapshotPlaceholders,
+};
 use crate::upstream::{connect_error, ConnectError};
 use crate::websocket;
 
@@ -142,28 +143,49 @@ async fn forward(
     };
 
     // Swap.
-    let not_granted = |NotGranted(ids): NotGranted| {
-        let names: Vec<&str> = ids
-            .iter()
-            .map(|id| snapshot.config.secret(*id).name.as_str())
-            .collect();
-        refuse_with_rule(Denial::new(
-            Reason::PlaceholderNotAllowed,
-            format!(
-                "the request carries the placeholder of secret {} which task {} may not send to {} {}; \
-                 remove it or ask the operator to grant it on this route",
-                names.join(", "),
-                ctx.task.id,
+    let misplaced = |misplaced: Misplaced| {
+        let message = match misplaced {
+            Misplaced::NotGranted(ids) => {
+                let names: Vec<&str> = ids
+                    .iter()
+                    .map(|id| snapshot.config.secret(*id).name.as_str())
+                    .collect();
+                format!(
+                    "the request carries the placeholder of secret {} which task {} may not send to {} {}; \
+                     remove it or ask the operator to grant it on this route",
+                    names.join(", "),
+                    ctx.task.id,
+                    ctx.target.host,
+                    routed.path
+                )
+            }
+            Misplaced::OutOfScope { secret, header } => format!(
+                "the placeholder of secret {} may not be sent in header {header} to {}; \
+                 send it only in the headers the operator named for it ({})",
+                snapshot.config.secret(secret).name,
                 ctx.target.host,
-                routed.path
+                scope_of(rule, snapshot.config.secret(secret)),
             ),
-        ))
+        };
+        refuse_with_rule(Denial::new(Reason::PlaceholderNotAllowed, message))
     };
-    let header_swap = if rule.swap_in.headers {
-        swap_headers(&snapshot.placeholders, &mut parts.headers, Some(rule)).map_err(not_granted)?
-    } else {
-        HeaderSwap::default()
-    };
+    let not_granted = |n: crate::swap::NotGranted| misplaced(n.into());
+    check_uri(
+        &snapshot.placeholders,
+        parts.uri.path(),
+        &routed.path,
+        parts.uri.query(),
+        rule,
+    )
+    .map_err(not_granted)?;
+    let header_swap = swap_headers(
+        &snapshot.placeholders,
+        &mut parts.headers,
+        rule,
+        &snapshot.config,
+        rule.swap_in.headers,
+    )
+    .map_err(misplaced)?;
     let mut used: BTreeSet<SecretId> = header_swap.used;
     let mut query = parts.uri.query().map(str::to_string);
     if rule.swap_in.query {
@@ -234,17 +256,22 @@ async fn forward(
     parts.version = Version::HTTP_11;
     let head_request = parts.method == http::Method::HEAD;
     let counted = Counted::new(body, ex.req_bytes.clone());
-    let body: ProxyBody = if swap_body {
-        parts.headers.remove(header::CONTENT_LENGTH);
-        let swapper = body_swapper(snapshot, rule).map_err(|_| {
-            refuse_with_rule(Denial::new(
-                Reason::BadRequest,
-                "keyswap could not prepare the body swap for this rule",
-            ))
-        })?;
-        boxed(ReplacingBody::new(counted, Arc::new(swapper)))
-    } else {
+    // Every body is scanned, whether or not the rule swaps in it: an ungranted placeholder
+    // refuses the request even after part of the body has gone upstream.
+    let body_refused = BodyRefusal::default();
+    let body: ProxyBody = if snapshot.placeholders.is_empty() {
         boxed(counted)
+    } else {
+        if swap_body {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        boxed(ScanBody::new(
+            counted,
+            SnapshotPlaceholders(snapshot.clone()),
+            rule.secrets.clone(),
+            swap_body,
+            body_refused.clone(),
+        ))
     };
     let upstream_req = Request::from_parts(parts, body);
     let client = if upgrade {
@@ -252,7 +279,12 @@ async fn forward(
     } else {
         &snapshot.upstream.any
     };
-    let response = client.request(upstream_req).await.map_err(|err| {
+    let response = client.request(upstream_req).await;
+    if let Some(ids) = body_refused.get() {
+        // The body failed on purpose: this is a refusal, not an upstream failure.
+        return Err(not_granted(crate::swap::NotGranted(ids.clone())));
+    }
+    let response = response.map_err(|err| {
         let (reason, message) = match connect_error(&err) {
             Some(ConnectError::PrivateAddress { host }) => (
                 Reason::PrivateAddress,
@@ -312,11 +344,13 @@ async fn forward(
     let audit_shared = shared.clone();
     let exchange = ex.clone();
     let on_end = move || {
-        let record = exchange.record(
-            Reason::Allowed,
-            status,
-            record_bytes.load(Ordering::Relaxed),
-        );
+        // An upstream may answer before reading the whole body; a body refused after that
+        // still ends the exchange as a refusal.
+        let reason = match body_refused.get() {
+            Some(_) => Reason::PlaceholderNotAllowed,
+            None => Reason::Allowed,
+        };
+        let record = exchange.record(reason, status, record_bytes.load(Ordering::Relaxed));
         audit_shared.record_request(record);
     };
 
@@ -353,24 +387,19 @@ fn could_hold_secret(snapshot: &Snapshot, ctx: &ConnContext) -> bool {
     })
 }
 
-/// Placeholder → real value, for the secrets this rule grants only.
-fn body_swapper(
-    snapshot: &Snapshot,
-    rule: &keyswap_config::Rule,
-) -> Result<crate::replace::Replacer, aho_corasick::BuildError> {
-    use secrecy::ExposeSecret;
-    let pairs = rule
-        .secrets
-        .iter()
-        .map(|id| {
-            let secret = snapshot.config.secret(*id);
-            (
-                secret.placeholder.as_bytes().to_vec(),
-                bytes::Bytes::copy_from_slice(secret.value.expose_secret().as_bytes()),
-            )
-        })
-        .collect();
-    crate::replace::Replacer::new(pairs)
+/// The headers a secret may be swapped into on a rule, for a refusal message.
+fn scope_of(rule: &keyswap_config::Rule, secret: &keyswap_config::Secret) -> String {
+    let mut names: Vec<&str> = match (&rule.headers, &secret.headers) {
+        (Some(r), Some(s)) => r
+            .iter()
+            .filter(|n| s.contains(n))
+            .map(String::as_str)
+            .collect(),
+        (Some(only), None) | (None, Some(only)) => only.iter().map(String::as_str).collect(),
+        (None, None) => Vec::new(),
+    };
+    names.dedup();
+    names.join(", ")
 }
 
 fn truncate(text: &str, max: usize) -> String {

@@ -231,11 +231,29 @@ impl Replacer {
         dropped
     }
 
+    /// Every match in `haystack` (leftmost-longest, not overlapping): pattern index and
+    /// byte range. For callers that decide per match (the request body scan in
+    /// [`crate::swap`]).
+    pub fn matches<'h>(
+        &'h self,
+        haystack: &'h [u8],
+    ) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> + 'h {
+        self.automaton
+            .iter()
+            .flat_map(move |ac| ac.find_iter(haystack))
+            .map(|m| (m.pattern().as_usize(), m.range()))
+    }
+
+    /// The replacement of pattern `id`.
+    pub fn replacement_of(&self, id: usize) -> &[u8] {
+        &self.replacements[id]
+    }
+
     /// Where the tail of `buf` that could still become a match begins: the first position
     /// from which the rest of `buf` is a proper prefix of some pattern (`buf.len()` if none).
     /// Only that tail is held back, so small frames (SSE events, WebSocket messages) flow on
     /// at once unless they end in the first bytes of a secret.
-    fn hold_from(&self, buf: &[u8]) -> usize {
+    pub fn hold_from(&self, buf: &[u8]) -> usize {
         let start = buf.len().saturating_sub(self.longest.saturating_sub(1));
         (start..buf.len())
             .find(|&i| self.starts[usize::from(buf[i])] && self.begins_longer_pattern(&buf[i..]))

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use humantime::format_duration;
 
-use super::rules::{check_rules, warn_shadowed};
+use super::rules::{check_rules, warn_shadowed, warn_unscoped_headers};
 use super::tasks::{valid_id, Defined};
 use super::{check_duration, Checker};
 use crate::de::{Entries, Located};
@@ -54,6 +54,7 @@ pub(super) fn check_policies(
             );
         }
         warn_shadowed(&rules, &sites, sink.file, checker);
+        warn_unscoped_headers(&rules, &sites, defined.secrets, sink.file, checker);
         let policy = Policy {
             name: name.value.clone(),
             ttl,

@@ -1,6 +1,8 @@
 //! One task's or policy's `allow:` rules: raw → [`Rule`]. Owns the checks of every rule
-//! field (host pattern, port, methods, path globs, granted secrets, tunnel, `swap_in`) and
-//! the warnings about rules that CONNECT can never choose. Never sees a secret value.
+//! field (host pattern, port, methods, path globs, granted secrets, tunnel, `swap_in`,
+//! `headers`), the header-name check that secrets' `headers:` share, and the warnings about
+//! rules that CONNECT can never choose or that swap into any header. Never sees a secret
+//! value.
 
 use std::path::Path;
 
@@ -9,7 +11,7 @@ use super::{Checker, Site};
 use crate::de::Located;
 use crate::error::Sink;
 use crate::host::HostPattern;
-use crate::model::{Policy, Rule, Scheme, SecretId, SwapIn};
+use crate::model::{Policy, Rule, Scheme, Secret, SecretId, SwapIn};
 use crate::path::PathPatterns;
 use crate::raw::{RawRule, RawScheme, RawSwapIn};
 
@@ -78,6 +80,13 @@ fn check_rule(
         None => SwapIn::HEADERS_ONLY,
         Some(list) => check_swap_in(list, sink),
     };
+    let headers = r
+        .headers
+        .as_ref()
+        .and_then(|list| check_header_names(list, sink));
+    if let (Some(list), Some(names)) = (&r.headers, &headers) {
+        check_rule_headers(list, names, swap_in, tunnel, &secrets, defined, sink);
+    }
     let scheme = match (&r.scheme, port) {
         (Some(s), _) if s.value == RawScheme::Http => Scheme::Http,
         (Some(_), _) => Scheme::Https,
@@ -98,9 +107,90 @@ fn check_rule(
         secrets,
         tunnel,
         swap_in,
+        headers,
         scheme,
         allow_cleartext,
     })
+}
+
+/// `headers:` of a rule or a secret: header names (RFC 9110 §5.1 tokens), lower-cased, each
+/// once. `None` when the list has an error (every one is reported).
+pub(super) fn check_header_names(
+    list: &Located<Vec<Located<String>>>,
+    sink: &mut Sink<'_>,
+) -> Option<Vec<String>> {
+    if list.value.is_empty() {
+        sink.at(
+            list,
+            "headers is empty, so no header could carry a placeholder",
+            "list the headers a placeholder may be swapped into, e.g. [authorization], or remove headers to allow any header",
+        );
+        return None;
+    }
+    let mut names: Vec<String> = Vec::new();
+    let mut valid = true;
+    for name in &list.value {
+        if is_token(&name.value) {
+            let lower = name.value.to_ascii_lowercase();
+            if !names.contains(&lower) {
+                names.push(lower);
+            }
+        } else {
+            valid = false;
+            sink.at(
+                name,
+                format!(
+                    "\"{}\" is not a valid header name",
+                    name.value.escape_debug()
+                ),
+                "write a header name of letters, digits and \"-\", e.g. authorization or x-api-key",
+            );
+        }
+    }
+    valid.then_some(names)
+}
+
+/// A rule's `headers:` only means something where it swaps into headers, and must leave
+/// each secret it grants at least one header that the secret's own `headers:` allows.
+fn check_rule_headers(
+    list: &Located<Vec<Located<String>>>,
+    names: &[String],
+    swap_in: SwapIn,
+    tunnel: bool,
+    secrets: &[SecretId],
+    defined: &Defined<'_>,
+    sink: &mut Sink<'_>,
+) {
+    if tunnel {
+        // Reported by check_tunnel_alone.
+        return;
+    }
+    if !swap_in.headers {
+        sink.at(
+            list,
+            "headers names where placeholders are swapped, but this rule's swap_in does not include headers",
+            "add headers to swap_in, or remove headers",
+        );
+        return;
+    }
+    for id in secrets {
+        let Some(secret) = defined.secrets.get(id.0) else {
+            continue;
+        };
+        if let Some(own) = &secret.headers {
+            if !own.iter().any(|h| names.contains(h)) {
+                sink.at(
+                    list,
+                    format!(
+                        "secret \"{}\" may be swapped only into {}, which this rule's headers do not list, so it could never be swapped here",
+                        secret.name,
+                        own.join(", ")
+                    ),
+                    "add one of the secret's headers to this rule's headers, or change the secret's headers",
+                );
+            }
+        }
+    }
 }
 
 /// A plain-HTTP rule sends whatever it swaps in cleartext: granting a secret there must be
@@ -243,6 +333,7 @@ fn check_tunnel_alone(r: &RawRule, sink: &mut Sink<'_>) {
         (r.paths.as_ref().map(Site::from), "paths", unfiltered),
         (r.secrets.as_ref().map(Site::from), "secrets", unswapped),
         (r.swap_in.as_ref().map(Site::from), "swap_in", unswapped),
+        (r.headers.as_ref().map(Site::from), "headers", unswapped),
     ];
     for (site, field, consequence) in conflicts {
         if let Some(site) = site {
@@ -273,6 +364,38 @@ fn check_swap_in(list: &Located<Vec<Located<RawSwapIn>>>, sink: &mut Sink<'_>) -
         }
     }
     swap_in
+}
+
+/// A rule that grants secrets and swaps them into headers without naming which (neither the
+/// rule nor the secret has `headers:`) lets an agent put a placeholder in any header — also
+/// one the upstream stores or reflects.
+pub(super) fn warn_unscoped_headers(
+    rules: &[Rule],
+    sites: &[Site],
+    secrets: &[Secret],
+    file: &Path,
+    checker: &mut Checker<'_>,
+) {
+    for (rule, site) in rules.iter().zip(sites) {
+        if !rule.swap_in.headers || rule.headers.is_some() {
+            continue;
+        }
+        let unscoped: Vec<&str> = rule
+            .secrets
+            .iter()
+            .filter_map(|id| secrets.get(id.0))
+            .filter(|s| s.headers.is_none())
+            .map(|s| s.name.as_str())
+            .collect();
+        if !unscoped.is_empty() {
+            let note = format!(
+                "secret {} may be swapped into any request header, also one the upstream stores or reflects; \
+                 name the headers it belongs in, e.g. headers: [authorization]",
+                unscoped.join(", ")
+            );
+            checker.warn(file, site.pos, &site.path, note);
+        }
+    }
 }
 
 /// A rule after an earlier one for the same host and port with the other kind (tunnel vs

@@ -1,5 +1,5 @@
-//! The `secrets:` section: names, placeholders, the one source of each value, `env` and
-//! `refresh`, and the clashes between placeholders and real values. Values are read and compared only through
+//! The `secrets:` section: names, placeholders, the one source of each value, `env`,
+//! `refresh` and `headers`, and the clashes between placeholders and real values. Values are read and compared only through
 //! [`crate::secrets`]; messages name secrets and sources, never values.
 
 use std::collections::HashMap;
@@ -29,8 +29,17 @@ pub(super) fn check_secrets(
         let placeholder = check_placeholder(raw, sink);
         let env = check_env(name, raw, &mut envs, sink);
         let refresh = check_refresh(raw, sink);
+        let headers = raw
+            .value
+            .headers
+            .as_ref()
+            .map(|list| super::rules::check_header_names(list, sink));
         let value = read_secret_value(name, raw, sink, checker);
-        if let (Some(placeholder), Some((value, source, source_site))) = (placeholder, value) {
+        if let (Some(placeholder), Some((value, source, source_site)), Some(headers)) = (
+            placeholder,
+            value,
+            headers.map_or(Some(None), |h| h.map(Some)),
+        ) {
             if secrets::has_outer_whitespace(&value) {
                 checker.warn(
                     sink.file,
@@ -51,6 +60,7 @@ pub(super) fn check_secrets(
                 source,
                 env,
                 refresh,
+                headers,
             });
             sites.push((Site::from(placeholder), source_site));
         }

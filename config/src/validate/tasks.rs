@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use super::rules::{check_rules, warn_shadowed, warn_shadowed_by_policy};
+use super::rules::{check_rules, warn_shadowed, warn_shadowed_by_policy, warn_unscoped_headers};
 use super::{read_raw, sort, Checker, Site};
 use crate::de::{closest, Located};
 use crate::error::{io_reason, ConfigError, Sink};
@@ -294,6 +294,7 @@ fn check_task(
         );
     }
     warn_shadowed(&rules, &sites, sink.file, checker);
+    warn_unscoped_headers(&rules, &sites, defined.secrets, sink.file, checker);
     if let Some(policy) = policy {
         warn_shadowed_by_policy(policy, &rules, &sites, sink.file, checker);
         // The policy's rules first, then the task's own; `index` is the position in that
