@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p keyswap-tests --bin bench -- [--quick] [--out results.json]
+//! cargo run --release -p keyswap-tests --bin bench -- soak [--duration 30m] [--rate N]
 //! ```
 //!
 //! The load generator and the upstream share CPU 0; each proxy runs in its own process pinned
@@ -18,6 +19,7 @@ mod procfs;
 mod report;
 mod scenarios;
 mod setup;
+mod soak;
 
 #[cfg(feature = "hudsucker")]
 mod hudsucker_peer;
@@ -95,6 +97,9 @@ enum ChildProcess {
     #[cfg(feature = "hudsucker")]
     #[command(hide = true, name = "serve-hudsucker")]
     Hudsucker(hudsucker_peer::ServeArgs),
+    /// Not a child: keyswap for `--duration` under resets, aborts, slow readers and config
+    /// reloads, checking that nothing is lost, garbled or leaked and that RSS and fds stay flat.
+    Soak(soak::SoakArgs),
 }
 
 /// Set in the pinned re-run of the bench, so it does not pin itself again.
@@ -110,6 +115,7 @@ fn main() -> ExitCode {
         Some(ChildProcess::Echo) => floor::serve_echo(),
         #[cfg(feature = "hudsucker")]
         Some(ChildProcess::Hudsucker(serve)) => hudsucker_peer::serve(serve),
+        Some(ChildProcess::Soak(soak_args)) => soak::main(&soak_args),
         None => match pin_self(&args) {
             Ok(Some(code)) => return code,
             Ok(None) => bench(&args),
