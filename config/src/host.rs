@@ -108,7 +108,10 @@ impl HostPattern {
                 if host.len() <= suffix.len() + 1 || host.parse::<Ipv4Addr>().is_ok() {
                     return false;
                 }
-                let (prefix, tail) = host.split_at(host.len() - suffix.len());
+                // A byte offset inside a multi-byte character: no ASCII suffix can match there.
+                let Some((prefix, tail)) = host.split_at_checked(host.len() - suffix.len()) else {
+                    return false;
+                };
                 let Some(labels) = prefix.strip_suffix('.') else {
                     return false;
                 };
