@@ -25,7 +25,7 @@ use std::task::{Context, Poll};
 
 use brotli_decompressor::{BrotliDecompressStream, BrotliResult, BrotliState, StandardAlloc};
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderMap};
+use http::{header, HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
 
@@ -119,6 +119,50 @@ pub fn declared_codings(headers: &HeaderMap) -> Result<Codings, UnknownCoding> {
         }
     }
     Ok(codings)
+}
+
+/// The agent's `Accept-Encoding` narrowed to the codings keyswap can decode, so an upstream
+/// is never invited to answer in one it would have to refuse (`compress`, `exi`, …). `*`
+/// becomes the decodable list; quality values are kept. `None` when the header needs no
+/// change.
+pub fn decodable_accept_encoding(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut changed = false;
+    let mut kept: Vec<String> = Vec::new();
+    for value in headers.get_all(header::ACCEPT_ENCODING) {
+        let Ok(value) = value.to_str() else {
+            changed = true;
+            continue;
+        };
+        for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let (name, params) = token.split_once(';').unwrap_or((token, ""));
+            match name.trim().to_ascii_lowercase().as_str() {
+                "gzip" | "x-gzip" | "deflate" | "br" | "zstd" | "identity" => {
+                    kept.push(token.to_string())
+                }
+                "*" => {
+                    changed = true;
+                    let params = if params.is_empty() {
+                        String::new()
+                    } else {
+                        format!(";{params}")
+                    };
+                    kept.extend(
+                        ["gzip", "deflate", "br", "zstd"].map(|coding| format!("{coding}{params}")),
+                    );
+                }
+                _ => changed = true,
+            }
+        }
+    }
+    if !changed {
+        return None;
+    }
+    let list = if kept.is_empty() {
+        "identity".to_string()
+    } else {
+        kept.join(", ")
+    };
+    HeaderValue::from_str(&list).ok()
 }
 
 /// The coding an undeclared body's first bytes announce, if any. Brotli has no magic number,

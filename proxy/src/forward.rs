@@ -15,7 +15,7 @@ use keyswap_config::SecretId;
 use crate::audit::{query_keys, timestamp, AuditRecord};
 use crate::body::{boxed, empty, Counted, ProxyBody};
 use crate::decision::{Denial, Reason};
-use crate::decode::UnknownCoding;
+use crate::decode::{self, UnknownCoding};
 use crate::headers::{is_websocket_upgrade, strip_hop_by_hop};
 use crate::route::{decide, ConnContext, Refused};
 use crate::scrub::{body_policy, scrub_body, scrub_headers};
@@ -237,6 +237,8 @@ async fn forward(
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
+    } else if let Some(accepted) = decode::decodable_accept_encoding(&parts.headers) {
+        parts.headers.insert(header::ACCEPT_ENCODING, accepted);
     }
     let mut path_and_query = routed.path.clone();
     if let Some(q) = &query {

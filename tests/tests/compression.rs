@@ -5,7 +5,7 @@
 //! checks the value is not in it.
 
 use std::io::Read;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http_body_util::BodyExt;
 use keyswap_tests::client::{self, Alpn};
@@ -264,11 +264,12 @@ async fn undeclared_compressed_download_without_secret_arrives_byte_exact() {
 }
 
 #[tokio::test]
-async fn decompression_bomb_is_cut_quickly() {
+/// An unbounded decoder would deliver all 256 MiB (a body, not `None`): the bound is what
+/// makes the body end in an error instead. No timing is asserted (speed belongs to the bench).
+async fn decompression_bomb_is_cut() {
     let env = env(Alpn::Both).await;
     for codings in ["gzip", "zstd", "br"] {
         // 256 MiB of zeros: a few hundred KiB of gzip, a few KiB of zstd/brotli.
-        let started = Instant::now();
         let got = get(
             &env,
             Alpn::Both,
@@ -277,10 +278,6 @@ async fn decompression_bomb_is_cut_quickly() {
         .await;
         assert!(matches!(got.status, 0 | 200), "{codings}: {}", got.status);
         assert!(got.body.is_none(), "{codings}: the bomb was delivered");
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "{codings}: slow to cut"
-        );
     }
     env.assert_no_leaks();
 }
@@ -307,5 +304,48 @@ async fn unknown_coding_is_refused() {
     }
     let record = env.audit_where(|r| r["reason"] == "upstream_error").await;
     assert_eq!(record["decision"], "denied");
+    env.assert_no_leaks();
+}
+
+/// The agent offers codings keyswap cannot decode: the upstream is only offered the ones it
+/// can (so it never answers in one keyswap would have to refuse), `*` is spelled out, and an
+/// offer of nothing decodable becomes `identity`. Requests that carry a secret ask for
+/// `identity` whatever the agent offered.
+#[tokio::test]
+async fn upstream_is_only_offered_codings_keyswap_can_decode() {
+    let env = env(Alpn::Both).await;
+    let opts = env.agent(&format!("{API_HOST}:443"), Alpn::Both);
+    let cases = [
+        ("compress, gzip;q=0.8, exi", "gzip;q=0.8"),
+        ("compress", "identity"),
+        ("*", "gzip, deflate, br, zstd"),
+        ("gzip, br", "gzip, br"),
+    ];
+    for (offered, expected) in cases {
+        let reply = env
+            .request(&opts, "GET", "/echo/user", &[("accept-encoding", offered)])
+            .await;
+        assert_eq!(reply.status, 200, "{offered}");
+        let seen = env.upstream.seen();
+        let last = seen.last().expect("the upstream saw the request");
+        assert_eq!(last.header("accept-encoding"), Some(expected), "{offered}");
+    }
+    let reply = env
+        .request(
+            &opts,
+            "GET",
+            "/echo/user",
+            &[
+                ("accept-encoding", "gzip, br"),
+                ("authorization", &bearer(GITHUB_PLACEHOLDER)),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    let seen = env.upstream.seen();
+    assert_eq!(
+        seen.last().and_then(|r| r.header("accept-encoding")),
+        Some("identity")
+    );
     env.assert_no_leaks();
 }
