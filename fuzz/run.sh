@@ -10,7 +10,7 @@ seconds="$2"
 case "$target" in
   config_load) seeds=(../config/tests/fixtures) ;;
   path_normalize | host_pattern) seeds=("seeds/$target") ;;
-  replacer_stream) seeds=() ;;
+  replacer_stream | websocket_guard) seeds=() ;;
   *) echo "unknown fuzz target: $target" >&2; exit 2 ;;
 esac
 mkdir -p "corpus/$target"
