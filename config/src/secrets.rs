@@ -383,13 +383,20 @@ pub(crate) fn placeholder_problem(placeholder: &str) -> Option<SourceError> {
 }
 
 /// Whether `text` (a placeholder or a token) contains the real `value`.
+///
+/// Ignoring ASCII case, as the response scrubber matches: a placeholder equal to a value but
+/// for case would hand the agent the value.
 pub(crate) fn contains_value(text: &str, value: &SecretString) -> bool {
-    text.contains(value.expose_secret())
+    text.to_ascii_lowercase()
+        .contains(&value.expose_secret().to_ascii_lowercase())
 }
 
-/// Whether the real `value` contains `text` (a placeholder).
+/// Whether the real `value` contains `text` (a placeholder), ignoring ASCII case.
 pub(crate) fn value_contains(value: &SecretString, text: &str) -> bool {
-    value.expose_secret().contains(text)
+    value
+        .expose_secret()
+        .to_ascii_lowercase()
+        .contains(&text.to_ascii_lowercase())
 }
 
 /// Whether a token contains a real value.

@@ -342,3 +342,27 @@ tasks:
     let config = load_str(yaml, Path::new("k.yaml"), &env()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.task("b").unwrap().rules.len(), 2);
 }
+
+/// The response scrubber ignores ASCII case, so a placeholder that holds a real value in
+/// another case would hand the agent that value: refused like an exact one, without printing
+/// either.
+#[test]
+fn placeholder_holding_a_value_in_another_case_is_refused() {
+    let yaml = format!(
+        r#"
+version: 1
+secrets:
+  github:
+    from_env: KEYSWAP_FIXTURE_SECRET
+    placeholder: "ph-{}"
+"#,
+        SECRET_VALUE.to_ascii_uppercase()
+    );
+    let err = load_str(&yaml, Path::new("k.yaml"), &env()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("placeholder contains the real value"),
+        "{text}"
+    );
+    assert!(!text.to_ascii_lowercase().contains(SECRET_VALUE), "{text}");
+}
