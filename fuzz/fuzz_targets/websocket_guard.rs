@@ -16,7 +16,7 @@ use websocket::{Case, Form, Piece};
 #[derive(Arbitrary, Debug)]
 enum InputForm {
     Raw,
-    FlippedCase,
+    OtherCase,
     Base64,
     Base64Blob(u8),
     Base64UrlBlob(u8),
@@ -66,7 +66,7 @@ libfuzzer_sys::fuzz_target!(|input: Input| {
                 secret: usize::from(secret),
                 form: match form {
                     InputForm::Raw => Form::Raw,
-                    InputForm::FlippedCase => Form::FlippedCase,
+                    InputForm::OtherCase => Form::OtherCase,
                     InputForm::Base64 => Form::Base64,
                     InputForm::Base64Blob(before) => Form::Base64Blob { before },
                     InputForm::Base64UrlBlob(before) => Form::Base64UrlBlob { before },

@@ -436,14 +436,15 @@ mod tests {
             ("special", "p@ss/w0rd+ü x=&<>\"~😀:"),
         ];
         for (what, value) in cases {
-            let r = Replacer::ignoring_ascii_case(forms(value, "ks-placeholder-0001")).unwrap();
+            let r = Replacer::with_case_variants(forms(value, "ks-placeholder-0001")).unwrap();
             eprintln!(
                 "{what} ({} bytes): {} patterns, automaton {} bytes",
                 value.len(),
                 r.pattern_count(),
                 r.memory_usage()
             );
-            assert!(r.pattern_count() <= 40, "{what}: {}", r.pattern_count());
+            // At most 40 forms, each at most three times (as given, lower- and upper-case).
+            assert!(r.pattern_count() <= 120, "{what}: {}", r.pattern_count());
         }
     }
 

@@ -8,7 +8,6 @@
 //! This module never formats its patterns or replacements: [`Replacer`]'s `Debug` prints
 //! only how many it holds.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -22,15 +21,11 @@ use http_body::{Body, Frame, SizeHint};
 pub struct Replacer {
     automaton: Option<AhoCorasick>,
     replacements: Vec<Bytes>,
-    /// Every pattern (ASCII-lowercased when matching ignores case), sorted: the patterns a
-    /// tail of a frame could begin form one contiguous run, found by binary search.
+    /// Every pattern, sorted: the patterns a tail of a frame could begin form one contiguous
+    /// run, found by binary search.
     sorted: Vec<Vec<u8>>,
-    /// Which bytes begin some pattern (both cases when matching ignores case).
+    /// Which bytes begin some pattern.
     starts: [bool; 256],
-    ignore_ascii_case: bool,
-    /// When matching ignores case: every pattern as given (also those equal to another but
-    /// for case) and its replacement.
-    exact: HashMap<Vec<u8>, Bytes>,
     longest: usize,
 }
 
@@ -46,33 +41,7 @@ impl Replacer {
     /// `pairs` are (pattern, replacement), matched exactly; pattern ids are the positions in
     /// `pairs`. Empty patterns are ignored.
     pub fn new(pairs: Vec<(Vec<u8>, Bytes)>) -> Result<Self, aho_corasick::BuildError> {
-        Replacer::build(pairs, false)
-    }
-
-    /// Like [`Replacer::new`], but patterns match regardless of ASCII case (a value an
-    /// upstream lowercased, e.g. in a header name, still matches), and patterns equal but for
-    /// case are kept once, the first one winning.
-    pub fn ignoring_ascii_case(
-        pairs: Vec<(Vec<u8>, Bytes)>,
-    ) -> Result<Self, aho_corasick::BuildError> {
-        Replacer::build(pairs, true)
-    }
-
-    fn build(
-        pairs: Vec<(Vec<u8>, Bytes)>,
-        ignore_ascii_case: bool,
-    ) -> Result<Self, aho_corasick::BuildError> {
-        let mut pairs: Vec<_> = pairs.into_iter().filter(|(p, _)| !p.is_empty()).collect();
-        let mut exact = HashMap::new();
-        if ignore_ascii_case {
-            for (pattern, replacement) in &pairs {
-                exact
-                    .entry(pattern.clone())
-                    .or_insert_with(|| replacement.clone());
-            }
-            let mut seen = std::collections::HashSet::new();
-            pairs.retain(|(p, _)| seen.insert(p.to_ascii_lowercase()));
-        }
+        let pairs: Vec<_> = pairs.into_iter().filter(|(p, _)| !p.is_empty()).collect();
         let longest = pairs.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
         let automaton = if pairs.is_empty() {
             None
@@ -80,24 +49,14 @@ impl Replacer {
             Some(
                 AhoCorasickBuilder::new()
                     .match_kind(MatchKind::LeftmostLongest)
-                    .ascii_case_insensitive(ignore_ascii_case)
                     .build(pairs.iter().map(|(p, _)| p.as_slice()))?,
             )
         };
         let mut starts = [false; 256];
         let mut sorted = Vec::with_capacity(pairs.len());
         for (pattern, _) in &pairs {
-            let key = if ignore_ascii_case {
-                pattern.to_ascii_lowercase()
-            } else {
-                pattern.clone()
-            };
             starts[usize::from(pattern[0])] = true;
-            if ignore_ascii_case {
-                starts[usize::from(pattern[0].to_ascii_uppercase())] = true;
-                starts[usize::from(pattern[0].to_ascii_lowercase())] = true;
-            }
-            sorted.push(key);
+            sorted.push(pattern.clone());
         }
         sorted.sort_unstable();
         sorted.dedup();
@@ -107,19 +66,38 @@ impl Replacer {
             replacements,
             sorted,
             starts,
-            ignore_ascii_case,
-            exact,
             longest,
         })
     }
 
-    /// What replaces match `m` of `haystack`: when matching ignores case, the replacement of
-    /// the pattern that equals the matched bytes exactly if there is one (so `%2f` and `%2F`
-    /// forms each map to the same hex case of the placeholder), else the automaton pattern's.
-    fn replacement<'a>(&'a self, m: &aho_corasick::Match, haystack: &[u8]) -> &'a [u8] {
-        self.exact
-            .get(&haystack[m.range()])
-            .unwrap_or(&self.replacements[m.pattern().as_usize()])
+    /// Like [`Replacer::new`], plus every pattern in all-lower and all-upper ASCII case (a
+    /// value an upstream lowercased — an HTTP/2 header name, a normalised identifier — still
+    /// matches), each replaced by its replacement in the same case. Patterns are kept once,
+    /// the first one winning, so a form listed in both hex cases keeps its own replacement.
+    ///
+    /// Case variants rather than case-insensitive matching: exact patterns keep
+    /// aho-corasick's vectorised prefilter, about ten times faster on a body with no match.
+    pub fn with_case_variants(
+        pairs: Vec<(Vec<u8>, Bytes)>,
+    ) -> Result<Self, aho_corasick::BuildError> {
+        let lower = pairs
+            .iter()
+            .map(|(p, r)| (p.to_ascii_lowercase(), Bytes::from(r.to_ascii_lowercase())));
+        let upper = pairs
+            .iter()
+            .map(|(p, r)| (p.to_ascii_uppercase(), Bytes::from(r.to_ascii_uppercase())));
+        let all: Vec<_> = pairs.iter().cloned().chain(lower).chain(upper).collect();
+        let mut seen = std::collections::HashSet::new();
+        let unique = all
+            .into_iter()
+            .filter(|(p, _)| seen.insert(p.clone()))
+            .collect();
+        Replacer::new(unique)
+    }
+
+    /// What replaces match `m`.
+    fn replacement(&self, m: &aho_corasick::Match) -> &[u8] {
+        &self.replacements[m.pattern().as_usize()]
     }
 
     /// How many patterns the automaton holds.
@@ -163,7 +141,7 @@ impl Replacer {
         for m in ac.find_iter(haystack) {
             let buf = out.get_or_insert_with(|| Vec::with_capacity(haystack.len()));
             buf.extend_from_slice(&haystack[pos..m.start()]);
-            buf.extend_from_slice(self.replacement(&m, haystack));
+            buf.extend_from_slice(self.replacement(&m));
             pos = m.end();
         }
         let mut buf = out?;
@@ -177,7 +155,7 @@ impl Replacer {
         if let Some(ac) = self.automaton.as_ref() {
             for m in ac.find_iter(haystack) {
                 f(Segment::Plain(&haystack[pos..m.start()]));
-                f(Segment::Replacement(self.replacement(&m, haystack)));
+                f(Segment::Replacement(self.replacement(&m)));
                 pos = m.end();
             }
         }
@@ -264,19 +242,11 @@ impl Replacer {
     /// `tail` sort together, right after where `tail` itself would sort; at most one of them
     /// (an equal pattern) is not longer than `tail`.
     fn begins_longer_pattern(&self, tail: &[u8]) -> bool {
-        let fold = |b: u8| {
-            if self.ignore_ascii_case {
-                b.to_ascii_lowercase()
-            } else {
-                b
-            }
-        };
-        let below = |p: &Vec<u8>| p.iter().copied().lt(tail.iter().copied().map(fold));
-        let first = self.sorted.partition_point(below);
+        let first = self.sorted.partition_point(|p| p.as_slice() < tail);
         self.sorted[first..]
             .iter()
             .take(2)
-            .any(|p| p.len() > tail.len() && p.iter().zip(tail).all(|(&a, &b)| a == fold(b)))
+            .any(|p| p.len() > tail.len() && p.starts_with(tail))
     }
 
     /// Feeds one frame of data. Returns what may be emitted now; keeps in `carry` what
@@ -303,7 +273,7 @@ impl Replacer {
                 break;
             }
             out.extend_from_slice(&buf[pos..m.start()]);
-            out.extend_from_slice(self.replacement(&m, &buf));
+            out.extend_from_slice(self.replacement(&m));
             pos = m.end();
         }
         let emit_to = hold_from.max(pos);
@@ -488,16 +458,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_value_in_another_case_split_across_frames_is_replaced() {
+    async fn a_value_lowercased_or_uppercased_split_across_frames_is_replaced() {
         let r = Arc::new(
-            Replacer::ignoring_ascii_case(vec![
-                (b"SecretValue%2F".to_vec(), Bytes::from_static(b"<ph%2F>")),
-                (b"SecretValue%2f".to_vec(), Bytes::from_static(b"<ph%2f>")),
+            Replacer::with_case_variants(vec![
+                (b"SecretValue%2F".to_vec(), Bytes::from_static(b"<Ph%2F>")),
+                (b"SecretValue%2f".to_vec(), Bytes::from_static(b"<Ph%2f>")),
             ])
             .unwrap(),
         );
-        assert_eq!(r.pattern_count(), 1);
-        let input: &'static [u8] = b"a SecretValue%2f b SECRETVALUE%2F c";
+        // Each as given, lowercased and uppercased; the lowercase of the first is the second.
+        assert_eq!(r.pattern_count(), 4);
+        let input: &'static [u8] =
+            b"a SecretValue%2f b SECRETVALUE%2F c secretvalue%2f d SecretValue%2F e";
         for i in 0..input.len() {
             let frames = Frames(
                 vec![&input[..i], &input[i..]]
@@ -510,20 +482,24 @@ mod tests {
                 .await
                 .unwrap()
                 .to_bytes();
-            assert_eq!(&out[..], b"a <ph%2f> b <ph%2F> c", "split at {i}");
+            assert_eq!(
+                &out[..],
+                b"a <Ph%2f> b <PH%2F> c <ph%2f> d <Ph%2F> e",
+                "split at {i}"
+            );
         }
     }
 
     #[test]
     fn headers_named_after_a_value_are_dropped_and_values_replaced() {
-        let r = Replacer::ignoring_ascii_case(vec![(
-            b"SECRETVALUE".to_vec(),
+        let r = Replacer::with_case_variants(vec![(
+            b"SecretValue".to_vec(),
             Bytes::from_static(b"ph"),
         )])
         .unwrap();
         let mut h = HeaderMap::new();
         h.insert("x-secretvalue", http::HeaderValue::from_static("1"));
-        h.append("x-a", http::HeaderValue::from_static("SecretValue"));
+        h.append("x-a", http::HeaderValue::from_static("SECRETVALUE"));
         h.append("x-a", http::HeaderValue::from_static("plain"));
         h.insert("x-b", http::HeaderValue::from_static("kept"));
         assert_eq!(r.replace_in_headers(&mut h), 1);
@@ -533,7 +509,7 @@ mod tests {
             .iter()
             .map(|v| v.as_bytes().to_vec())
             .collect();
-        assert_eq!(a, vec![b"ph".to_vec(), b"plain".to_vec()]);
+        assert_eq!(a, vec![b"PH".to_vec(), b"plain".to_vec()]);
         assert_eq!(h.get("x-b").map(|v| v.as_bytes()), Some(&b"kept"[..]));
     }
 

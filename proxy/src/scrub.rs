@@ -67,7 +67,7 @@ pub fn body_policy(
 }
 
 /// Scrubs the response head in place: every header value, every header name (a header whose
-/// name holds a real value in any form, in any ASCII case, is dropped), and the HTTP/1.1
+/// name holds a real value in any form, also lowercased, is dropped), and the HTTP/1.1
 /// reason phrase (hyper hands a non-canonical one over as the [`hyper::ext::ReasonPhrase`]
 /// extension and writes it back out; if it holds a real value the extension is dropped, so
 /// the agent gets the canonical phrase). Nothing else hyper puts in a client response reaches

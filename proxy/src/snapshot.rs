@@ -121,7 +121,7 @@ impl Snapshot {
         )
         .map_err(matcher_error)?;
         let scrubber =
-            Replacer::ignoring_ascii_case(scrub_pairs(&config, &retired)).map_err(matcher_error)?;
+            Replacer::with_case_variants(scrub_pairs(&config, &retired)).map_err(matcher_error)?;
         Ok(Snapshot {
             config,
             placeholders,

@@ -66,7 +66,7 @@ fn form() -> impl Strategy<Value = websocket::Form> {
     use websocket::Form;
     prop_oneof![
         3 => Just(Form::Raw),
-        1 => Just(Form::FlippedCase),
+        1 => Just(Form::OtherCase),
         2 => Just(Form::Base64),
         1 => any::<u8>().prop_map(|before| Form::Base64Blob { before }),
         1 => any::<u8>().prop_map(|before| Form::Base64UrlBlob { before }),

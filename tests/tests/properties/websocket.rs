@@ -4,8 +4,8 @@
 //!
 //! A case is a set of secrets, a stream of pieces (noise, values in some form, prefixes of
 //! values) and a way to cut that stream into messages of every kind. The guard is built on the
-//! scrubber the config snapshot builds (`encodings::forms` of every (value, placeholder),
-//! matched ignoring ASCII case), and the messages are passed through it in order, as
+//! scrubber the config snapshot builds (`encodings::forms` of every (value, placeholder), each
+//! also all-lower and all-upper case), and the messages are passed through it in order, as
 //! `websocket::relay_to_agent` does, stopping at the first cut.
 
 use std::sync::Arc;
@@ -28,8 +28,9 @@ const MAX_CLOSE_REASON: usize = 123;
 #[derive(Clone, Copy, Debug)]
 pub enum Form {
     Raw,
-    /// Raw, with the ASCII letters' case flipped (the scrubber ignores ASCII case).
-    FlippedCase,
+    /// Raw, all lower-case (all upper-case when that is the same): the scrubber also holds
+    /// each form in all-lower and all-upper case.
+    OtherCase,
     /// Standard base64 of the value alone.
     Base64,
     /// Standard base64 of `before` bytes, the value, and a tail: the value inside a longer
@@ -99,7 +100,7 @@ pub fn valid_secrets(secrets: &[(String, String)]) -> bool {
 
 /// The scrubber exactly as `snapshot::scrub_pairs` and `Snapshot::assemble` build it.
 pub fn scrubber(secrets: &[(String, String)]) -> Replacer {
-    Replacer::ignoring_ascii_case(
+    Replacer::with_case_variants(
         secrets
             .iter()
             .flat_map(|(value, placeholder)| encodings::forms(value, placeholder))
@@ -136,16 +137,10 @@ fn write_form(value: &str, placeholder: &str, form: Form) -> Vec<u8> {
     };
     match form {
         Form::Raw => value.as_bytes().to_vec(),
-        Form::FlippedCase => value
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_lowercase() {
-                    b.to_ascii_uppercase()
-                } else {
-                    b.to_ascii_lowercase()
-                }
-            })
-            .collect(),
+        Form::OtherCase if value.to_ascii_lowercase() != value => {
+            value.to_ascii_lowercase().into_bytes()
+        }
+        Form::OtherCase => value.to_ascii_uppercase().into_bytes(),
         Form::Base64 => STANDARD.encode(value).into_bytes(),
         Form::Base64Blob { before } => STANDARD.encode(blob(before)).into_bytes(),
         Form::Base64UrlBlob { before } => URL_SAFE_NO_PAD.encode(blob(before)).into_bytes(),
@@ -218,13 +213,11 @@ pub fn payload(msg: &Message) -> &[u8] {
     }
 }
 
-/// Whether `haystack` contains `needle`, ignoring ASCII case (as the scrubber matches).
-fn contains_ignoring_case(haystack: &[u8], needle: &[u8]) -> bool {
+/// Whether `haystack` contains `needle`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty()
         && haystack.len() >= needle.len()
-        && haystack
-            .windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle))
+        && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// What the scrubber makes of `payload`, and which of its bytes it wrote (a replacement)
@@ -249,7 +242,7 @@ fn scrubbed(scrubber: &Replacer, payload: &[u8]) -> (Vec<u8>, Vec<bool>) {
 /// payload within 125 bytes and a close reason within 123; the only cut is
 /// `ValueAcrossMessages`; when the stream holds no form of any value at all, every message
 /// passes unchanged; and the payloads that passed, concatenated, hold no form of any value
-/// (the raw value, its base64, percent and JSON forms; ignoring ASCII case) made of upstream
+/// (the raw value, its base64, percent and JSON forms; each also all-lower and all-upper case) made of upstream
 /// bytes alone, whether the value came whole, split across messages, or in a control frame.
 ///
 /// "Of upstream bytes alone": an occurrence that overlaps a replacement is not counted. The
@@ -258,20 +251,18 @@ fn scrubbed(scrubber: &Replacer, payload: &[u8]) -> (Vec<u8>, Vec<bool>) {
 /// `abcdefgh`, placeholder `xx-abcde`, message `abcdefghfgh` → `xx-abcdefgh`). The agent
 /// learns nothing from that it did not already hold (the placeholder, and upstream bytes that
 /// are no value), and forbidding it would exclude most configs (a base64 form of a
-/// placeholder and of a value commonly share a character at an end). It also tolerates a
-/// placeholder that contains a value but for ASCII case, which the config accepts (it
-/// compares case-sensitively) though the scrubber matches ignoring case.
+/// placeholder and of a value commonly share a character at an end).
 pub fn check_guard(case: &Case) {
     assert!(valid_secrets(&case.secrets), "invalid secrets in a case");
     let forms: Vec<Vec<u8>> = case
         .secrets
         .iter()
         .flat_map(|(v, p)| encodings::forms(v, p))
-        .map(|(form, _)| form)
+        .flat_map(|(form, _)| [form.to_ascii_lowercase(), form.to_ascii_uppercase(), form])
         .collect();
     let stream = stream(case);
     let messages = messages(case, &stream);
-    let clean = !forms.iter().any(|f| contains_ignoring_case(&stream, f));
+    let clean = !forms.iter().any(|f| contains(&stream, f));
 
     let scrubber = Arc::new(scrubber(&case.secrets));
     let mut guard = Guard::new(scrubber.clone());
@@ -331,8 +322,7 @@ pub fn check_guard(case: &Case) {
     }
     for (n, form) in forms.iter().enumerate() {
         let upstream_only = (0..(passed.len() + 1).saturating_sub(form.len())).find(|&at| {
-            passed[at..at + form.len()].eq_ignore_ascii_case(form)
-                && !written[at..at + form.len()].contains(&true)
+            passed[at..at + form.len()] == form[..] && !written[at..at + form.len()].contains(&true)
         });
         assert!(
             upstream_only.is_none(),
