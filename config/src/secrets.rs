@@ -161,13 +161,25 @@ pub(crate) fn read_value(
 /// be too long to guess.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
-/// Reads a task's proxy password from `token_env`.
+/// A task's token is the only thing between an agent and every other task's grants: it
+/// must be too long to guess.
+pub const MIN_TASK_TOKEN_LEN: usize = 16;
+
+/// Reads a task's proxy password from `token_env`: at least [`MIN_TASK_TOKEN_LEN`] bytes.
 pub(crate) fn read_token(name: &str, env: &dyn EnvSource) -> Result<SecretString, SourceError> {
-    read_env_token(
-        name,
-        env,
-        "set it to the task's password, or remove token_env for no password",
-    )
+    let fix = format!(
+        "set it to a random token of at least {MIN_TASK_TOKEN_LEN} bytes, e.g. `export {name}=$(head -c 24 /dev/urandom | base64)`"
+    );
+    let token = read_env_token(name, env, &fix)?;
+    if token.expose_secret().len() < MIN_TASK_TOKEN_LEN {
+        return Err(source_error(
+            format!(
+                "the value of environment variable {name} is shorter than {MIN_TASK_TOKEN_LEN} bytes, too short for a task token"
+            ),
+            fix,
+        ));
+    }
+    Ok(token)
 }
 
 /// Reads the admin API's bearer token from `admin.token_env`: a task token's checks, and at
@@ -545,8 +557,15 @@ mod tests {
             .message
             .contains("visible ASCII"));
         assert!(placeholder_problem(&"x".repeat(257)).is_some());
-        let e = env(&[("T", "tok"), ("E", "")]);
+        let e = env(&[
+            ("T", "task-token-0123456"),
+            ("S", "task-token-1234"),
+            ("E", ""),
+        ]);
         assert!(read_token("T", &e).is_ok());
+        let short = read_token("S", &e).unwrap_err();
+        assert!(short.message.contains("shorter than 16 bytes"), "{short:?}");
+        assert!(!short.message.contains("task-token") && !short.fix.contains("task-token"));
         assert!(read_token("E", &e).unwrap_err().message.contains("empty"));
         assert_eq!(
             read_token("X", &e).unwrap_err().message,
@@ -557,7 +576,12 @@ mod tests {
     #[test]
     fn admin_tokens_are_long_and_never_shown() {
         let long = "admin-token-0123456789";
-        let e = env(&[("LONG", long), ("SHORT", "admin-token-123"), ("E", "")]);
+        let e = env(&[
+            ("LONG", long),
+            ("SHORT", "admin-token-123"),
+            ("TASK", "task-token-0123456789"),
+            ("E", ""),
+        ]);
         assert_eq!(expose(&read_admin_token("LONG", &e).unwrap()), long);
         let short = read_admin_token("SHORT", &e).unwrap_err();
         assert!(short.message.contains("shorter than 16 bytes"), "{short:?}");
@@ -568,6 +592,6 @@ mod tests {
             .contains("random token"));
         let a = read_admin_token("LONG", &e).unwrap();
         assert!(same_token(&a, &read_admin_token("LONG", &e).unwrap()));
-        assert!(!same_token(&a, &read_token("SHORT", &e).unwrap()));
+        assert!(!same_token(&a, &read_token("TASK", &e).unwrap()));
     }
 }

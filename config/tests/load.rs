@@ -11,7 +11,7 @@ use keyswap_config::{
 use secrecy::ExposeSecret;
 
 const SECRET_VALUE: &str = "fixture-real-value-0123456789";
-const TOKEN_VALUE: &str = "fixture-token-1";
+const TOKEN_VALUE: &str = "fixture-token-0123456789";
 
 fn env() -> HashMap<String, String> {
     HashMap::from([
@@ -177,7 +177,13 @@ fn full_fixture_loads_every_field() {
         .expect("task from tasks_dir/docs-bot.yaml");
     assert!(docs.token.is_some());
 
-    assert!(config.warnings.is_empty(), "{:#?}", config.warnings);
+    // Every field is used, so allow_private: true is too, and that is the one warning.
+    assert_eq!(config.warnings.len(), 1, "{:#?}", config.warnings);
+    assert!(
+        config.warnings[0].contains("upstream.allow_private: any allowed host that resolves"),
+        "{:#?}",
+        config.warnings
+    );
 
     let debug = format!("{config:?}");
     for value in [

@@ -122,7 +122,7 @@ fn check(
     let upstream = raw
         .upstream
         .as_ref()
-        .map(|u| top::check_upstream(u, sink))
+        .map(|u| top::check_upstream(u, sink, checker))
         .unwrap_or_default();
     let admin = admin::check_admin(raw.admin.as_ref(), sink, checker);
     let metrics = admin::check_metrics(raw.metrics.as_ref(), sink, checker);

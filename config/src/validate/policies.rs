@@ -36,7 +36,7 @@ pub(super) fn check_policies(
             );
         }
         let (ttl, max_ttl) = check_ttls(&raw.value, sink);
-        let (rules, sites) = check_rules(raw.value.allow.as_ref(), defined, sink);
+        let (rules, sites) = check_rules(raw.value.allow.as_ref(), defined, sink, checker);
         if raw
             .value
             .allow

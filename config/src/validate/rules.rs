@@ -28,6 +28,7 @@ pub(super) fn check_rules(
     list: Option<&Located<Vec<Located<RawRule>>>>,
     defined: &Defined<'_>,
     sink: &mut Sink<'_>,
+    checker: &mut Checker<'_>,
 ) -> (Vec<Rule>, Vec<Site>) {
     let mut rules = Vec::new();
     let mut sites = Vec::new();
@@ -38,6 +39,7 @@ pub(super) fn check_rules(
         .enumerate()
     {
         if let Some(rule) = check_rule(index, raw_rule, defined, sink) {
+            warn_rule(&rule, &raw_rule.value, defined, sink.file, checker);
             rules.push(rule);
             sites.push(Site::from(raw_rule));
         }
@@ -111,6 +113,70 @@ fn check_rule(
         scheme,
         allow_cleartext,
     })
+}
+
+/// What a valid rule allows that is probably more than meant: a wildcard over a whole public
+/// suffix, and secrets sent in cleartext (`allow_cleartext: true`).
+fn warn_rule(
+    rule: &Rule,
+    raw: &RawRule,
+    defined: &Defined<'_>,
+    file: &Path,
+    checker: &mut Checker<'_>,
+) {
+    if let (HostPattern::Wildcard { suffix }, Some(site)) = (&rule.host, &raw.host) {
+        if let Some(covered) = public_suffix_under(suffix) {
+            checker.warn(
+                file,
+                site.pos,
+                &site.path,
+                format!(
+                    "\"{}\" matches every site under the public suffix {covered}, where anyone can register a name; \
+                     list the hosts needed, or narrow the pattern to a domain you trust",
+                    site.value
+                ),
+            );
+        }
+    }
+    if let (true, Some(flag)) = (!rule.secrets.is_empty(), &raw.allow_cleartext) {
+        let names: Vec<&str> = rule
+            .secrets
+            .iter()
+            .filter_map(|id| defined.secrets.get(id.0))
+            .map(|s| s.name.as_str())
+            .collect();
+        checker.warn(
+            file,
+            flag.pos,
+            &flag.path,
+            format!(
+                "{} {} sent over plain HTTP to {}: anyone on the network path can read {}",
+                if names.len() == 1 {
+                    "secret"
+                } else {
+                    "secrets"
+                },
+                names.join(", ") + if names.len() == 1 { " is" } else { " are" },
+                rule.host,
+                if names.len() == 1 { "it" } else { "them" },
+            ),
+        );
+    }
+}
+
+/// The public suffix a `*.suffix` wildcard spans, if any: `suffix` itself (`com`, `co.uk`,
+/// `github.io`), or every name directly under it (a wildcard entry of the list such as
+/// `*.compute.amazonaws.com`, shown as that). Only suffixes the list names count: the
+/// list's default rule would make every unknown top-level label (`test`) a suffix.
+fn public_suffix_under(suffix: &str) -> Option<String> {
+    let whole = |name: &str| {
+        psl::suffix(name.as_bytes()).is_some_and(|s| s.is_known() && s == name.as_bytes())
+    };
+    if whole(suffix) {
+        return Some(suffix.to_string());
+    }
+    let probe = format!("keyswap-probe.{suffix}");
+    whole(&probe).then(|| format!("*.{suffix}"))
 }
 
 /// `headers:` of a rule or a secret: header names (RFC 9110 §5.1 tokens), lower-cased, each

@@ -8,6 +8,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
 use super::rules::{check_rules, warn_shadowed, warn_shadowed_by_policy, warn_unscoped_headers};
 use super::{read_raw, sort, Checker, Site};
@@ -79,8 +83,8 @@ pub(crate) fn check_all(
         inline.insert(id.value.clone(), Site::from(id));
         tasks.insert(id.value.clone(), task);
     }
-    if let Some(dir) = &raw.tasks_dir {
-        check_dir(
+    let from_files = match &raw.tasks_dir {
+        Some(dir) => check_dir(
             dir,
             &inline,
             defined,
@@ -88,24 +92,37 @@ pub(crate) fn check_all(
             checker,
             file_errors,
             &mut tasks,
-        );
-    }
-    check_tokens(&tasks, &inline, raw.tasks_dir.as_ref(), sink, checker);
+        ),
+        None => HashMap::new(),
+    };
+    let runtime_capable = !defined.policies.is_empty();
+    check_tokens(
+        &tasks,
+        runtime_capable,
+        &inline,
+        &from_files,
+        raw.tasks_dir.as_ref(),
+        sink,
+        checker,
+    );
     tasks
 }
 
 /// A task without a token accepts any credentials that name it. That is the simplest
-/// laptop setup when it is the config's only task (a warning); with several tasks, anyone
-/// who can reach the proxy could act as it by name, so it is an error.
+/// laptop setup when it is the config's only task (a warning); with several tasks — also
+/// when `policies:` lets the admin API issue more at runtime — any of them, or anyone who
+/// can reach the proxy, could act as it by naming it, so it is an error.
 fn check_tokens(
     tasks: &BTreeMap<String, Task>,
+    runtime_capable: bool,
     inline: &HashMap<String, Site>,
+    from_files: &HashMap<String, PathBuf>,
     tasks_dir: Option<&Located<String>>,
     sink: &mut Sink<'_>,
     checker: &mut Checker<'_>,
 ) {
     let tokenless = tasks.values().filter(|t| t.token.is_none());
-    if tasks.len() == 1 {
+    if tasks.len() == 1 && !runtime_capable {
         if let Some(task) = tokenless.into_iter().next() {
             checker.note(
                 sink.file,
@@ -117,21 +134,30 @@ fn check_tokens(
         }
         return;
     }
+    let others = match (tasks.len(), runtime_capable) {
+        (1, _) => "tasks issued at runtime from policies".to_string(),
+        (n, false) => format!("{n} tasks"),
+        (n, true) => format!("{n} tasks and tasks issued at runtime from policies"),
+    };
+    let fix = "add token_env: naming a variable that holds a token of at least 16 random bytes";
     for task in tokenless {
-        let message = format!(
-            "task {} has no token_env, and with {} tasks anyone who can reach the proxy could use it by naming it",
-            task.id,
-            tasks.len()
-        );
-        let fix = "add token_env: naming a variable that holds a token of at least 16 random bytes";
-        match (inline.get(&task.id), tasks_dir) {
-            (Some(site), _) => sink.error(site.pos, &site.path, message, fix),
-            (None, Some(dir)) => sink.at(dir, message, fix),
-            (None, None) => sink.error(super::TOP, "tasks", message, fix),
+        let message = |task: &str| {
+            format!(
+                "task {task} has no token_env, and with {others}, anyone who can reach the proxy could use it by naming it"
+            )
+        };
+        match (inline.get(&task.id), tasks_dir, from_files.get(&task.id)) {
+            (Some(site), _, _) => sink.error(site.pos, &site.path, message(&task.id), fix),
+            (None, Some(dir), Some(file)) => {
+                let task = format!("{} ({})", task.id, file.display());
+                sink.at(dir, message(&task), fix);
+            }
+            _ => sink.error(super::TOP, "tasks", message(&task.id), fix),
         }
     }
 }
 
+/// Reads every task file of `tasks_dir`; returns the file each task id came from.
 fn check_dir(
     dir: &Located<String>,
     inline: &HashMap<String, Site>,
@@ -140,7 +166,7 @@ fn check_dir(
     checker: &mut Checker<'_>,
     file_errors: &mut Vec<ConfigError>,
     tasks: &mut BTreeMap<String, Task>,
-) {
+) -> HashMap<String, PathBuf> {
     let entries = match std::fs::read_dir(&dir.value) {
         Ok(entries) => entries,
         Err(e) => {
@@ -149,7 +175,7 @@ fn check_dir(
                 format!("directory {} cannot be read: {}", dir.value, io_reason(&e)),
                 "check the path (relative to the working directory), or remove tasks_dir",
             );
-            return;
+            return HashMap::new();
         }
     };
     let mut files: Vec<PathBuf> = entries
@@ -227,6 +253,7 @@ fn check_dir(
         sort(&mut errors);
         file_errors.extend(errors);
     }
+    from_files
 }
 
 fn check_task(
@@ -256,35 +283,15 @@ fn check_task(
         }
         Some(token)
     });
-    let expires =
-        raw.expires
-            .as_ref()
-            .and_then(|expires| match humantime::parse_rfc3339(&expires.value) {
-                Ok(time) => {
-                    if time <= checker.now {
-                        checker.warn(
-                            sink.file,
-                            expires.pos,
-                            &expires.path,
-                            format!("task {id} has already expired"),
-                        );
-                    }
-                    Some(time)
-                }
-                Err(_) => {
-                    sink.at(
-                        expires,
-                        format!("\"{}\" is not an RFC 3339 time in UTC", expires.value),
-                        "write e.g. 2026-12-01T00:00:00Z",
-                    );
-                    None
-                }
-            });
+    let expires = raw
+        .expires
+        .as_ref()
+        .and_then(|expires| check_expires(id, expires, sink, checker));
     let policy = raw
         .policy
         .as_ref()
         .and_then(|name| check_policy_name(name, defined, sink));
-    let (mut rules, sites) = check_rules(raw.allow.as_ref(), defined, sink);
+    let (mut rules, sites) = check_rules(raw.allow.as_ref(), defined, sink, checker);
     if raw.allow.as_ref().map_or(true, |a| a.value.is_empty()) && raw.policy.is_none() {
         checker.warn(
             sink.file,
@@ -313,6 +320,33 @@ fn check_task(
         policy: raw.policy.as_ref().map(|p| p.value.clone()),
         rules,
     }
+}
+
+/// `expires:`, an RFC 3339 time with any offset (`Z`, `+09:00`, `-05:00`).
+fn check_expires(
+    id: &str,
+    expires: &Located<String>,
+    sink: &mut Sink<'_>,
+    checker: &mut Checker<'_>,
+) -> Option<SystemTime> {
+    let Ok(time) = OffsetDateTime::parse(expires.value.trim(), &Rfc3339) else {
+        sink.at(
+            expires,
+            format!("\"{}\" is not an RFC 3339 time", expires.value),
+            "write a date, a time and an offset, e.g. 2026-12-01T00:00:00Z or 2026-12-01T09:00:00+09:00",
+        );
+        return None;
+    };
+    let time = SystemTime::from(time);
+    if time <= checker.now {
+        checker.warn(
+            sink.file,
+            expires.pos,
+            &expires.path,
+            format!("task {id} has already expired"),
+        );
+    }
+    Some(time)
 }
 
 /// The policy a task names with `policy:`.

@@ -117,7 +117,11 @@ pub(super) fn check_paths(raw: &RawConfig, sink: &mut Sink<'_>) -> (PathBuf, Aud
     (ca_dir, audit_log)
 }
 
-pub(super) fn check_upstream(raw: &Located<RawUpstream>, sink: &mut Sink<'_>) -> Upstream {
+pub(super) fn check_upstream(
+    raw: &Located<RawUpstream>,
+    sink: &mut Sink<'_>,
+    checker: &mut Checker<'_>,
+) -> Upstream {
     let raw = &raw.value;
     let extra_roots = raw.extra_roots.as_ref().map(|roots| {
         let path = PathBuf::from(&roots.value);
@@ -175,6 +179,18 @@ pub(super) fn check_upstream(raw: &Located<RawUpstream>, sink: &mut Sink<'_>) ->
         }
     }
     let allow_private = raw.allow_private.as_ref().is_some_and(|a| a.value);
+    if let Some(flag) = raw.allow_private.as_ref().filter(|a| a.value) {
+        // An allowed name can be made to resolve anywhere (DNS rebinding, a wildcard
+        // record): with this on, every allowed host can lead to this machine or its network.
+        checker.warn(
+            sink.file,
+            flag.pos,
+            &flag.path,
+            "any allowed host that resolves to a loopback, private or link-local address is dialled, \
+             so an allowed name that points there reaches this machine and its network; \
+             prefer upstream.resolve entries for the internal hosts you need",
+        );
+    }
     Upstream {
         extra_roots,
         resolve,
