@@ -2,6 +2,7 @@
 //! `env` ([`task`]). This is the edge where errors become messages for a person; nothing
 //! here prints a secret value (`task issue` prints the new task's token: that is its job).
 
+mod check;
 mod exec;
 mod task;
 
@@ -144,9 +145,15 @@ pub fn main_with(cli: Cli) -> ExitCode {
 }
 
 fn check(path: &Path) -> ExitCode {
-    match keyswap_config::load(path) {
+    // The same environment `run` reads, recorded so that the summary can name what was read.
+    let env = check::RecordingEnv::process();
+    match keyswap_config::load_with(path, &env) {
         Ok(config) => {
             print!("{}", summary(path, &config));
+            print!("{}", env.report(&config));
+            for warning in &config.warnings {
+                println!("warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -215,9 +222,6 @@ pub fn summary(path: &Path, config: &Config) -> String {
             .unwrap_or_default();
         let _ = writeln!(out, "  {} ({token}{expires}{policy})", task.id);
         write_rules(&mut out, config, &task.rules);
-    }
-    for warning in &config.warnings {
-        let _ = writeln!(out, "warning: {warning}");
     }
     out
 }
