@@ -19,9 +19,11 @@ fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/tests/fixtures/invalid")
 }
 
+/// The environment of `config/tests/fixtures.rs`.
 fn fixture_env(cmd: &mut Command) -> &mut Command {
     cmd.env("KEYSWAP_FIXTURE_SECRET", "fixture-real-value-0123456789")
-        .env("KEYSWAP_FIXTURE_TOKEN", "fixture-token-1")
+        .env("KEYSWAP_FIXTURE_TOKEN", "fixture-token-0123456789")
+        .env("KEYSWAP_FIXTURE_SHORT_TOKEN", "fixture-token-1")
 }
 
 #[test]
@@ -59,10 +61,17 @@ fn check_reports_every_fixture_error_with_location_and_fix() {
                 path.display()
             );
         }
-        assert!(
-            !stderr.contains("fixture-real-value-0123456789"),
-            "a secret value in check output"
-        );
+        for value in [
+            "fixture-real-value-0123456789",
+            "fixture-token-0123456789",
+            "fixture-token-1",
+        ] {
+            assert!(
+                !stderr.contains(value),
+                "{}: a secret value or a token in check output",
+                path.display()
+            );
+        }
         checked += 1;
     }
     assert!(checked >= 12, "only {checked} fixtures");
@@ -90,7 +99,92 @@ fn check_accepts_the_shipped_example_and_prints_a_summary() {
         "summary lists tasks:\n{stdout}"
     );
     assert!(stdout.contains("github"), "summary lists secrets by name");
+    // It says which variables it read, as `run` will: names, never values.
+    assert!(
+        stdout.contains("  GITHUB_TOKEN_REAL    secret github (from_env)\n")
+            && stdout.contains("  KEYSWAP_TOKEN_FIX42  token_env of a task or of admin\n"),
+        "check names the variables it read:\n{stdout}"
+    );
+    assert!(
+        !stdout.contains("example-task-token"),
+        "a token in check output"
+    );
     assert_no_real_secret("check summary", stdout.as_bytes());
+}
+
+#[test]
+fn check_prints_warnings_fixtures_warnings_and_exits_0() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/tests/fixtures/warnings");
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("warnings fixtures dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    entries.sort();
+    assert!(entries.len() >= 4, "only {} fixtures", entries.len());
+    for path in entries {
+        let expected = std::fs::read_to_string(path.with_extension("expected")).unwrap();
+        let output = fixture_env(&mut Command::new(KEYSWAP))
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run keyswap check");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{}: exit code", path.display());
+        for line in expected.lines().filter(|l| !l.trim().is_empty()) {
+            let line = format!(
+                "warning: {}",
+                line.replace("FILE", &path.display().to_string())
+            );
+            assert!(
+                stdout.contains(&line),
+                "{}: expected\n  {line}\nin\n{stdout}",
+                path.display()
+            );
+        }
+        assert!(
+            !stdout.contains("fixture-token-0123456789")
+                && !stdout.contains("fixture-real-value-0123456789"),
+            "{}: a token or a secret value in check output",
+            path.display()
+        );
+    }
+}
+
+/// A config where a client naming a tokenless task would get in as that task: `run` refuses
+/// to start on it, with the same message as `check`.
+#[test]
+fn run_refuses_a_tokenless_task_beside_another() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("upstream-ca.pem"), "").unwrap();
+    let vars = ConfigVars {
+        dir: dir.path(),
+        https_port: 9,
+        plain_port: 9,
+        tunnel_port: 9,
+    };
+    let tokenless = render(DEFAULT_CONFIG, &vars).replacen("    token_env: KS_TEST_TOKEN\n", "", 1);
+    let config_path = dir.path().join("keyswap.yaml");
+    std::fs::write(&config_path, &tokenless).unwrap();
+    let mut cmd = Command::new(KEYSWAP);
+    cmd.args(["run", "--config"])
+        .arg(&config_path)
+        .current_dir(dir.path())
+        .stdin(Stdio::null());
+    for (k, v) in test_env_values() {
+        cmd.env(k, v);
+    }
+    let output = cmd.output().expect("run keyswap run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("tasks.agent: task agent has no token_env, and with 2 tasks, anyone who can reach the proxy could use it by naming it"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("keyswap listening"), "{stderr}");
+    assert_no_real_secret("keyswap stderr", stderr.as_bytes());
 }
 
 #[test]
@@ -355,6 +449,39 @@ async fn curl_through_the_binary_swaps_and_reload_keeps_a_good_config() {
         "old config lost after a bad reload"
     );
     outputs.push_str(&out);
+
+    // SIGHUP with a config whose task agent lost its token beside task expired: refused,
+    // so naming agent with another password still gets nobody in.
+    std::fs::write(
+        &config_path,
+        good.replacen("    token_env: KS_TEST_TOKEN\n", "", 1),
+    )
+    .unwrap();
+    running.hangup();
+    let refused = running.wait_for("config not reloaded");
+    assert!(
+        refused.contains("task agent has no token_env"),
+        "reload refused for another reason: {refused}"
+    );
+    let (out, err) = curl_async(&[
+        "-v",
+        "--proxy",
+        &format!("http://agent:not-the-token@{addr}"),
+        "--cacert",
+        ca,
+        "https://api.upstream.test/echo/named-without-token",
+    ])
+    .await;
+    assert!(
+        err.contains("< HTTP/1.1 407") && err.contains("< x-keyswap-reason: bad_token"),
+        "a wrong password for agent after a refused reload: {out}{err}"
+    );
+    assert!(upstream
+        .seen()
+        .iter()
+        .all(|r| r.path_and_query != "/echo/named-without-token"));
+    outputs.push_str(&out);
+    outputs.push_str(&err);
 
     // SIGHUP with a good config that drops the rule: applied.
     std::fs::write(&config_path, good.replace("\"/echo\", \"/echo/**\", ", "")).unwrap();

@@ -631,8 +631,8 @@ async fn socket_is_0600_and_tcp_needs_the_bearer_token() {
 }
 
 /// The reload test's config: the API reload reads the file with the process environment,
-/// so this config needs no variable — its secret comes from a command and its static task
-/// has no token. `{extra}` is where an edit adds a policy.
+/// so this config needs no variable — its secret comes from a command, and it has no static
+/// task (one would need a token, from a variable: policies issue further tasks).
 const RELOAD_CONFIG: &str = r#"
 version: 1
 listen: 127.0.0.1:0
@@ -655,12 +655,12 @@ policies:
         methods: [GET]
         paths: ["/echo/**"]
         secrets: [github]
-tasks:
-  agent:
-    allow:
-      - host: api.upstream.test
-        secrets: [github]
 "#;
+
+/// A static task without a token, which a config with policies must refuse: any task
+/// issued from a policy could name it.
+const TOKENLESS_TASK: &str =
+    "tasks:\n  agent:\n    allow:\n      - host: api.upstream.test\n        secrets: [github]\n";
 
 #[tokio::test]
 async fn reload_picks_up_the_edited_file_and_keeps_the_old_config_on_error() {
@@ -690,8 +690,8 @@ async fn reload_picks_up_the_edited_file_and_keeps_the_old_config_on_error() {
 
     // A new policy appears; the runtime task of a policy that stays is not touched.
     let edited = env.config_yaml.replace(
-        "tasks:\n",
-        "  late:\n    ttl: 5m\n    allow:\n      - host: api.upstream.test\n        paths: [\"/echo/late\"]\n        secrets: [github]\ntasks:\n",
+        "policies:\n",
+        "policies:\n  late:\n    ttl: 5m\n    allow:\n      - host: api.upstream.test\n        paths: [\"/echo/late\"]\n        secrets: [github]\n",
     );
     assert_ne!(edited, env.config_yaml);
     write(&edited);
@@ -712,6 +712,7 @@ async fn reload_picks_up_the_edited_file_and_keeps_the_old_config_on_error() {
         edited.replace("    ttl: 5m\n", "    ttl: whenever\n"),
         edited.replace("version: 1", "version: 1\nsurprise: true"),
         "policies: [unclosed".to_string(),
+        format!("{edited}{TOKENLESS_TASK}"),
     ] {
         write(&broken);
         let (status, body) = raw(&env, Via::Socket, "POST", "/v1/reload", None).await;
@@ -725,14 +726,30 @@ async fn reload_picks_up_the_edited_file_and_keeps_the_old_config_on_error() {
             message.contains("keyswap.yaml"),
             "message names no file: {message}"
         );
+        if broken.contains(TOKENLESS_TASK) {
+            assert!(
+                message.contains(
+                    "task agent has no token_env, and with tasks issued at runtime from policies"
+                ),
+                "{message}"
+            );
+        }
     }
     let reply = echo(&env, &issued.id, &issued.token, "/echo/late").await;
     assert_eq!(reply.status, 200, "{reply:?}");
-    let reply = echo(&env, "agent", AGENT_TOKEN, "/echo/static").await;
-    assert_eq!(reply.status, 200, "{reply:?}");
-    assert!(
-        env.upstream.authorization_for("/echo/static") == Some(format!("Bearer {GITHUB_REAL}"))
+    // The tokenless task was refused with the rest of that file: naming it, with any
+    // password, gets nobody in.
+    let opts = env.client(
+        Some(("agent", "any-password-at-all")),
+        &format!("{API_HOST}:443"),
+        Alpn::Both,
     );
+    match client::connect_tunnel(&opts).await.expect("tunnel io") {
+        Tunnel::Refused { status, reason, .. } => {
+            assert_eq!((status, reason.as_deref()), (407, Some("bad_token")));
+        }
+        Tunnel::Open(_) => panic!("naming a refused tokenless task opened a tunnel"),
+    }
     let again = admin.issue(&late).await.expect("policy late still there");
     env.remember_token(&again.token);
 
