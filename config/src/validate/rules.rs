@@ -1,8 +1,8 @@
 //! One task's or policy's `allow:` rules: raw → [`Rule`]. Owns the checks of every rule
 //! field (host pattern, port, methods, path globs, granted secrets, tunnel, `swap_in`,
 //! `headers`), the header-name check that secrets' `headers:` share, and the warnings about
-//! rules that CONNECT can never choose or that swap into any header. Never sees a secret
-//! value.
+//! rules that CONNECT can never choose, that swap into any header, whose wildcard spans a
+//! whole public suffix, or that send secrets in cleartext. Never sees a secret value.
 
 use std::path::Path;
 
@@ -511,5 +511,32 @@ fn shadowed_note(earlier: &str, earlier_tunnels: bool) -> String {
         format!("never used: {earlier} tunnels the same host and port without interception")
     } else {
         format!("never used: {earlier} intercepts the same host and port, so it is not tunnelled")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::public_suffix_under;
+
+    #[test]
+    fn wildcards_over_a_public_suffix_are_found() {
+        for (suffix, covered) in [
+            ("com", Some("com")),
+            ("co.uk", Some("co.uk")),
+            ("github.io", Some("github.io")),
+            // `*.ck` is a wildcard entry: every name directly under ck is a suffix.
+            ("ck", Some("*.ck")),
+            ("example.com", None),
+            ("api.example.co.uk", None),
+            // Not in the list: the default rule does not count.
+            ("test", None),
+            ("upstream.test", None),
+        ] {
+            assert_eq!(
+                public_suffix_under(suffix).as_deref(),
+                covered,
+                "*.{suffix}"
+            );
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The top level of the config and `upstream:`: version, listen address, paths and the
 //! resolve table. Paths are checked as written (relative to the working directory); only
-//! `extra_roots` must already exist. Nothing here touches a secret.
+//! `extra_roots` must already exist; `allow_private: true` is warned about. Nothing here
+//! touches a secret.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
