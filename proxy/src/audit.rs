@@ -29,6 +29,11 @@ pub struct AuditRecord {
     pub event: &'static str,
     pub ts: String,
     pub task: Option<String>,
+    /// `bad_token` only: the task the agent's `Proxy-Authorization` *claimed* to be, when
+    /// that names a task keyswap knows (its token was wrong). Absent for a name that is no
+    /// task: that could be a token typed into the wrong field, which is never written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed_task: Option<String>,
     /// The task's policy (`None`: unknown task, or a static task with its own rules).
     pub policy: Option<String>,
     pub conn: u64,
@@ -36,16 +41,27 @@ pub struct AuditRecord {
     pub scheme: &'static str,
     pub host: String,
     pub port: u16,
+    /// The normalised path that was matched (and, if allowed, forwarded); the path as sent,
+    /// cut at 512 bytes, only when it could not be normalised (`bad_request`).
     pub path: Option<String>,
     pub query_keys: Vec<String>,
     pub rule: Option<usize>,
+    /// Names of the secrets whose real values were sent upstream (empty when nothing was).
     pub secrets: Vec<String>,
+    /// `allowed`, `denied` or `error`: [`crate::decision::Reason::decision`].
     pub decision: &'static str,
     pub reason: &'static str,
+    /// The status the agent received; 0 when no HTTP response was sent.
     pub status: u16,
     pub req_bytes: u64,
     pub resp_bytes: u64,
+    /// Milliseconds from the request (or CONNECT) to its end, to the microsecond.
     pub ms: f64,
+}
+
+/// Milliseconds since `started`, rounded to whole microseconds (three decimals).
+pub fn elapsed_ms(started: std::time::Instant) -> f64 {
+    started.elapsed().as_micros() as f64 / 1000.0
 }
 
 /// A lifecycle event, in the same file as the request records.
@@ -281,6 +297,7 @@ impl AuditRecord {
             event: "request",
             ts: timestamp(started.1),
             task: task.map(|t| t.id.clone()),
+            claimed_task: None,
             policy: task.and_then(|t| t.policy.clone()),
             conn,
             method: "CONNECT".into(),
@@ -291,16 +308,12 @@ impl AuditRecord {
             query_keys: Vec::new(),
             rule: None,
             secrets: Vec::new(),
-            decision: if reason == crate::decision::Reason::Allowed {
-                "allowed"
-            } else {
-                "denied"
-            },
+            decision: reason.decision(),
             reason: reason.as_str(),
             status,
             req_bytes: 0,
             resp_bytes: 0,
-            ms: started.0.elapsed().as_secs_f64() * 1000.0,
+            ms: elapsed_ms(started.0),
         }
     }
 }
@@ -344,6 +357,22 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(sink.dropped(), 0);
+    }
+
+    #[test]
+    fn ms_has_microsecond_precision_and_claimed_task_is_omitted_when_absent() {
+        let started = std::time::Instant::now() - std::time::Duration::from_nanos(1_234_567);
+        let ms = elapsed_ms(started);
+        let shown = serde_json::to_string(&ms).unwrap();
+        let decimals = shown.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(decimals <= 3, "{shown}");
+        assert!(ms >= 1.234, "{ms}");
+        let line = serde_json::to_string(&record(1)).unwrap();
+        assert!(!line.contains("claimed_task"), "{line}");
+        let mut claimed = record(2);
+        claimed.claimed_task = Some("fix-42".into());
+        let value = serde_json::to_value(&claimed).unwrap();
+        assert_eq!(value["claimed_task"], "fix-42");
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub enum Reason {
     UpstreamError,
     /// A secret the request needs could not be refreshed and is no longer swapped in.
     SecretUnavailable,
+    /// The agent refused keyswap's certificate during the interception handshake (a TLS
+    /// alert such as `unknown_ca`): it does not trust keyswap's CA. No HTTP response is sent.
+    AgentTlsFailed,
 }
 
 impl Reason {
@@ -48,6 +51,27 @@ impl Reason {
             Reason::BadRequest => "bad_request",
             Reason::UpstreamError => "upstream_error",
             Reason::SecretUnavailable => "secret_unavailable",
+            Reason::AgentTlsFailed => "agent_tls_failed",
+        }
+    }
+
+    /// The audit record's `decision`: `allowed`, `denied` (the policy refused: deny by
+    /// default), or `error` (keyswap would have let the request through but something
+    /// failed: the upstream, a secret's source, the agent's TLS).
+    pub fn decision(self) -> &'static str {
+        match self {
+            Reason::Allowed => "allowed",
+            Reason::UpstreamError | Reason::SecretUnavailable | Reason::AgentTlsFailed => "error",
+            Reason::NoTask
+            | Reason::BadToken
+            | Reason::TaskExpired
+            | Reason::HostNotAllowed
+            | Reason::RouteNotAllowed
+            | Reason::PlaceholderNotAllowed
+            | Reason::AuthorityMismatch
+            | Reason::SniMismatch
+            | Reason::PrivateAddress
+            | Reason::BadRequest => "denied",
         }
     }
 
@@ -59,6 +83,8 @@ impl Reason {
             Reason::BadRequest => StatusCode::BAD_REQUEST,
             Reason::UpstreamError => StatusCode::BAD_GATEWAY,
             Reason::SecretUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            // Never sent (no HTTP exchange took place); listed for completeness.
+            Reason::AgentTlsFailed => StatusCode::BAD_GATEWAY,
             _ => StatusCode::FORBIDDEN,
         }
     }
@@ -157,5 +183,15 @@ mod tests {
         assert_eq!(auth.status(), StatusCode::PROXY_AUTHENTICATION_REQUIRED);
         assert!(auth.headers().contains_key(header::PROXY_AUTHENTICATE));
         assert_eq!(auth.headers()[header::CONNECTION], "close");
+    }
+
+    #[test]
+    fn failures_are_errors_not_refusals() {
+        assert_eq!(Reason::Allowed.decision(), "allowed");
+        assert_eq!(Reason::HostNotAllowed.decision(), "denied");
+        assert_eq!(Reason::PrivateAddress.decision(), "denied");
+        assert_eq!(Reason::UpstreamError.decision(), "error");
+        assert_eq!(Reason::AgentTlsFailed.decision(), "error");
+        assert_eq!(Reason::AgentTlsFailed.as_str(), "agent_tls_failed");
     }
 }

@@ -4,15 +4,15 @@
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use keyswap_config::SecretId;
+use keyswap_config::{normalize_path, PathError, SecretId};
 
-use crate::audit::{query_keys, timestamp, AuditRecord};
+use crate::audit::{elapsed_ms, query_keys, timestamp, AuditRecord};
 use crate::body::{boxed, empty, Counted, ProxyBody};
 use crate::decision::{Denial, Reason};
 use crate::decode::{self, UnknownCoding};
@@ -52,6 +52,7 @@ impl Exchange {
             event: "request",
             ts: timestamp(self.at),
             task: Some(self.task.clone()),
+            claimed_task: None,
             policy: self.policy.clone(),
             conn: self.conn,
             method: self.method.clone(),
@@ -62,16 +63,12 @@ impl Exchange {
             query_keys: self.query_keys.clone(),
             rule: self.rule,
             secrets: self.secrets.clone(),
-            decision: if reason == Reason::Allowed {
-                "allowed"
-            } else {
-                "denied"
-            },
+            decision: reason.decision(),
             reason: reason.as_str(),
             status: status.as_u16(),
             req_bytes: self.req_bytes.load(Ordering::Relaxed),
             resp_bytes,
-            ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            ms: elapsed_ms(self.started),
         }
     }
 }
@@ -83,6 +80,8 @@ pub async fn exchange(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let snapshot = shared.snapshot();
+    // Normalised once: what is matched, forwarded and audited.
+    let path = normalize_path(req.uri().path());
     let mut ex = Exchange {
         started: Instant::now(),
         at: SystemTime::now(),
@@ -93,7 +92,10 @@ pub async fn exchange(
         scheme: ctx.scheme.as_str(),
         host: ctx.target.host.clone(),
         port: ctx.target.port,
-        path: truncate(req.uri().path(), 512),
+        path: match &path {
+            Ok(normalised) => truncate(normalised, 512),
+            Err(_) => truncate(req.uri().path(), 512),
+        },
         query_keys: query_keys(req.uri().query()),
         rule: None,
         secrets: Vec::new(),
@@ -101,7 +103,7 @@ pub async fn exchange(
     };
     let version = req.version();
     ctx.task.count_request();
-    match forward(&shared, &snapshot, &ctx, req, &mut ex).await {
+    match forward(&shared, &snapshot, &ctx, req, path.as_deref(), &mut ex).await {
         Ok(response) => Ok(response),
         Err(refused) => {
             ex.rule = refused.rule.or(ex.rule);
@@ -110,7 +112,9 @@ pub async fn exchange(
             tracing::info!(
                 conn = ex.conn,
                 task = %ex.task,
+                method = %ex.method,
                 host = %ex.host,
+                path = %ex.path,
                 reason = %refused.denial.reason,
                 "request refused"
             );
@@ -125,6 +129,7 @@ async fn forward(
     snapshot: &Arc<Snapshot>,
     ctx: &ConnContext,
     mut req: Request<Incoming>,
+    path: Result<&str, &PathError>,
     ex: &mut Exchange,
 ) -> Result<Response<ProxyBody>, Refused> {
     let upgrade = is_websocket_upgrade(req.headers()) && req.version() == Version::HTTP_11;
@@ -132,7 +137,7 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
 
     // Decide.
-    let routed = decide(snapshot, ctx, &parts, SystemTime::now())?;
+    let routed = decide(snapshot, ctx, &parts, path, SystemTime::now())?;
     let rule = routed.rule;
     ex.rule = Some(rule.index);
     ex.path = routed.path.clone();
@@ -203,7 +208,8 @@ async fn forward(
         // secret the rule grants is named so the audit never under-reports.
         used.extend(rule.secrets.iter().copied());
     }
-    ex.secrets = used
+    // Audited as sent only once the request goes upstream (a refusal before sends nothing).
+    let secrets_sent: Vec<String> = used
         .iter()
         .map(|id| snapshot.config.secret(*id).name.clone())
         .collect();
@@ -281,6 +287,7 @@ async fn forward(
     } else {
         &snapshot.upstream.any
     };
+    ex.secrets = secrets_sent;
     let response = client.request(upstream_req).await;
     if let Some(ids) = body_refused.get() {
         // The body failed on purpose: this is a refusal, not an upstream failure.
@@ -298,6 +305,10 @@ async fn forward(
         };
         tracing::warn!(conn = ex.conn, host = %ex.host, error = %ErrorChain(&err), "upstream request failed");
         shared.metrics.upstream_error();
+        if err.is_connect() {
+            // No connection, so no byte of the request (and no secret) left keyswap.
+            ex.secrets.clear();
+        }
         refuse_with_rule(Denial::new(reason, message))
     })?;
 
@@ -345,11 +356,16 @@ async fn forward(
     let record_bytes = resp_bytes.clone();
     let audit_shared = shared.clone();
     let exchange = ex.clone();
+    let body_failed = Arc::new(AtomicBool::new(false));
+    let record_failed = body_failed.clone();
     let on_end = move || {
         // An upstream may answer before reading the whole body; a body refused after that
-        // still ends the exchange as a refusal.
+        // still ends the exchange as a refusal. A response body cut after its head was sent
+        // (the upstream failed, a decoder or the bomb bound gave up, a real value was found
+        // where it cannot be scrubbed) ends it as an error.
         let reason = match body_refused.get() {
             Some(_) => Reason::PlaceholderNotAllowed,
+            None if record_failed.load(Ordering::Relaxed) => Reason::UpstreamError,
             None => Reason::Allowed,
         };
         let record = exchange.record(reason, status, record_bytes.load(Ordering::Relaxed));
@@ -374,8 +390,48 @@ async fn forward(
             "keyswap could not prepare the response decoder",
         ))
     })?;
+    let body = NoteFailure {
+        inner: body,
+        failed: body_failed,
+        conn: ex.conn,
+    };
     let body = Counted::new(body, resp_bytes).on_end(on_end);
     Ok(Response::from_parts(resp_parts, boxed(body)))
+}
+
+/// A response body that notes (and logs) the error that cut it, for the audit record.
+struct NoteFailure {
+    inner: ProxyBody,
+    failed: Arc<AtomicBool>,
+    conn: u64,
+}
+
+impl http_body::Body for NoteFailure {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(e))) = &polled {
+            if !self.failed.swap(true, Ordering::Relaxed) {
+                // Body errors name what failed (a decoder, the bound, the connection), never
+                // the bytes.
+                tracing::warn!(conn = self.conn, error = %e, "response body cut after its head was sent");
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Whether any of the task's rules for this host and port grants a secret: then a value may

@@ -1,8 +1,10 @@
 //! Step 1: identify the task from `Proxy-Authorization: Basic base64(task:token)`.
 //!
 //! Tokens are compared in constant time. A refusal never says whether the task exists,
-//! and never echoes what the agent sent.
+//! and never echoes what the agent sent. The audit learns which task was claimed, only when
+//! that names a real task (never a token typed into the user field by mistake).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -12,8 +14,19 @@ use keyswap_config::Config;
 use crate::decision::{Denial, Reason};
 use crate::lifecycle::registry::{LiveTask, TaskRegistry};
 
+/// A request whose task could not be identified.
+#[derive(Debug)]
+pub struct Unidentified {
+    /// The 407 refusal the agent gets.
+    pub denial: Denial,
+    /// For the audit only: the task `Proxy-Authorization` named, when it is a known task
+    /// whose token did not match.
+    pub claimed_task: Option<String>,
+}
+
 /// The task this request acts for, or a 407 refusal. Static and runtime tasks are looked up
-/// alike, in one map read.
+/// alike, in one map read. `proxy` is the address the agent reached keyswap at, shown in the
+/// refusal's example proxy URL.
 ///
 /// With no `Proxy-Authorization` at all, a config that has exactly one task and gives it no
 /// token identifies that task: the simplest laptop setup needs no credentials in the proxy URL.
@@ -21,7 +34,8 @@ pub fn identify(
     config: &Config,
     tasks: &TaskRegistry,
     headers: &HeaderMap,
-) -> Result<Arc<LiveTask>, Denial> {
+    proxy: SocketAddr,
+) -> Result<Arc<LiveTask>, Unidentified> {
     let Some(value) = headers.get(http::header::PROXY_AUTHORIZATION) else {
         if config.tasks.len() == 1 {
             let only = config.tasks.values().next().filter(|t| t.token.is_none());
@@ -29,25 +43,35 @@ pub fn identify(
                 return Ok(task);
             }
         }
-        return Err(Denial::new(
-            Reason::NoTask,
-            "no task identity: put the task id and token in the proxy URL, \
-             e.g. HTTPS_PROXY=http://TASK:TOKEN@127.0.0.1:8080",
-        ));
+        return Err(Unidentified {
+            denial: Denial::new(
+                Reason::NoTask,
+                format!(
+                    "no task identity: put the task id and token in the proxy URL, \
+                     e.g. HTTPS_PROXY=http://TASK:TOKEN@{proxy}"
+                ),
+            ),
+            claimed_task: None,
+        });
     };
-    let bad = || {
-        Denial::new(
+    let bad = |claimed_task: Option<String>| {
+        Unidentified {
+        denial: Denial::new(
             Reason::BadToken,
-            "unknown task or wrong token in the proxy URL (HTTPS_PROXY=http://TASK:TOKEN@host:port); \
-             ask the operator for this task's id and token",
-        )
+            format!(
+                "unknown task or wrong token in the proxy URL (HTTPS_PROXY=http://TASK:TOKEN@{proxy}); \
+                 ask the operator for this task's id and token"
+            ),
+        ),
+        claimed_task,
+    }
     };
-    let (task_id, token) = parse_basic(value.as_bytes()).ok_or_else(bad)?;
-    let task = tasks.get(&task_id).ok_or_else(bad)?;
+    let (task_id, token) = parse_basic(value.as_bytes()).ok_or_else(|| bad(None))?;
+    let task = tasks.get(&task_id).ok_or_else(|| bad(None))?;
     if task.token_matches(&token) {
         Ok(task)
     } else {
-        Err(bad())
+        Err(bad(Some(task.id.clone())))
     }
 }
 

@@ -2,13 +2,20 @@
 //! that is not the CONNECT host ends the connection before any certificate is shown. Then the
 //! cached per-host `ServerConfig` (minted once per host) terminates TLS, and each request on
 //! the connection goes to [`crate::forward::exchange`] over HTTP/2 or HTTP/1.1 as ALPN chose.
+//!
+//! An agent that refuses keyswap's certificate (it does not trust keyswap's CA: the most
+//! common set-up error) is audited as `agent_tls_failed` and logged at WARN once per task and
+//! host.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use rustls::AlertDescription;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::audit::AuditRecord;
@@ -21,7 +28,34 @@ use crate::server::Shared;
 use crate::target::normalize_host;
 
 /// How long the agent may take to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Most (task, host) pairs remembered for [`AgentTlsWarnings`]; past it the memory starts
+/// afresh (an agent trying many hosts must not grow keyswap's memory).
+const MAX_WARNED_PAIRS: usize = 4096;
+
+/// The (task, host) pairs already warned about an agent refusing keyswap's certificate.
+#[derive(Default)]
+pub struct AgentTlsWarnings {
+    warned: Mutex<HashSet<(String, String)>>,
+}
+
+impl AgentTlsWarnings {
+    /// `true` the first time this pair is seen.
+    fn first(&self, task: &str, host: &str) -> bool {
+        let Ok(mut warned) = self.warned.lock() else {
+            return false;
+        };
+        let pair = (task.to_string(), host.to_string());
+        if warned.contains(&pair) {
+            return false;
+        }
+        if warned.len() >= MAX_WARNED_PAIRS {
+            warned.clear();
+        }
+        warned.insert(pair)
+    }
+}
 
 pub async fn run(shared: Arc<Shared>, ctx: ConnContext, on_upgrade: OnUpgrade) {
     let conn = ctx.conn_id;
@@ -59,24 +93,35 @@ pub async fn run(shared: Arc<Shared>, ctx: ConnContext, on_upgrade: OnUpgrade) {
     }
 }
 
-/// The CONNECT upgrade, the ClientHello (SNI checked against the target) and the TLS
-/// handshake with a leaf for the target host; `None` when the connection is to end.
+/// The CONNECT upgrade, then [`handshake`]; `None` when the connection is to end.
 async fn accept_tls(
     shared: &Shared,
     ctx: &ConnContext,
     on_upgrade: OnUpgrade,
 ) -> Option<tokio_rustls::server::TlsStream<TokioIo<hyper::upgrade::Upgraded>>> {
-    let started = (Instant::now(), SystemTime::now());
-    let conn = ctx.conn_id;
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(e) => {
-            tracing::debug!(conn, error = %e, "CONNECT upgrade failed");
+            tracing::debug!(conn = ctx.conn_id, error = %e, "CONNECT upgrade failed");
             return None;
         }
     };
-    let acceptor =
-        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
+    handshake(shared, ctx, TokioIo::new(upgraded)).await
+}
+
+/// The ClientHello (SNI checked against the target) and the TLS handshake with a leaf for
+/// the target host; `None` when the connection is to end.
+pub(crate) async fn handshake<IO>(
+    shared: &Shared,
+    ctx: &ConnContext,
+    io: IO,
+) -> Option<tokio_rustls::server::TlsStream<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = (Instant::now(), SystemTime::now());
+    let conn = ctx.conn_id;
+    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
     let start = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor).await {
         Ok(Ok(start)) => start,
         Ok(Err(e)) => {
@@ -113,7 +158,10 @@ async fn accept_tls(
     {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            tracing::debug!(conn, error = %e, "agent TLS handshake failed");
+            match certificate_refused(&e) {
+                Some(alert) => agent_tls_failed(shared, ctx, alert, started),
+                None => tracing::debug!(conn, error = %e, "agent TLS handshake failed"),
+            }
             return None;
         }
         Err(_) => {
@@ -122,4 +170,51 @@ async fn accept_tls(
         }
     };
     Some(tls)
+}
+
+/// The alert an agent sent because it would not accept keyswap's certificate, if that is
+/// why the handshake failed. `unknown_ca` (OpenSSL: curl, Python, Node; rustls),
+/// `bad_certificate` (Go) and `certificate_unknown` (Java) all mean the same here.
+fn certificate_refused(e: &std::io::Error) -> Option<AlertDescription> {
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::AlertReceived(
+            alert @ (AlertDescription::UnknownCA
+            | AlertDescription::BadCertificate
+            | AlertDescription::CertificateUnknown),
+        ) => Some(*alert),
+        _ => None,
+    }
+}
+
+/// Audits every certificate refusal; warns once per task and host.
+fn agent_tls_failed(
+    shared: &Shared,
+    ctx: &ConnContext,
+    alert: AlertDescription,
+    started: (Instant, SystemTime),
+) {
+    let (conn, task, host) = (ctx.conn_id, &ctx.task.id, &ctx.target.host);
+    if shared.agent_tls_warnings.first(task, host) {
+        tracing::warn!(
+            conn,
+            %task,
+            %host,
+            alert = ?alert,
+            reason = %Reason::AgentTlsFailed,
+            "the agent refused keyswap's certificate: it does not trust keyswap's CA; \
+             give it the CA certificate (keyswap ca export; SSL_CERT_FILE, REQUESTS_CA_BUNDLE, \
+             NODE_EXTRA_CA_CERTS) or start it with keyswap exec (further failures for this \
+             task and host are logged at DEBUG)"
+        );
+    } else {
+        tracing::debug!(conn, %task, %host, alert = ?alert, "the agent refused keyswap's certificate again");
+    }
+    shared.record_request(AuditRecord::for_connect(
+        conn,
+        Some(&ctx.task),
+        Some(&ctx.target),
+        Reason::AgentTlsFailed,
+        0,
+        started,
+    ));
 }

@@ -3,6 +3,7 @@
 //! absolute-form plain-HTTP request (identify → target → forward).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,11 +21,12 @@ use crate::body::{empty, ProxyBody};
 use crate::decision::{Denial, Reason};
 use crate::forward::exchange;
 use crate::headers::head_too_large;
-use crate::identify::identify;
+use crate::identify::{identify, Unidentified};
 use crate::intercept;
 use crate::lifecycle::closing::serve_until;
 use crate::lifecycle::registry::{LiveTask, TaskConnection};
 use crate::metrics::Metrics;
+use crate::refusal;
 use crate::route::ConnContext;
 use crate::server::Shared;
 use crate::target::Target;
@@ -123,12 +125,14 @@ impl Drop for PlainConnTasks {
 async fn serve_agent(shared: Arc<Shared>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let conn_id = shared.next_conn_id();
+    // Where this agent reached keyswap: what a 407 tells it to put in its proxy URL.
+    let local = stream.local_addr().unwrap_or(shared.listen);
     let tasks = Arc::new(PlainConnTasks::default());
     let ended = tasks.ended.clone();
     let service = service_fn(move |req| {
         let shared = shared.clone();
         let tasks = tasks.clone();
-        async move { Ok::<_, Infallible>(proxy_request(shared, conn_id, tasks, req).await) }
+        async move { Ok::<_, Infallible>(proxy_request(shared, conn_id, local, tasks, req).await) }
     });
     let connection = http1_server()
         .serve_connection(TokioIo::new(stream), service)
@@ -145,6 +149,7 @@ async fn serve_agent(shared: Arc<Shared>, stream: TcpStream) {
 async fn proxy_request(
     shared: Arc<Shared>,
     conn_id: u64,
+    local: SocketAddr,
     tasks: Arc<PlainConnTasks>,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
@@ -156,10 +161,10 @@ async fn proxy_request(
         .response(true);
     }
     if req.method() == Method::CONNECT {
-        return connect(shared, conn_id, req).await;
+        return connect(shared, conn_id, local, req).await;
     }
     match req.uri().scheme_str() {
-        Some("http") => plain(shared, conn_id, &tasks, req).await,
+        Some("http") => plain(shared, conn_id, local, &tasks, req).await,
         Some(_) => Denial::new(
             Reason::BadRequest,
             "send https:// requests through a CONNECT tunnel (set HTTPS_PROXY)",
@@ -173,84 +178,96 @@ async fn proxy_request(
     }
 }
 
-/// A refusal of the CONNECT itself, audited.
-fn refuse_connect(
-    shared: &Shared,
+/// Who a refusal of a CONNECT (or of a plain request before its task is known) is for.
+struct Refusing<'a> {
     conn_id: u64,
-    task: Option<&Arc<LiveTask>>,
-    target: Option<&Target>,
-    denial: Denial,
+    method: &'a Method,
+    task: Option<&'a Arc<LiveTask>>,
+    /// For `bad_token`: the known task the credentials named.
+    claimed_task: Option<String>,
+    target: Option<&'a Target>,
+    /// Plain-HTTP requests only: the normalised path.
+    path: Option<String>,
+    scheme: Scheme,
     started: (Instant, SystemTime),
-) -> Response<ProxyBody> {
+}
+
+/// A refusal answered on the proxy connection itself (407, 400, a tunnel rule's 403),
+/// audited with the target even when the task is not known.
+fn refuse_connect(shared: &Shared, who: Refusing<'_>, denial: Denial) -> Response<ProxyBody> {
     let response = denial.response(denial.reason == Reason::BadRequest);
-    tracing::info!(conn = conn_id, task = task.map_or("-", |t| t.id.as_str()), reason = %denial.reason, "CONNECT refused");
-    shared.record_request(AuditRecord::for_connect(
-        conn_id,
-        task.map(|t| &**t),
-        target,
+    tracing::info!(
+        conn = who.conn_id,
+        task = who.task.map_or("-", |t| t.id.as_str()),
+        method = %who.method,
+        target = %who.target.map_or_else(|| "-".to_string(), Target::to_string),
+        path = who.path.as_deref().unwrap_or("-"),
+        reason = %denial.reason,
+        "request refused at the proxy"
+    );
+    let mut record = AuditRecord::for_connect(
+        who.conn_id,
+        who.task.map(|t| &**t),
+        who.target,
         denial.reason,
         response.status().as_u16(),
-        started,
-    ));
+        who.started,
+    );
+    record.method = who.method.as_str().to_string();
+    record.scheme = who.scheme.as_str();
+    record.claimed_task = who.claimed_task;
+    record.path = who.path;
+    shared.record_request(record);
     response
 }
 
-/// identify → target → intercept or tunnel.
+/// identify → target → intercept, tunnel, or deliver the refusal inside the tunnel.
 async fn connect(
     shared: Arc<Shared>,
     conn_id: u64,
+    local: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = (Instant::now(), SystemTime::now());
     let snapshot = shared.snapshot();
     let config = &snapshot.config;
-    let task = match identify(config, &shared.tasks, req.headers()) {
+    // Parsed before identity so that even a 407 is audited with where the agent was going.
+    let parsed = req.uri().authority().map(Target::from_connect);
+    let method = Method::CONNECT;
+    let mut who = Refusing {
+        conn_id,
+        method: &method,
+        task: None,
+        claimed_task: None,
+        target: parsed.as_ref().and_then(|t| t.as_ref().ok()),
+        path: None,
+        scheme: Scheme::Https,
+        started,
+    };
+    let task = match identify(config, &shared.tasks, req.headers(), local) {
         Ok(task) => task,
-        Err(denial) => return refuse_connect(&shared, conn_id, None, None, denial, started),
+        Err(Unidentified {
+            denial,
+            claimed_task,
+        }) => {
+            who.claimed_task = claimed_task;
+            return refuse_connect(&shared, who, denial);
+        }
     };
-    let refuse = |target: Option<&Target>, denial| {
-        refuse_connect(&shared, conn_id, Some(&task), target, denial, started)
-    };
-    let target = match req.uri().authority().map(Target::from_connect) {
-        Some(Ok(target)) => target,
+    who.task = Some(&task);
+    let target = match &parsed {
+        Some(Ok(target)) => target.clone(),
         Some(Err(e)) => {
-            return refuse(
-                None,
-                Denial::new(Reason::BadRequest, format!("bad CONNECT target: {e}")),
-            )
+            let denial = Denial::new(Reason::BadRequest, format!("bad CONNECT target: {e}"));
+            return refuse_connect(&shared, who, denial);
         }
         None => {
-            return refuse(
-                None,
-                Denial::new(Reason::BadRequest, "CONNECT needs host:port"),
-            )
+            let denial = Denial::new(Reason::BadRequest, "CONNECT needs host:port");
+            return refuse_connect(&shared, who, denial);
         }
     };
-    if task.is_expired(SystemTime::now()) {
-        return refuse(
-            Some(&target),
-            Denial::new(
-                Reason::TaskExpired,
-                format!(
-                    "task {} has expired; ask the operator to extend it",
-                    task.id
-                ),
-            ),
-        );
-    }
     let rules = snapshot.rules_of(&task).unwrap_or_default();
-    let Some(rule) = first_rule_for_host(rules, Scheme::Https, &target.host, target.port) else {
-        return refuse(
-            Some(&target),
-            Denial::new(
-                Reason::HostNotAllowed,
-                format!(
-                    "{target} is not in task {}'s allowlist; ask the operator to add a rule",
-                    task.id
-                ),
-            ),
-        );
-    };
+    let rule = first_rule_for_host(rules, Scheme::Https, &target.host, target.port);
     let ctx = ConnContext {
         conn_id,
         task: task.clone(),
@@ -258,6 +275,30 @@ async fn connect(
         target: target.clone(),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
+    if task.is_expired(SystemTime::now()) {
+        let denial = Denial::new(
+            Reason::TaskExpired,
+            format!(
+                "task {} has expired; ask the operator to extend it",
+                task.id
+            ),
+        );
+        // A `tunnel: true` host's client need not trust keyswap's CA: refuse the CONNECT.
+        if rule.is_some_and(|r| r.tunnel) {
+            return refuse_connect(&shared, who, denial);
+        }
+        return refuse_inside(&shared, ctx, denial, on_upgrade, started);
+    }
+    let Some(rule) = rule else {
+        let denial = Denial::new(
+            Reason::HostNotAllowed,
+            format!(
+                "{target} is not in task {}'s allowlist; ask the operator to add a rule",
+                task.id
+            ),
+        );
+        return refuse_inside(&shared, ctx, denial, on_upgrade, started);
+    };
     if rule.tunnel {
         let upstream = match snapshot.upstream.dialer.dial(&target).await {
             Ok(stream) => stream,
@@ -266,7 +307,7 @@ async fn connect(
                     ConnectError::PrivateAddress { .. } => Reason::PrivateAddress,
                     _ => Reason::UpstreamError,
                 };
-                return refuse(Some(&target), Denial::new(reason, e.to_string()));
+                return refuse_connect(&shared, who, Denial::new(reason, e.to_string()));
             }
         };
         tokio::spawn(tunnel::splice(
@@ -280,23 +321,74 @@ async fn connect(
     } else {
         tokio::spawn(intercept::run(shared.clone(), ctx, on_upgrade));
     }
+    connect_ok()
+}
+
+/// The 200 that opens a tunnel.
+fn connect_ok() -> Response<ProxyBody> {
     let mut response = Response::new(empty());
     *response.status_mut() = StatusCode::OK;
     response
+}
+
+/// Answers the CONNECT with 200 and delivers `denial` inside the tunnel ([`refusal`]): no
+/// client shows a refused CONNECT's reason, every client shows a response's.
+fn refuse_inside(
+    shared: &Arc<Shared>,
+    ctx: ConnContext,
+    denial: Denial,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    started: (Instant, SystemTime),
+) -> Response<ProxyBody> {
+    tracing::debug!(
+        conn = ctx.conn_id,
+        task = %ctx.task.id,
+        target = %ctx.target,
+        reason = %denial.reason,
+        "CONNECT accepted to answer its requests with a refusal"
+    );
+    tokio::spawn(refusal::serve(
+        shared.clone(),
+        ctx,
+        denial,
+        on_upgrade,
+        started,
+    ));
+    connect_ok()
 }
 
 /// Plain-HTTP forwarding of an absolute-form request: identify → target → forward.
 async fn plain(
     shared: Arc<Shared>,
     conn_id: u64,
+    local: SocketAddr,
     tasks: &PlainConnTasks,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = (Instant::now(), SystemTime::now());
     let snapshot = shared.snapshot();
-    let task = match identify(&snapshot.config, &shared.tasks, req.headers()) {
+    let task = match identify(&snapshot.config, &shared.tasks, req.headers(), local) {
         Ok(task) => task,
-        Err(denial) => return refuse_connect(&shared, conn_id, None, None, denial, started),
+        Err(Unidentified {
+            denial,
+            claimed_task,
+        }) => {
+            let target = req
+                .uri()
+                .authority()
+                .and_then(|a| Target::from_authority(a, 80).ok());
+            let who = Refusing {
+                conn_id,
+                method: req.method(),
+                task: None,
+                claimed_task,
+                target: target.as_ref(),
+                path: Some(refusal::audit_path(req.uri().path())),
+                scheme: Scheme::Http,
+                started,
+            };
+            return refuse_connect(&shared, who, denial);
+        }
     };
     if !task.is_cancelled() {
         tasks.register(&task, &shared.metrics);

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use http::request::Parts;
 use http::{header, Version};
-use keyswap_config::{match_route, normalize_path, RouteMatch, Rule, Scheme};
+use keyswap_config::{match_route, PathError, RouteMatch, Rule, Scheme};
 
 use crate::decision::{Denial, Reason};
 use crate::headers::{ambiguous_framing, head_too_large, METHOD_OVERRIDE_HEADERS};
@@ -45,15 +45,20 @@ impl Refused {
         Refused {
             denial: Denial::new(reason, message),
             rule: None,
-            close: reason == Reason::BadRequest,
+            // An expired task has ended: nothing more is served on this HTTP/1.1 connection
+            // (h2 connections of an expired task were closed when it expired).
+            close: matches!(reason, Reason::BadRequest | Reason::TaskExpired),
         }
     }
 }
 
+/// `path` is the request path normalised by the caller ([`keyswap_config::normalize_path`]),
+/// which also audits it.
 pub fn decide<'c>(
     snapshot: &'c Snapshot,
     ctx: &ConnContext,
     parts: &Parts,
+    path: Result<&str, &PathError>,
     now: SystemTime,
 ) -> Result<Routed<'c>, Refused> {
     let task = &ctx.task;
@@ -88,7 +93,7 @@ pub fn decide<'c>(
         ));
     }
     check_authority(ctx, parts)?;
-    let path = normalize_path(parts.uri.path()).map_err(|e| {
+    let path = path.map(str::to_string).map_err(|e| {
         Refused::new(
             Reason::BadRequest,
             format!("the request path was refused: {e}; send a plain, normalised path"),

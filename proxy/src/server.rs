@@ -37,6 +37,8 @@ pub struct Shared {
     pub listen: SocketAddr,
     /// The CA bundle and trust store an agent's environment points at.
     pub trust: TrustFiles,
+    /// Which (task, host) pairs were warned about an agent refusing keyswap's certificate.
+    pub(crate) agent_tls_warnings: crate::intercept::AgentTlsWarnings,
 }
 
 impl Shared {
@@ -76,8 +78,10 @@ impl Shared {
 pub fn reload(shared: &Arc<Shared>, config: Config) -> Result<api::Reloaded, ProxyError> {
     let next = Snapshot::build(config, shared.provider.clone())?;
     let next = Arc::new(next);
-    shared.snapshot.store(next.clone());
-    Ok(tasks::sync(shared, &next.config))
+    let previous = shared.snapshot.swap(next.clone());
+    let summary = tasks::sync(shared, &next.config);
+    crate::config_diff::ConfigDiff::between(&previous.config, &next.config, &summary).log();
+    Ok(summary)
 }
 
 /// Settings that are not part of the config file.
@@ -153,6 +157,7 @@ impl ProxyHandle {
             provider,
             listen: addr,
             trust,
+            agent_tls_warnings: Default::default(),
         });
         tasks::sync(&shared, &shared.snapshot().config);
         let (shutdown, stop) = watch::channel(false);

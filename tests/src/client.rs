@@ -351,7 +351,8 @@ fn host_of(authority: &str) -> &str {
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
-fn proxy_authorization(task: &str, token: &str) -> HeaderValue {
+/// `Basic base64(task:token)`, as clients send it in `Proxy-Authorization`.
+pub fn proxy_authorization(task: &str, token: &str) -> HeaderValue {
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{task}:{token}"));
     HeaderValue::from_str(&format!("Basic {encoded}")).expect("base64 is a valid header value")
 }

@@ -268,6 +268,7 @@ async fn undeclared_compressed_download_without_secret_arrives_byte_exact() {
 /// makes the body end in an error instead. No timing is asserted (speed belongs to the bench).
 async fn decompression_bomb_is_cut() {
     let env = env(Alpn::Both).await;
+    let mut last_conn = None;
     for codings in ["gzip", "zstd", "br"] {
         // 256 MiB of zeros: a few hundred KiB of gzip, a few KiB of zstd/brotli.
         let got = get(
@@ -278,6 +279,16 @@ async fn decompression_bomb_is_cut() {
         .await;
         assert!(matches!(got.status, 0 | 200), "{codings}: {}", got.status);
         assert!(got.body.is_none(), "{codings}: the bomb was delivered");
+        // A body cut after its head was sent is audited as an error, not as allowed.
+        let record = env
+            .audit_where(|r| r["path"] == "/compressed" && r["conn"].as_u64() > last_conn)
+            .await;
+        assert_eq!(
+            (&record["decision"], &record["reason"]),
+            (&"error".into(), &"upstream_error".into()),
+            "{codings}"
+        );
+        last_conn = record["conn"].as_u64();
     }
     env.assert_no_leaks();
 }
@@ -303,7 +314,8 @@ async fn unknown_coding_is_refused() {
         );
     }
     let record = env.audit_where(|r| r["reason"] == "upstream_error").await;
-    assert_eq!(record["decision"], "denied");
+    // An upstream failure is an error, not a refusal.
+    assert_eq!(record["decision"], "error");
     env.assert_no_leaks();
 }
 

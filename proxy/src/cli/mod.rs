@@ -315,13 +315,8 @@ async fn wait_for_signals(handle: &ProxyHandle, path: &Path) -> anyhow::Result<(
         tokio::select! {
             _ = hangup.recv() => match keyswap_config::load(path) {
                 Ok(config) => match handle.reload(config) {
-                    Ok(summary) => tracing::info!(
-                        config = %path.display(),
-                        added = ?summary.tasks_added,
-                        removed = ?summary.tasks_removed,
-                        revoked = ?summary.tasks_revoked,
-                        "config reloaded"
-                    ),
+                    // The reload logs its own one-line summary of what changed.
+                    Ok(_) => {}
                     Err(e) => tracing::error!(error = %e, "config not reloaded; keeping the running one"),
                 },
                 Err(errors) => tracing::error!(errors = %errors, "config not reloaded; keeping the running one"),

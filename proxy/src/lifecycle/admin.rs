@@ -417,15 +417,8 @@ async fn reload(State(state): State<AdminState>) -> Response {
         }
     };
     match crate::server::reload(&state.shared, config) {
-        Ok(summary) => {
-            tracing::info!(
-                added = ?summary.tasks_added,
-                removed = ?summary.tasks_removed,
-                revoked = ?summary.tasks_revoked,
-                "config reloaded through the admin API"
-            );
-            Json(summary).into_response()
-        }
+        // The reload logs its own one-line summary of what changed.
+        Ok(summary) => Json(summary).into_response(),
         Err(e) => failure(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_config",
