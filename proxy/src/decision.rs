@@ -30,6 +30,9 @@ pub enum Reason {
     UpstreamError,
     /// A secret the request needs could not be refreshed and is no longer swapped in.
     SecretUnavailable,
+    /// A transparent connection to an original destination port `transparent.ports` does
+    /// not list.
+    PortNotAllowed,
 }
 
 impl Reason {
@@ -48,6 +51,7 @@ impl Reason {
             Reason::BadRequest => "bad_request",
             Reason::UpstreamError => "upstream_error",
             Reason::SecretUnavailable => "secret_unavailable",
+            Reason::PortNotAllowed => "port_not_allowed",
         }
     }
 

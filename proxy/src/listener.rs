@@ -25,7 +25,7 @@ use crate::intercept;
 use crate::lifecycle::closing::serve_until;
 use crate::lifecycle::registry::{LiveTask, TaskConnection};
 use crate::metrics::Metrics;
-use crate::route::ConnContext;
+use crate::route::{ConnContext, Via};
 use crate::server::Shared;
 use crate::target::Target;
 use crate::tunnel;
@@ -256,6 +256,7 @@ async fn connect(
         task: task.clone(),
         scheme: Scheme::Https,
         target: target.clone(),
+        via: Via::Explicit,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     if rule.tunnel {
@@ -313,6 +314,7 @@ async fn plain(
         task,
         scheme: Scheme::Http,
         target,
+        via: Via::Explicit,
     });
     match exchange(shared, ctx, req).await {
         Ok(response) => response,

@@ -37,6 +37,9 @@ pub struct Shared {
     pub listen: SocketAddr,
     /// The CA bundle and trust store an agent's environment points at.
     pub trust: TrustFiles,
+    /// `transparent.listen` as the transparent listener was bound at start (a reload cannot
+    /// move it).
+    pub transparent_listen: Option<SocketAddr>,
 }
 
 impl Shared {
@@ -75,6 +78,7 @@ impl Shared {
 /// old snapshot stays and no task changes.
 pub fn reload(shared: &Arc<Shared>, config: Config) -> Result<api::Reloaded, ProxyError> {
     let next = Snapshot::build(config, shared.provider.clone())?;
+    crate::transparent::warn_if_restart_needed(shared.transparent_listen, &next.config);
     let next = Arc::new(next);
     shared.snapshot.store(next.clone());
     Ok(tasks::sync(shared, &next.config))
@@ -102,6 +106,7 @@ pub struct ProxyHandle {
     admin_socket: Option<PathBuf>,
     metrics_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
+    transparent_addr: Option<SocketAddr>,
 }
 
 impl ProxyHandle {
@@ -143,6 +148,7 @@ impl ProxyHandle {
         }));
         let admin_config = snapshot.config.admin.clone();
         let metrics_config = snapshot.config.metrics.clone();
+        let transparent_listen = snapshot.config.transparent.as_ref().map(|t| t.listen);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             leaves,
@@ -153,6 +159,7 @@ impl ProxyHandle {
             provider,
             listen: addr,
             trust,
+            transparent_listen,
         });
         tasks::sync(&shared, &shared.snapshot().config);
         let (shutdown, stop) = watch::channel(false);
@@ -175,6 +182,17 @@ impl ProxyHandle {
                 },
             )));
             tracing::info!(addr = %local, "metrics listening");
+        }
+        let mut transparent_addr = None;
+        if let Some(listen) = transparent_listen {
+            let (listener, local) = bind(listen, "transparent").await?;
+            transparent_addr = Some(local);
+            handles.push(tokio::spawn(crate::transparent::accept_loop(
+                shared.clone(),
+                listener,
+                stop.clone(),
+            )));
+            tracing::info!(addr = %local, "transparent listener listening");
         }
         let mut admin_socket = None;
         let mut admin_addr = None;
@@ -199,6 +217,7 @@ impl ProxyHandle {
             admin_socket,
             metrics_addr,
             admin_addr,
+            transparent_addr,
         })
     }
 
@@ -214,6 +233,11 @@ impl ProxyHandle {
     /// The admin API's TCP address, when `admin.listen` is served.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The transparent listener's address, when `transparent:` is configured.
+    pub fn transparent_addr(&self) -> Option<SocketAddr> {
+        self.transparent_addr
     }
 
     /// The metrics listener's address, when it is served.
