@@ -8,8 +8,6 @@
 //! Needs root, `ip`, `iptables` and `curl`. Without them each test says so loudly and fails
 //! when `CI=true`, and is skipped otherwise.
 
-use std::net::Ipv4Addr;
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +16,7 @@ use keyswap::ProxyOptions;
 use keyswap_tests::harness::{
     TestEnv, API_HOST, DEFAULT_CONFIG, OTHER_HOST, PLAIN_HOST, TUNNEL_HOST,
 };
+use keyswap_tests::netns::{missing_requirements, AgentNet};
 use keyswap_tests::secrets::{GITHUB_PLACEHOLDER, GITHUB_REAL};
 use keyswap_tests::upstream::Alpn;
 use tokio::net::TcpListener;
@@ -25,28 +24,9 @@ use tokio::net::TcpListener;
 /// A port the REDIRECT sends to keyswap but `transparent.ports` does not list.
 const UNLISTED_PORT: u16 = 8443;
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
 /// Whether this machine can build the namespaces; says why not, loudly.
 fn netns_available() -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let tool = |name: &str, arg: &str| Command::new(name).arg(arg).output().is_ok();
-    let mut missing = Vec::new();
-    if !root {
-        missing.push("root");
-    }
-    for (name, arg) in [
-        ("ip", "-V"),
-        ("iptables", "--version"),
-        ("curl", "--version"),
-    ] {
-        if !tool(name, arg) {
-            missing.push(name);
-        }
-    }
+    let missing = missing_requirements(&[("curl", "--version")]);
     if missing.is_empty() {
         return true;
     }
@@ -60,119 +40,6 @@ fn netns_available() -> bool {
     }
     eprintln!("!!! skipped (set CI=true to make this a failure)");
     false
-}
-
-fn run(program: &str, args: &[&str]) {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} could not run: {e}"));
-    assert!(
-        output.status.success(),
-        "{program} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// The agent's namespace, its veth pair and the REDIRECT rules; all removed on drop, also
-/// when the test panics.
-struct AgentNet {
-    ns: String,
-    host_if: String,
-    host_ip: Ipv4Addr,
-    agent_ip: Ipv4Addr,
-    /// A second address of the agent's interface that no `sources:` entry maps.
-    stranger_ip: Ipv4Addr,
-    rules: Vec<Vec<String>>,
-}
-
-impl AgentNet {
-    fn create() -> AgentNet {
-        let pid = std::process::id();
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let (a, b) = (200 + (pid % 50) as u8, (n % 250) as u8 + 1);
-        let net = AgentNet {
-            ns: format!("ks-agent-{pid}-{n}"),
-            host_if: format!("kst{}h{n}", pid % 100_000),
-            host_ip: Ipv4Addr::new(10, a, b, 1),
-            agent_ip: Ipv4Addr::new(10, a, b, 2),
-            stranger_ip: Ipv4Addr::new(10, a, b, 3),
-            rules: Vec::new(),
-        };
-        let agent_if = format!("kst{}a{n}", pid % 100_000);
-        run("ip", &["netns", "add", &net.ns]);
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &net.host_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &agent_if,
-            ],
-        );
-        run("ip", &["link", "set", &agent_if, "netns", &net.ns]);
-        let host_cidr = format!("{}/24", net.host_ip);
-        run("ip", &["addr", "add", &host_cidr, "dev", &net.host_if]);
-        run("ip", &["link", "set", &net.host_if, "up"]);
-        let in_ns = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", &net.ns, "ip"];
-            all.extend_from_slice(args);
-            run("ip", &all);
-        };
-        for ip in [net.agent_ip, net.stranger_ip] {
-            in_ns(&["addr", "add", &format!("{ip}/24"), "dev", &agent_if]);
-        }
-        in_ns(&["link", "set", &agent_if, "up"]);
-        in_ns(&["link", "set", "lo", "up"]);
-        net
-    }
-
-    /// Redirects the agent's TCP to each of `ports` on the host-side address to `to`.
-    fn redirect(&mut self, ports: &[u16], to: u16) {
-        for port in ports {
-            let rule: Vec<String> = [
-                "PREROUTING",
-                "-i",
-                &self.host_if,
-                "-p",
-                "tcp",
-                "-d",
-                &self.host_ip.to_string(),
-                "--dport",
-                &port.to_string(),
-                "-j",
-                "REDIRECT",
-                "--to-ports",
-                &to.to_string(),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            let mut args = vec!["-w", "-t", "nat", "-A"];
-            args.extend(rule.iter().map(String::as_str));
-            run("iptables", &args);
-            self.rules.push(rule);
-        }
-    }
-}
-
-impl Drop for AgentNet {
-    fn drop(&mut self) {
-        for rule in &self.rules {
-            let mut args = vec!["-w", "-t", "nat", "-D"];
-            args.extend(rule.iter().map(String::as_str));
-            let _ = Command::new("iptables").args(&args).output();
-        }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .output();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
-    }
 }
 
 /// The default config, plus the transparent listener on the host-side veth address with
