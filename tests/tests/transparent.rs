@@ -5,7 +5,7 @@
 //! (curl, run with `ip netns exec`, no proxy settings at all) only ever dials the host-side
 //! veth address, so no byte can leave this machine even if a rule were missing.
 //!
-//! Needs root, `ip`, `iptables` and `curl`. Without them each test says so loudly and fails
+//! Needs root, `ip`, `iptables`, `curl` and `python3`. Without them each test says so loudly and fails
 //! when `CI=true`, and is skipped otherwise.
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -26,7 +26,7 @@ const UNLISTED_PORT: u16 = 8443;
 
 /// Whether this machine can build the namespaces; says why not, loudly.
 fn netns_available() -> bool {
-    let missing = missing_requirements(&[("curl", "--version")]);
+    let missing = missing_requirements(&[("curl", "--version"), ("python3", "--version")]);
     if missing.is_empty() {
         return true;
     }
@@ -440,5 +440,74 @@ async fn keyswap_dials_its_own_resolution_not_the_agents() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     decoy_task.abort();
+    s.env.assert_no_leaks();
+}
+
+/// Holds one keep-alive HTTP connection to port 80 open after a first response; prints the
+/// status line, then "closed" when keyswap closes the connection.
+const HOLD_OPEN: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], 80))
+s.sendall(b"GET /status/204 HTTP/1.1\r\nHost: plain.upstream.test\r\n\r\n")
+buf = b""
+while b"\r\n\r\n" not in buf:
+    data = s.recv(4096)
+    if not data:
+        break
+    buf += data
+print(buf.split(b"\r\n")[0].decode(), flush=True)
+while s.recv(4096):
+    pass
+print("closed", flush=True)
+"#;
+
+#[tokio::test]
+async fn revoking_the_task_closes_its_transparent_connections() {
+    use tokio::io::AsyncBufReadExt;
+    let Some(s) = setup().await else { return };
+    let mut child = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &s.net.ns, "python3", "-c", HOLD_OPEN])
+        .arg(s.net.host_ip.to_string())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs in the agent namespace");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines
+        .next_line()
+        .await
+        .expect("read")
+        .expect("a status line");
+    assert!(first.ends_with("204 No Content"), "{first}");
+    // A reload that removes task `agent` (the source now maps to another task) revokes it.
+    let next = s
+        .env
+        .config_yaml
+        .replace("  agent:\n", "  agent-next:\n")
+        .replace(": agent\n", ": agent-next\n");
+    let config = keyswap_config::load_str(
+        &next,
+        &s.env.dir.path().join("keyswap.yaml"),
+        &keyswap_tests::harness::test_env_values(),
+    )
+    .unwrap_or_else(|e| panic!("next config invalid:\n{e}"));
+    let reloaded = s.env.proxy.reload(config).expect("reload");
+    assert_eq!(reloaded.tasks_removed, vec!["agent".to_string()]);
+    let second = lines
+        .next_line()
+        .await
+        .expect("read")
+        .expect("a second line");
+    assert_eq!(
+        second, "closed",
+        "the connection stayed open after revocation"
+    );
+    let revoked = s
+        .env
+        .audit_where(|r| r["event"] == "task_revoked" && r["task"] == "agent")
+        .await;
+    assert_eq!(revoked["why"], "reload");
+    assert_eq!(revoked["connections_closed"], 1, "{revoked}");
+    let _ = child.wait().await;
     s.env.assert_no_leaks();
 }
