@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -36,6 +36,8 @@ pub struct Config {
     pub admin: Admin,
     /// `metrics:`; `None` = no metrics listener.
     pub metrics: Option<Metrics>,
+    /// `transparent:`; `None` = no transparent listener.
+    pub transparent: Option<Transparent>,
     /// Non-fatal notes for `keyswap check`; never contain a secret value.
     pub warnings: Vec<String>,
 }
@@ -108,6 +110,135 @@ impl fmt::Debug for Admin {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Metrics {
     pub listen: SocketAddr,
+}
+
+/// `transparent:`: a listener for connections redirected by iptables/nftables, which arrive
+/// with no CONNECT and no proxy credentials. The task comes from the listener (`task:`) or
+/// from the source address (`sources:`); the target from the SNI or the `Host` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transparent {
+    pub listen: SocketAddr,
+    pub tasks: TransparentTasks,
+    /// Original destination port → how to read the connection; any other port is refused.
+    pub ports: BTreeMap<u16, PortMode>,
+}
+
+/// Which task a transparent connection belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransparentTasks {
+    /// `task:`: every connection.
+    One(String),
+    /// `sources:`: by source address, the longest matching prefix first.
+    BySource(Vec<(SourceNet, String)>),
+}
+
+/// How a transparent connection is read: TLS (the SNI names the target) or plain HTTP (the
+/// `Host` header does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortMode {
+    Tls,
+    Http,
+}
+
+impl Transparent {
+    /// The task id a connection from `source` belongs to, if any.
+    pub fn task_for(&self, source: IpAddr) -> Option<&str> {
+        match &self.tasks {
+            TransparentTasks::One(task) => Some(task),
+            TransparentTasks::BySource(sources) => sources
+                .iter()
+                .filter(|(net, _)| net.contains(source))
+                .max_by_key(|(net, _)| net.prefix)
+                .map(|(_, task)| task.as_str()),
+        }
+    }
+
+    pub fn port_mode(&self, port: u16) -> Option<PortMode> {
+        self.ports.get(&port).copied()
+    }
+}
+
+/// An address block (`10.213.0.0/24`; a bare address is a /32 or /128) with no bits set
+/// after the prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceNet {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+/// Why a source block was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceNetError {
+    #[error("is not an IP address or address/prefix")]
+    BadAddress,
+    #[error("has a prefix longer than {0} bits")]
+    BadPrefix(u8),
+    #[error("has address bits set after the prefix (the block starts at {0})")]
+    HostBits(String),
+}
+
+impl std::str::FromStr for SourceNet {
+    type Err = SourceNetError;
+
+    fn from_str(text: &str) -> Result<SourceNet, SourceNetError> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| SourceNetError::BadAddress)?;
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => bits,
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.len() <= 3 => p
+                .parse::<u8>()
+                .map_err(|_| SourceNetError::BadPrefix(bits))?,
+            Some(_) => return Err(SourceNetError::BadAddress),
+        };
+        if prefix > bits {
+            return Err(SourceNetError::BadPrefix(bits));
+        }
+        let net = SourceNet { addr, prefix };
+        let start = net.start();
+        if start != addr {
+            return Err(SourceNetError::HostBits(format!("{start}/{prefix}")));
+        }
+        Ok(net)
+    }
+}
+
+impl SourceNet {
+    fn mask(&self, addr: IpAddr) -> Option<IpAddr> {
+        match addr {
+            IpAddr::V4(v4) if self.addr.is_ipv4() => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                Some(IpAddr::V4((u32::from(v4) & mask).into()))
+            }
+            IpAddr::V6(v6) if self.addr.is_ipv6() => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                Some(IpAddr::V6((u128::from(v6) & mask).into()))
+            }
+            _ => None,
+        }
+    }
+
+    fn start(&self) -> IpAddr {
+        self.mask(self.addr).unwrap_or(self.addr)
+    }
+
+    /// Whether `ip` is in this block (an IPv4-mapped IPv6 address counts as its IPv4 form).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.mask(ip.to_canonical()) == Some(self.addr)
+    }
+}
+
+impl fmt::Display for SourceNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
 }
 
 /// Default lifetime of a task issued from a policy that sets no `ttl`.

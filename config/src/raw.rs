@@ -26,6 +26,7 @@ pub(crate) struct RawConfig {
     pub policies: Option<L<Entries<L<RawPolicy>>>>,
     pub admin: Option<L<RawAdmin>>,
     pub metrics: Option<L<RawMetrics>>,
+    pub transparent: Option<L<RawTransparent>>,
 }
 
 /// `upstream:`.
@@ -83,6 +84,24 @@ pub(crate) struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawMetrics {
     pub listen: Option<L<String>>,
+}
+
+/// `transparent:`: the listener that iptables/nftables REDIRECT sends agents' TCP to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTransparent {
+    pub listen: Option<L<String>>,
+    pub task: Option<L<String>>,
+    pub sources: Option<L<Entries<L<String>>>>,
+    pub ports: Option<L<Entries<L<RawPortMode>>>>,
+}
+
+/// How a transparent connection to one original destination port is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawPortMode {
+    Tls,
+    Http,
 }
 
 /// One element of a task's or a policy's `allow:` list.

@@ -37,6 +37,8 @@ pub struct AuditRecord {
     /// The task's policy (`None`: unknown task, or a static task with its own rules).
     pub policy: Option<String>,
     pub conn: u64,
+    /// The door: `"explicit"` (HTTPS_PROXY) or `"transparent"` (redirected).
+    pub via: &'static str,
     pub method: String,
     pub scheme: &'static str,
     pub host: String,
@@ -300,6 +302,7 @@ impl AuditRecord {
             claimed_task: None,
             policy: task.and_then(|t| t.policy.clone()),
             conn,
+            via: crate::route::Via::Explicit.as_str(),
             method: "CONNECT".into(),
             scheme: "https",
             host: target.map(|t| t.host.clone()).unwrap_or_default(),

@@ -33,6 +33,9 @@ pub enum Reason {
     /// The agent refused keyswap's certificate during the interception handshake (a TLS
     /// alert such as `unknown_ca`): it does not trust keyswap's CA. No HTTP response is sent.
     AgentTlsFailed,
+    /// A transparent connection to an original destination port `transparent.ports` does
+    /// not list.
+    PortNotAllowed,
 }
 
 impl Reason {
@@ -52,6 +55,7 @@ impl Reason {
             Reason::UpstreamError => "upstream_error",
             Reason::SecretUnavailable => "secret_unavailable",
             Reason::AgentTlsFailed => "agent_tls_failed",
+            Reason::PortNotAllowed => "port_not_allowed",
         }
     }
 
@@ -71,7 +75,8 @@ impl Reason {
             | Reason::AuthorityMismatch
             | Reason::SniMismatch
             | Reason::PrivateAddress
-            | Reason::BadRequest => "denied",
+            | Reason::BadRequest
+            | Reason::PortNotAllowed => "denied",
         }
     }
 

@@ -22,6 +22,7 @@ use crate::audit::AuditRecord;
 use crate::decision::Reason;
 use crate::forward::exchange;
 use crate::lifecycle::closing::serve_until;
+use crate::lifecycle::registry::TaskConnection;
 use crate::listener::{http1_server, http2_server};
 use crate::route::ConnContext;
 use crate::server::Shared;
@@ -72,6 +73,40 @@ pub async fn run(shared: Arc<Shared>, ctx: ConnContext, on_upgrade: OnUpgrade) {
             return;
         }
     };
+    serve(shared, ctx, task_conn, tls).await;
+}
+
+/// The transparent door's entry: `io` is the agent's own TCP stream, its ClientHello not
+/// consumed (or replayed), the target already decided. From here on it is [`run`].
+pub async fn run_stream<IO>(shared: Arc<Shared>, ctx: ConnContext, io: IO)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = ctx.conn_id;
+    let task_conn = ctx.task.connection(&shared.metrics);
+    let tls = tokio::select! {
+        tls = handshake(&shared, &ctx, io) => match tls {
+            Some(tls) => tls,
+            None => return,
+        },
+        _ = task_conn.revoked() => {
+            tracing::debug!(conn, task = %ctx.task.id, "connection closed before TLS: task ended");
+            return;
+        }
+    };
+    serve(shared, ctx, task_conn, tls).await;
+}
+
+/// Serves the requests of an intercepted connection until it ends or its task does.
+async fn serve<IO>(
+    shared: Arc<Shared>,
+    ctx: ConnContext,
+    task_conn: TaskConnection,
+    tls: tokio_rustls::server::TlsStream<IO>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = ctx.conn_id;
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let ctx = Arc::new(ctx);
     let service = service_fn(move |req| exchange(shared.clone(), ctx.clone(), req));
@@ -110,7 +145,7 @@ async fn accept_tls(
 }
 
 /// The ClientHello (SNI checked against the target) and the TLS handshake with a leaf for
-/// the target host; `None` when the connection is to end.
+/// the target host, on any stream; `None` when the connection is to end.
 pub(crate) async fn handshake<IO>(
     shared: &Shared,
     ctx: &ConnContext,
@@ -136,14 +171,16 @@ where
     if let Some(sni) = start.client_hello().server_name() {
         if normalize_host(sni).ok().as_deref() != Some(ctx.target.host.as_str()) {
             tracing::info!(conn, task = %ctx.task.id, host = %ctx.target.host, reason = %Reason::SniMismatch, "TLS handshake refused");
-            shared.record_request(AuditRecord::for_connect(
+            let mut record = AuditRecord::for_connect(
                 conn,
                 Some(&ctx.task),
                 Some(&ctx.target),
                 Reason::SniMismatch,
                 0,
                 started,
-            ));
+            );
+            record.via = ctx.via.as_str();
+            shared.record_request(record);
             return None;
         }
     }

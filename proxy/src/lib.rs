@@ -4,7 +4,8 @@
 //! The request path reads top to bottom as in DESIGN.md:
 //! [`identify`] → [`target`] → [`intercept`] (or [`tunnel`]) → [`route`] (decide) →
 //! [`swap`] → [`upstream`] → [`scrub`] → [`audit`]. [`forward`] strings the per-request steps
-//! together; [`listener`] accepts connections; [`server`] owns the running proxy.
+//! together; [`listener`] (explicit) and [`transparent`] (redirected) accept connections;
+//! [`server`] owns the running proxy.
 //!
 //! Nothing in this crate formats a real secret value: values are exposed only inside
 //! [`swap`] (to write them on the wire) and [`snapshot`] (to build the scrubber).
@@ -35,6 +36,7 @@ pub mod server;
 pub mod snapshot;
 pub mod swap;
 pub mod target;
+pub mod transparent;
 pub mod tunnel;
 pub mod upstream;
 pub mod websocket;

@@ -27,7 +27,7 @@ use crate::lifecycle::closing::serve_until;
 use crate::lifecycle::registry::{LiveTask, TaskConnection};
 use crate::metrics::Metrics;
 use crate::refusal;
-use crate::route::ConnContext;
+use crate::route::{ConnContext, Via};
 use crate::server::Shared;
 use crate::target::Target;
 use crate::tunnel;
@@ -273,6 +273,7 @@ async fn connect(
         task: task.clone(),
         scheme: Scheme::Https,
         target: target.clone(),
+        via: Via::Explicit,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     if task.is_expired(SystemTime::now()) {
@@ -405,6 +406,7 @@ async fn plain(
         task,
         scheme: Scheme::Http,
         target,
+        via: Via::Explicit,
     });
     match exchange(shared, ctx, req).await {
         Ok(response) => response,

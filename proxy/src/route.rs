@@ -24,6 +24,25 @@ pub struct ConnContext {
     pub task: Arc<LiveTask>,
     pub scheme: Scheme,
     pub target: Target,
+    /// The door the connection came in by (only the audit record says which).
+    pub via: Via,
+}
+
+/// The two front doors: the explicit proxy listener and the transparent listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Explicit,
+    Transparent,
+}
+
+impl Via {
+    /// The audit record's `via`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Explicit => "explicit",
+            Via::Transparent => "transparent",
+        }
+    }
 }
 
 /// An allowed request: the rule that matched and the normalised path to forward.

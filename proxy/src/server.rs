@@ -39,6 +39,9 @@ pub struct Shared {
     pub trust: TrustFiles,
     /// Which (task, host) pairs were warned about an agent refusing keyswap's certificate.
     pub(crate) agent_tls_warnings: crate::intercept::AgentTlsWarnings,
+    /// `transparent.listen` as the transparent listener was bound at start (a reload cannot
+    /// move it).
+    pub transparent_listen: Option<SocketAddr>,
 }
 
 impl Shared {
@@ -77,6 +80,7 @@ impl Shared {
 /// old snapshot stays and no task changes.
 pub fn reload(shared: &Arc<Shared>, config: Config) -> Result<api::Reloaded, ProxyError> {
     let next = Snapshot::build(config, shared.provider.clone())?;
+    crate::transparent::warn_if_restart_needed(shared.transparent_listen, &next.config);
     let next = Arc::new(next);
     let previous = shared.snapshot.swap(next.clone());
     let summary = tasks::sync(shared, &next.config);
@@ -106,6 +110,7 @@ pub struct ProxyHandle {
     admin_socket: Option<PathBuf>,
     metrics_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
+    transparent_addr: Option<SocketAddr>,
 }
 
 impl ProxyHandle {
@@ -147,6 +152,7 @@ impl ProxyHandle {
         }));
         let admin_config = snapshot.config.admin.clone();
         let metrics_config = snapshot.config.metrics.clone();
+        let transparent_listen = snapshot.config.transparent.as_ref().map(|t| t.listen);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             leaves,
@@ -158,6 +164,7 @@ impl ProxyHandle {
             listen: addr,
             trust,
             agent_tls_warnings: Default::default(),
+            transparent_listen,
         });
         tasks::sync(&shared, &shared.snapshot().config);
         let (shutdown, stop) = watch::channel(false);
@@ -180,6 +187,17 @@ impl ProxyHandle {
                 },
             )));
             tracing::info!(addr = %local, "metrics listening");
+        }
+        let mut transparent_addr = None;
+        if let Some(listen) = transparent_listen {
+            let (listener, local) = bind(listen, "transparent").await?;
+            transparent_addr = Some(local);
+            handles.push(tokio::spawn(crate::transparent::accept_loop(
+                shared.clone(),
+                listener,
+                stop.clone(),
+            )));
+            tracing::info!(addr = %local, "transparent listener listening");
         }
         let mut admin_socket = None;
         let mut admin_addr = None;
@@ -204,6 +222,7 @@ impl ProxyHandle {
             admin_socket,
             metrics_addr,
             admin_addr,
+            transparent_addr,
         })
     }
 
@@ -219,6 +238,11 @@ impl ProxyHandle {
     /// The admin API's TCP address, when `admin.listen` is served.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The transparent listener's address, when `transparent:` is configured.
+    pub fn transparent_addr(&self) -> Option<SocketAddr> {
+        self.transparent_addr
     }
 
     /// The metrics listener's address, when it is served.

@@ -16,12 +16,13 @@ use std::time::{Instant, SystemTime};
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::audit::AuditRecord;
 use crate::client_hello::{peek_client_hello, PeekError, PeekLimits, PeekedHello};
 use crate::decision::Reason;
+use crate::lifecycle::registry::TaskConnection;
 use crate::route::ConnContext;
 use crate::server::Shared;
 use crate::target::{normalize_host, Target};
@@ -33,7 +34,7 @@ pub async fn splice(
     ctx: ConnContext,
     rule: usize,
     agent: OnUpgrade,
-    mut upstream: TcpStream,
+    upstream: TcpStream,
     started: (Instant, SystemTime),
 ) {
     let conn = ctx.conn_id;
@@ -68,10 +69,36 @@ pub async fn splice(
                 started,
             );
             record.rule = Some(rule);
+            record.via = ctx.via.as_str();
             shared.record_request(record);
             return;
         }
     };
+    relay(
+        &shared, &ctx, rule, agent, upstream, hello, task_conn, started,
+    )
+    .await;
+}
+
+/// Writes the agent's ClientHello (already read and checked against the target) to the
+/// upstream, then splices both sides byte for byte until either closes or the task ends,
+/// then audits the tunnel with the bytes each way. Both doors end here.
+#[allow(clippy::too_many_arguments)]
+pub async fn relay<IO>(
+    shared: &Shared,
+    ctx: &ConnContext,
+    rule: usize,
+    mut agent: IO,
+    mut upstream: TcpStream,
+    hello: bytes::Bytes,
+    task_conn: TaskConnection,
+    started: (Instant, SystemTime),
+) where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let conn = ctx.conn_id;
+    let revoked = task_conn.revoked();
+    tokio::pin!(revoked);
     let (mut sent, mut received) = (hello.len() as u64, 0);
     if let Err(e) = upstream.write_all(&hello).await {
         tracing::debug!(conn, error = %e, "tunnel ended");
@@ -99,6 +126,7 @@ pub async fn splice(
         started,
     );
     record.rule = Some(rule);
+    record.via = ctx.via.as_str();
     record.req_bytes = sent;
     record.resp_bytes = received;
     shared.record_request(record);

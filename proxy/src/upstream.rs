@@ -140,32 +140,7 @@ impl Dialer {
     /// the rules refuse, and connects to the first that answers.
     pub async fn dial(&self, target: &Target) -> Result<TcpStream, ConnectError> {
         let host = &target.host;
-        let candidates: Vec<SocketAddr> =
-            if let Some(addr) = self.resolve.get(&(host.clone(), target.port)) {
-                vec![*addr]
-            } else {
-                let resolved: Vec<SocketAddr> = match target.ip() {
-                    Some(ip) => vec![SocketAddr::new(ip, target.port)],
-                    None => tokio::net::lookup_host((host.as_str(), target.port))
-                        .await
-                        .map_err(|source| ConnectError::Resolve {
-                            host: host.clone(),
-                            source,
-                        })?
-                        .collect(),
-                };
-                if resolved.is_empty() {
-                    return Err(ConnectError::NoAddress { host: host.clone() });
-                }
-                let allowed: Vec<SocketAddr> = resolved
-                    .into_iter()
-                    .filter(|a| self.allow_private || !is_private(a.ip()))
-                    .collect();
-                if allowed.is_empty() {
-                    return Err(ConnectError::PrivateAddress { host: host.clone() });
-                }
-                allowed
-            };
+        let candidates = self.resolve(target).await?;
         let mut last_error = None;
         for addr in candidates {
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
@@ -183,6 +158,36 @@ impl Dialer {
             }
         }
         Err(last_error.unwrap_or(ConnectError::NoAddress { host: host.clone() }))
+    }
+
+    /// The addresses [`Dialer::dial`] tries for `target`, in order: its `resolve` entry, or
+    /// what DNS answers minus the addresses the rules refuse.
+    pub async fn resolve(&self, target: &Target) -> Result<Vec<SocketAddr>, ConnectError> {
+        let host = &target.host;
+        if let Some(addr) = self.resolve.get(&(host.clone(), target.port)) {
+            return Ok(vec![*addr]);
+        }
+        let resolved: Vec<SocketAddr> = match target.ip() {
+            Some(ip) => vec![SocketAddr::new(ip, target.port)],
+            None => tokio::net::lookup_host((host.as_str(), target.port))
+                .await
+                .map_err(|source| ConnectError::Resolve {
+                    host: host.clone(),
+                    source,
+                })?
+                .collect(),
+        };
+        if resolved.is_empty() {
+            return Err(ConnectError::NoAddress { host: host.clone() });
+        }
+        let allowed: Vec<SocketAddr> = resolved
+            .into_iter()
+            .filter(|a| self.allow_private || !is_private(a.ip()))
+            .collect();
+        if allowed.is_empty() {
+            return Err(ConnectError::PrivateAddress { host: host.clone() });
+        }
+        Ok(allowed)
     }
 }
 

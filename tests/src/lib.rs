@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod harness;
+pub mod netns;
 pub mod secrets;
 pub mod upstream;
 

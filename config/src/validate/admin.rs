@@ -117,7 +117,7 @@ pub(super) fn check_listeners_apart(
 }
 
 /// Whether two listeners would bind the same port (port 0 picks a free one each time).
-fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+pub(super) fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port()
         && a.port() != 0
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())

@@ -3,7 +3,8 @@
 //!
 //! `top` checks the top level and `upstream`, `admin` the admin API and metrics listeners,
 //! `secrets` the secret definitions, `policies` the named allowlists, `tasks` the tasks
-//! (inline and `tasks_dir`) and `rules` the allow lists of both. Secret values are read
+//! (inline and `tasks_dir`), `rules` the allow lists of both, and `transparent` the
+//! transparent listener. Secret values are read
 //! and compared only through [`crate::secrets`], so no message built here can contain one.
 //! All paths are used as written: relative paths are relative to the process's working
 //! directory, not to the config file.
@@ -14,6 +15,7 @@ mod rules;
 mod secrets;
 mod tasks;
 mod top;
+mod transparent;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -138,6 +140,17 @@ fn check(
     defined.policies = &policies;
     let tasks = tasks::check_all(&raw, &defined, sink, checker, task_file_errors);
     admin::check_admin_token_apart(&raw, &admin, &tasks, sink);
+    let transparent = transparent::check_transparent(
+        raw.transparent.as_ref(),
+        &tasks,
+        transparent::Taken {
+            listen,
+            admin: &admin,
+            metrics: metrics.as_ref(),
+        },
+        sink,
+        checker,
+    );
     tasks::warn_unused_secrets(&secrets, &tasks, &policies, sink.file, checker);
     Some(Config {
         listen,
@@ -149,6 +162,7 @@ fn check(
         policies,
         admin,
         metrics,
+        transparent,
         warnings: std::mem::take(&mut checker.warnings),
     })
 }

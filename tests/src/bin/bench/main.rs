@@ -1,5 +1,6 @@
 //! `bench`: measures keyswap side by side with a direct connection, hudsucker and mitmproxy in
-//! one run, and reports ratios; then keyswap's task lifecycle alone (scenario 7).
+//! one run, and reports ratios; then keyswap's task lifecycle alone (scenario 7) and its
+//! transparent listener against its explicit one (scenario 8, root only).
 //!
 //! ```text
 //! cargo run --release -p keyswap-tests --bin bench -- [--quick] [--out results.json]
@@ -20,6 +21,7 @@ mod report;
 mod scenarios;
 mod setup;
 mod soak;
+mod transparent;
 
 #[cfg(feature = "hudsucker")]
 mod hudsucker_peer;
@@ -56,7 +58,8 @@ struct Args {
     /// Do not pin processes to CPUs.
     #[arg(long)]
     no_pin: bool,
-    /// Run only these scenarios (0 is the machine floor, 7 keyswap's task lifecycle), e.g.
+    /// Run only these scenarios (0 is the machine floor, 7 keyswap's task lifecycle, 8 the
+    /// transparent listener against the explicit one, as root), e.g.
     /// `--only 1,6`; 3 takes its rate from 1 unless `--latency-rate` is given.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -340,6 +343,24 @@ async fn run(args: &Args, secret: String, token: String) -> anyhow::Result<()> {
     if args.runs("7") {
         if let Some(keyswap) = contenders.iter().find(|c| c.column == KEYSWAP) {
             rows.extend(lifecycle::run(&plan, keyswap, &admin_socket).await);
+        }
+    }
+    if args.runs("8") && args.measures("keyswap") {
+        let inputs = transparent::Inputs {
+            quick: args.quick,
+            setup: world.peer_setup("keyswap-transparent", cpu)?,
+            proxy_ca_dir: &world.proxy_ca_dir,
+            upstream,
+            token: &token,
+            binary: args.keyswap.as_deref(),
+            trust: world.trust.clone(),
+        };
+        match tokio::task::block_in_place(|| transparent::run(inputs)) {
+            Ok(transparent_rows) => rows.extend(transparent_rows),
+            Err(why) => {
+                eprintln!("bench: skipped {why}");
+                skipped.push(why);
+            }
         }
     }
     drop(limit_server);

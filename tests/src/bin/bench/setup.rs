@@ -210,8 +210,19 @@ pub fn spawn_keyswap(
     token: &str,
     binary: Option<&Path>,
 ) -> anyhow::Result<Spawned> {
+    let config = keyswap_config(setup, proxy_ca_dir, upstream);
+    spawn_keyswap_with(setup, &config, token, binary)
+}
+
+/// Starts the real `keyswap` binary on the config `text`; returns once it is listening.
+pub fn spawn_keyswap_with(
+    setup: &PeerSetup<'_>,
+    text: &str,
+    token: &str,
+    binary: Option<&Path>,
+) -> anyhow::Result<Spawned> {
     let config = setup.dir.join("keyswap.yaml");
-    std::fs::write(&config, keyswap_config(setup, proxy_ca_dir, upstream))?;
+    std::fs::write(&config, text)?;
     let binary = match binary {
         Some(binary) => binary.to_path_buf(),
         None => keyswap_binary()?,
