@@ -3,6 +3,7 @@
 //! Messages built anywhere in this crate end up here and are shown to the operator by
 //! `keyswap check`; they must never contain a secret value or a command's output.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -12,8 +13,8 @@ use crate::locate::Pos;
 ///
 /// Displays as `{file}:{line}:{column} {field}: {message}; {fix}`, e.g.
 /// `keyswap.yaml:14:9 tasks.fix-42.allow[0].host: "*foo" is not a valid pattern; use "*.foo"`.
-/// Line and column are 1-based; both are 0 only when no position is known (e.g. the file
-/// could not be read).
+/// Line and column are 1-based. Both are 0 when no position applies (the file could not be
+/// read): then it displays as `{message}; {fix}`, the message naming the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub file: PathBuf,
@@ -26,6 +27,9 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            return write!(f, "{}; {}", self.message, self.fix);
+        }
         write!(
             f,
             "{}:{}:{} {}: {}; {}",
@@ -36,6 +40,20 @@ impl fmt::Display for ConfigError {
             self.message,
             self.fix
         )
+    }
+}
+
+impl ConfigError {
+    /// A file that could not be read at all: `cannot read FILE: <the OS's reason>`.
+    pub(crate) fn unreadable(file: &Path, e: &std::io::Error, fix: &str) -> ConfigError {
+        ConfigError {
+            file: file.to_path_buf(),
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message: format!("cannot read {}: {e}", file.display()),
+            fix: fix.into(),
+        }
     }
 }
 
@@ -72,9 +90,25 @@ pub(crate) fn io_reason(e: &std::io::Error) -> String {
 pub(crate) struct Sink<'a> {
     pub file: &'a Path,
     pub errors: &'a mut Vec<ConfigError>,
+    /// Field paths already reported as unreadable (a schema error): nothing more is said
+    /// about them, so one mistake gives one message.
+    covered: BTreeSet<String>,
 }
 
-impl Sink<'_> {
+impl<'a> Sink<'a> {
+    pub fn new(file: &'a Path, errors: &'a mut Vec<ConfigError>) -> Sink<'a> {
+        Sink {
+            file,
+            errors,
+            covered: BTreeSet::new(),
+        }
+    }
+
+    /// Says nothing more about `field` (its value was refused when the file was read).
+    pub fn cover(&mut self, field: &str) {
+        self.covered.insert(field.to_string());
+    }
+
     pub fn error(
         &mut self,
         pos: Pos,
@@ -82,6 +116,9 @@ impl Sink<'_> {
         message: impl Into<String>,
         fix: impl Into<String>,
     ) {
+        if self.covered.contains(field) {
+            return;
+        }
         self.errors.push(ConfigError {
             file: self.file.to_path_buf(),
             line: pos.line,
@@ -95,7 +132,7 @@ impl Sink<'_> {
     /// An error about a value that was read with its position.
     pub fn at<T>(
         &mut self,
-        at: &crate::de::Located<T>,
+        at: &crate::read::Located<T>,
         message: impl Into<String>,
         fix: impl Into<String>,
     ) {
@@ -105,7 +142,7 @@ impl Sink<'_> {
     /// An error about `field` missing from the mapping `parent`.
     pub fn missing<T>(
         &mut self,
-        parent: &crate::de::Located<T>,
+        parent: &crate::read::Located<T>,
         field: &str,
         fix: impl Into<String>,
     ) {

@@ -13,19 +13,20 @@
 //! Secret values are held only in [`secrecy::SecretString`] and never appear in an error,
 //! a warning or a `Debug` output of this crate.
 //!
-//! Modules: `locate` (YAML text → positioned tree), `de` (serde over that tree, every
-//! schema error), `raw` (the file's shape), `validate` (raw → model), [`model`]
-//! (what the proxy uses, and matching), [`host`], [`path`], [`secrets`], [`error`].
+//! Modules: `read` (YAML text → raw types through `serde_yaml`, every schema error),
+//! `locate` (the position of every value), `raw` (the file's shape, and its JSON Schema),
+//! `validate` (raw → model), [`model`] (what the proxy uses, and matching), [`host`],
+//! [`path`], [`secrets`], [`error`].
 
 #![forbid(unsafe_code)]
 
-mod de;
 pub mod error;
 pub mod host;
 mod locate;
 pub mod model;
 pub mod path;
 mod raw;
+mod read;
 pub mod secrets;
 mod validate;
 
@@ -51,14 +52,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 pub fn load_with(path: &Path, env: &dyn EnvSource) -> Result<Config, ConfigErrors> {
     match std::fs::read_to_string(path) {
         Ok(text) => load_str(&text, path, env),
-        Err(e) => Err(ConfigErrors(vec![ConfigError {
-            file: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            field: "(file)".into(),
-            message: format!("the config file cannot be read: {e}"),
-            fix: "check the path and its permissions (the file must be UTF-8)".into(),
-        }])),
+        Err(e) => Err(ConfigErrors(vec![ConfigError::unreadable(
+            path,
+            &e,
+            "check the path and its permissions (the file must be UTF-8)",
+        )])),
     }
 }
 
@@ -67,14 +65,26 @@ pub fn load_with(path: &Path, env: &dyn EnvSource) -> Result<Config, ConfigError
 /// a running proxy. `None` if the file cannot be read or parsed.
 pub fn admin_socket_of(path: &Path) -> Option<std::path::PathBuf> {
     let text = std::fs::read_to_string(path).ok()?;
-    let (tree, _) = locate::parse(&text).ok()?;
-    let socket = tree
+    let config: serde_yaml::Value = serde_yaml::from_str(&text).ok()?;
+    let socket = config
         .get("admin")
         .and_then(|admin| admin.get("socket"))
-        .and_then(|socket| socket.scalar())
+        .and_then(serde_yaml::Value::as_str)
         .filter(|s| !s.trim().is_empty())
         .unwrap_or(model::DEFAULT_ADMIN_SOCKET);
     Some(std::path::PathBuf::from(socket))
+}
+
+/// The JSON Schema of the config file (draft 7, which editors' YAML plugins read), generated
+/// from the raw serde types: what `keyswap schema` prints. Field descriptions are the doc
+/// comments of `raw.rs`. It describes the shape of the file; `keyswap check` also validates
+/// meaning (patterns, durations, references between sections).
+pub fn json_schema() -> String {
+    let generator = schemars::generate::SchemaSettings::draft07().into_generator();
+    let schema = generator.into_root_schema_for::<raw::RawConfig>();
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
 }
 
 /// Validates config text; `file_for_messages` names it in errors (it is not read). Paths

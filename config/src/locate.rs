@@ -4,7 +4,8 @@
 //! This module owns everything positional: turning the text into [`Node`]s, reporting YAML
 //! syntax errors, duplicate keys and alias abuse with their line and column, and naming
 //! fields as paths (`tasks.fix-42.allow[0].host`). It knows nothing about keyswap's schema
-//! and never interprets a value.
+//! and never interprets a value: the values are read by serde_yaml (`crate::read`), which
+//! reports where an error is but not where each value is.
 
 use std::collections::HashMap;
 
@@ -95,15 +96,23 @@ impl Node {
         }
     }
 
-    /// The value at `key` of this mapping.
-    pub fn get(&self, key: &str) -> Option<&Node> {
+    /// The key and value of the entry `key` of this mapping (the first, if repeated).
+    pub fn entry(&self, key: &str) -> Option<(&Node, &Node)> {
         let NodeKind::Map(entries) = &self.kind else {
             return None;
         };
         entries
             .iter()
             .find(|(k, _)| k.scalar() == Some(key))
-            .map(|(_, v)| v)
+            .map(|(k, v)| (k, v))
+    }
+
+    /// The element `index` of this list.
+    pub fn item(&self, index: usize) -> Option<&Node> {
+        match &self.kind {
+            NodeKind::Seq(items) => items.get(index),
+            _ => None,
+        }
     }
 
     pub fn scalar(&self) -> Option<&str> {

@@ -4,100 +4,142 @@
 //! validation with its position instead of aborting the load, and every struct denies
 //! unknown fields. These types hold no secret values (only where to read them from) and are
 //! never seen outside this crate: the proxy uses [`crate::model`].
+//!
+//! They also generate the config's JSON Schema (`keyswap schema`): each type derives
+//! `JsonSchema` next to `Deserialize`, and its doc comments become the descriptions editors
+//! show. A doc comment here is written for the person editing `keyswap.yaml`.
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::de::{Entries, Located};
+use crate::read::{Entries, Located};
 
 pub(crate) type L<T> = Located<T>;
 
-/// The top level of `keyswap.yaml`.
-#[derive(Debug, Deserialize)]
+/// keyswap's config file (`keyswap.yaml`), version 1.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(title = "keyswap config")]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConfig {
+    /// The config format's version: 1 (required).
     pub version: Option<L<u64>>,
+    /// Where the proxy listens, ip:port (default 127.0.0.1:8080).
     pub listen: Option<L<String>>,
+    /// Directory of keyswap's CA (ca.pem, ca-key.pem), created on first run (default ./.keyswap/ca).
     pub ca_dir: Option<L<String>>,
+    /// The audit log (JSON lines), "-" for stdout (default ./.keyswap/audit.jsonl).
     pub audit_log: Option<L<String>>,
+    /// How keyswap reaches upstream servers.
     pub upstream: Option<L<RawUpstream>>,
+    /// Real credentials by name: where each is read from and the placeholder agents hold.
     pub secrets: Option<L<Entries<L<RawSecret>>>>,
+    /// A directory whose *.yaml files are one task each (the body of a task entry; id = file stem).
     pub tasks_dir: Option<L<String>>,
+    /// Tasks by id: who may use the proxy, and for what.
     pub tasks: Option<L<Entries<L<RawTask>>>>,
+    /// Named allowlists that tasks issued at runtime (keyswap exec, task issue) are made from.
     pub policies: Option<L<Entries<L<RawPolicy>>>>,
+    /// The admin API (HTTP over a unix socket, optionally TCP).
     pub admin: Option<L<RawAdmin>>,
+    /// Prometheus metrics and /healthz.
     pub metrics: Option<L<RawMetrics>>,
+    /// The listener iptables/nftables REDIRECT sends agents' outbound TCP to.
     pub transparent: Option<L<RawTransparent>>,
 }
 
 /// `upstream:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawUpstream {
+    /// A PEM file of CA certificates trusted besides the built-in (Mozilla) roots.
     pub extra_roots: Option<L<String>>,
+    /// "host:port" to "ip:port", like curl --resolve; these addresses are always allowed.
     pub resolve: Option<L<Entries<L<String>>>>,
+    /// Dial loopback, private and link-local addresses (default false).
     pub allow_private: Option<L<bool>>,
 }
 
 /// One entry of `secrets:` (the key is the secret's name).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSecret {
+    /// Read the value from this environment variable (exactly one of from_env, from_file, from_command).
     pub from_env: Option<L<String>>,
+    /// Read the value from this file.
     pub from_file: Option<L<String>>,
+    /// Read the value from this program's output: [program, args...].
     pub from_command: Option<L<Vec<L<String>>>>,
+    /// The stand-in the agent holds: 8 to 256 visible ASCII characters, unique.
     pub placeholder: Option<L<String>>,
+    /// The variable keyswap exec sets to the placeholder.
     pub env: Option<L<String>>,
+    /// from_file / from_command: re-read the value when it is older than this (e.g. 15m).
     pub refresh: Option<L<String>>,
+    /// The only headers this secret is swapped into (default any).
     pub headers: Option<L<Vec<L<String>>>>,
 }
 
 /// One task: an entry of `tasks:` or the whole body of a file in `tasks_dir`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTask {
+    /// The variable holding the task's proxy password (at least 16 bytes).
     pub token_env: Option<L<String>>,
+    /// RFC 3339 time after which every request of the task is refused.
     pub expires: Option<L<String>>,
+    /// A policy whose rules come first, before this task's allow.
     pub policy: Option<L<String>>,
     pub allow: Option<L<Vec<L<RawRule>>>>,
 }
 
 /// One entry of `policies:` (the key is the policy's name).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPolicy {
+    /// Lifetime of a task issued without --ttl (default 1h).
     pub ttl: Option<L<String>>,
+    /// The longest --ttl accepted (default 24h, never below ttl).
     pub max_ttl: Option<L<String>>,
     pub allow: Option<L<Vec<L<RawRule>>>>,
 }
 
 /// `admin:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
+    /// The admin API's unix socket, mode 0600 (default ./.keyswap/admin.sock).
     pub socket: Option<L<String>>,
+    /// Optional TCP listener, ip:port (sidecars); requires token_env.
     pub listen: Option<L<String>>,
+    /// The variable holding the TCP listener's bearer token (at least 16 bytes).
     pub token_env: Option<L<String>>,
 }
 
 /// `metrics:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawMetrics {
+    /// GET /metrics (Prometheus) and GET /healthz on ip:port.
     pub listen: Option<L<String>>,
 }
 
 /// `transparent:`: the listener that iptables/nftables REDIRECT sends agents' TCP to.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTransparent {
+    /// "ip:port" where redirected connections arrive (a change needs a restart).
     pub listen: Option<L<String>>,
+    /// The task every redirected connection belongs to (one agent per proxy).
     pub task: Option<L<String>>,
+    /// Source address or CIDR to task id (several agents behind one proxy).
     pub sources: Option<L<Entries<L<String>>>>,
+    /// Original destination port to how it is read: tls (SNI names the target) or http
+    /// (the Host header does). Any other port is refused.
     pub ports: Option<L<Entries<L<RawPortMode>>>>,
 }
 
 /// How a transparent connection to one original destination port is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum RawPortMode {
     Tls,
@@ -105,23 +147,33 @@ pub(crate) enum RawPortMode {
 }
 
 /// One element of a task's or a policy's `allow:` list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRule {
+    /// Exact name, IP literal, or "*.example.com" (one or more labels).
     pub host: Option<L<String>>,
+    /// Default 443 for https, 80 for http.
     pub port: Option<L<u64>>,
+    /// HTTP methods (default any).
     pub methods: Option<L<Vec<L<String>>>>,
+    /// Path patterns (default any): "*" one segment, "**" any rest.
     pub paths: Option<L<Vec<L<String>>>>,
+    /// Secrets whose placeholders may be swapped on matching requests.
     pub secrets: Option<L<Vec<L<String>>>>,
+    /// Pass through without interception: no swap, no scrub.
     pub tunnel: Option<L<bool>>,
+    /// Where to swap: headers (default), query, body.
     pub swap_in: Option<L<Vec<L<RawSwapIn>>>>,
+    /// The only headers placeholders are swapped into on this rule (default any).
     pub headers: Option<L<Vec<L<String>>>>,
+    /// https (default) or http; port: 80 alone also means http.
     pub scheme: Option<L<RawScheme>>,
+    /// Required to grant a secret on a plain-HTTP rule.
     pub allow_cleartext: Option<L<bool>>,
 }
 
 /// `scheme:` of a rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum RawScheme {
     Http,
@@ -129,7 +181,7 @@ pub(crate) enum RawScheme {
 }
 
 /// One word of `swap_in:`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum RawSwapIn {
     Headers,

@@ -1,8 +1,9 @@
 //! Runs every `tests/fixtures/invalid/<case>.yaml` through `load_with` and checks that each
 //! line of `<case>.expected` (with `FILE` standing for the path passed to the loader) appears
-//! in the errors; and every `tests/fixtures/warnings/<case>.yaml`, which must load with
-//! exactly the warnings its `<case>.expected` lists. No secret value and no
-//! task token ever appears in the output.
+//! in the errors, and that no text of a line starting with `! ` appears in them (one mistake,
+//! one message); and every `tests/fixtures/warnings/<case>.yaml`, which must load with
+//! exactly the warnings its `<case>.expected` lists. No secret value and no task token ever
+//! appears in the output.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -79,10 +80,26 @@ fn run(case: &Path) -> Result<Vec<String>, String> {
         ));
     }
     let file = case.display().to_string();
-    let missing: Vec<String> = expected
+    let lines = expected
         .lines()
         .filter(|line| !line.trim().is_empty())
-        .map(|line| line.replace("FILE", &file))
+        .map(|line| line.replace("FILE", &file));
+    let (absent, present): (Vec<String>, Vec<String>) =
+        lines.partition(|line| line.starts_with("! "));
+    let unwanted: Vec<&str> = absent
+        .iter()
+        .map(|line| &line[2..])
+        .filter(|text| output.contains(text))
+        .collect();
+    if !unwanted.is_empty() {
+        return Err(format!(
+            "{}: unwanted lines:\n  {}\nactual output:\n{output}\n",
+            case.display(),
+            unwanted.join("\n  ")
+        ));
+    }
+    let missing: Vec<String> = present
+        .into_iter()
         .filter(|line| !output.contains(line.as_str()))
         .collect();
     if missing.is_empty() {

@@ -304,9 +304,41 @@ fn unreadable_config_file_is_reported_without_position() {
     let err = load(Path::new("/nonexistent/keyswap.yaml")).unwrap_err();
     assert_eq!(err.0.len(), 1);
     let text = err.to_string();
+    let os_error = std::fs::read("/nonexistent/keyswap.yaml")
+        .unwrap_err()
+        .to_string();
+    // No made-up position, and the OS's reason once.
+    assert_eq!(
+        text,
+        format!(
+            "cannot read /nonexistent/keyswap.yaml: {os_error}; check the path and its permissions (the file must be UTF-8)"
+        )
+    );
+    assert_eq!(text.matches(&os_error).count(), 1, "{text}");
+}
+
+#[test]
+fn unreadable_task_file_is_reported_without_position() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Not UTF-8: the file cannot be read as text.
+    std::fs::write(dir.path().join("t1.yaml"), b"\xff\xfe\n").expect("t1");
+    std::fs::write(
+        dir.path().join("t2.yaml"),
+        "token_env: KEYSWAP_FIXTURE_TOKEN
+",
+    )
+    .expect("t2");
+    let text = format!("version: 1\ntasks_dir: {}\n", dir.path().display());
+    let err = load_str(&text, Path::new("k.yaml"), &env()).unwrap_err();
+    let shown = err.to_string();
+    let file = dir.path().join("t1.yaml");
     assert!(
-        text.starts_with("/nonexistent/keyswap.yaml:0:0 (file): the config file cannot be read"),
-        "{text}"
+        !shown.contains(":0:0"),
+        "an unreadable file has no position: {shown}"
+    );
+    assert!(
+        shown.contains(&format!("cannot read {}: ", file.display())),
+        "{shown}"
     );
 }
 

@@ -55,6 +55,14 @@ fn check_reports_every_fixture_error_with_location_and_fix() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         for line in expected.lines().filter(|l| !l.trim().is_empty()) {
             let line = line.replace("FILE", &path.display().to_string());
+            if let Some(unwanted) = line.strip_prefix("! ") {
+                assert!(
+                    !stderr.contains(unwanted),
+                    "{}: unwanted\n  {unwanted}\nin\n{stderr}",
+                    path.display()
+                );
+                continue;
+            }
             assert!(
                 stderr.contains(&line),
                 "{}: expected\n  {line}\nin\n{stderr}",
@@ -75,6 +83,78 @@ fn check_reports_every_fixture_error_with_location_and_fix() {
         checked += 1;
     }
     assert!(checked >= 12, "only {checked} fixtures");
+}
+
+#[test]
+fn schema_command_prints_the_committed_schema() {
+    let output = Command::new(KEYSWAP)
+        .arg("schema")
+        .output()
+        .expect("run keyswap schema");
+    assert!(output.status.success(), "{output:?}");
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/keyswap.schema.json");
+    let committed = std::fs::read_to_string(&committed).expect("config/keyswap.schema.json");
+    assert!(
+        String::from_utf8_lossy(&output.stdout) == committed,
+        "config/keyswap.schema.json is not what `keyswap schema` prints: run\n  \
+         cargo run -p keyswap -- schema > config/keyswap.schema.json"
+    );
+}
+
+#[test]
+fn check_of_a_missing_file_says_cannot_read_it_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("keyswap.yaml");
+    let os_error = std::fs::read(&missing).unwrap_err().to_string();
+    for command in ["check", "run"] {
+        let output = Command::new(KEYSWAP)
+            .args([command, "--config"])
+            .arg(&missing)
+            .output()
+            .expect("run keyswap");
+        assert_eq!(output.status.code(), Some(1), "{command}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.starts_with(&format!(
+                "keyswap: cannot read {}: {os_error}; ",
+                missing.display()
+            )),
+            "{command}: {stderr}"
+        );
+        assert!(!stderr.contains(":0:0"), "{command}: {stderr}");
+        assert_eq!(stderr.matches(&os_error).count(), 1, "{command}: {stderr}");
+    }
+}
+
+#[test]
+fn run_on_a_port_in_use_prints_the_os_error_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let config = dir.path().join("keyswap.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 1\nlisten: {addr}\nca_dir: {}\naudit_log: {}\n",
+            dir.path().join("ca").display(),
+            dir.path().join("audit.jsonl").display()
+        ),
+    )
+    .expect("config");
+    let output = Command::new(KEYSWAP)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run keyswap");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("keyswap: "))
+        .unwrap_or_else(|| panic!("no error line in {stderr}"));
+    assert!(line.contains(&addr.to_string()), "{line}");
+    assert_eq!(line.matches("os error").count(), 1, "{line}");
+    drop(taken);
 }
 
 #[test]

@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 
 use super::top::{check_socket_addr, non_empty_path};
 use super::Checker;
-use crate::de::Located;
 use crate::error::Sink;
 use crate::model::{Admin, Metrics, Task, DEFAULT_ADMIN_SOCKET};
 use crate::raw::{RawAdmin, RawConfig, RawMetrics};
+use crate::read::Located;
 use crate::secrets;
 
 pub(super) fn check_admin(

@@ -21,11 +21,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use crate::de::{self, Located};
 use crate::error::{ConfigError, ConfigErrors, Sink};
-use crate::locate::{self, Node, Pos};
+use crate::locate::{Node, Pos};
 use crate::model::Config;
 use crate::raw::RawConfig;
+use crate::read::{self, Located};
 use crate::secrets::EnvSource;
 use tasks::Defined;
 
@@ -68,10 +68,7 @@ pub(crate) fn load(text: &str, file: &Path, env: &dyn EnvSource) -> Result<Confi
     let mut errors = Vec::new();
     let mut task_file_errors = Vec::new();
     let config = {
-        let mut sink = Sink {
-            file,
-            errors: &mut errors,
-        };
+        let mut sink = Sink::new(file, &mut errors);
         check(text, &mut sink, &mut checker, &mut task_file_errors)
     };
     sort(&mut errors);
@@ -94,21 +91,7 @@ pub(crate) fn read_raw<T: serde::de::DeserializeOwned>(
     root_path: &str,
     sink: &mut Sink<'_>,
 ) -> Option<(T, Node)> {
-    let (tree, problems) = match locate::parse(text) {
-        Ok(parsed) => parsed,
-        Err(p) => {
-            sink.error(p.pos, &p.field, p.message, p.fix);
-            return None;
-        }
-    };
-    for p in problems {
-        sink.error(p.pos, &p.field, p.message, p.fix);
-    }
-    let (raw, schema_errors) = de::from_node::<T>(&tree, root_path);
-    for e in schema_errors {
-        sink.error(e.pos, &e.path, e.message, e.fix);
-    }
-    raw.map(|raw| (raw, tree))
+    read::read(text, root_path, sink)
 }
 
 fn check(

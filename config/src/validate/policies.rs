@@ -10,10 +10,10 @@ use humantime::format_duration;
 use super::rules::{check_rules, warn_shadowed, warn_unscoped_headers};
 use super::tasks::{valid_id, Defined};
 use super::{check_duration, Checker};
-use crate::de::{Entries, Located};
 use crate::error::Sink;
 use crate::model::{Policy, DEFAULT_POLICY_MAX_TTL, DEFAULT_POLICY_TTL};
 use crate::raw::RawPolicy;
+use crate::read::{Entries, Located};
 
 const POLICY_NAME_FIX: &str =
     "policy names are 1 to 64 characters of A-Z, a-z, 0-9, \".\", \"_\" and \"-\"";

@@ -8,12 +8,12 @@ use std::path::Path;
 
 use super::tasks::Defined;
 use super::{Checker, Site};
-use crate::de::Located;
 use crate::error::Sink;
 use crate::host::HostPattern;
 use crate::model::{Policy, Rule, Scheme, Secret, SecretId, SwapIn};
 use crate::path::PathPatterns;
 use crate::raw::{RawRule, RawScheme, RawSwapIn};
+use crate::read::Located;
 
 /// RFC 9110 §5.6.2 token characters (methods are tokens).
 fn is_token(s: &str) -> bool {

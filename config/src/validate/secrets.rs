@@ -9,10 +9,10 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use super::{check_duration, Checker, Site};
-use crate::de::{Entries, Located};
 use crate::error::Sink;
 use crate::model::{Secret, SecretId, SecretSource};
 use crate::raw::RawSecret;
+use crate::read::{Entries, Located};
 use crate::secrets::{self, Source};
 
 pub(super) fn check_secrets(

@@ -15,11 +15,11 @@ use time::OffsetDateTime;
 
 use super::rules::{check_rules, warn_shadowed, warn_shadowed_by_policy, warn_unscoped_headers};
 use super::{read_raw, sort, Checker, Site};
-use crate::de::{closest, Located};
 use crate::error::{io_reason, ConfigError, Sink};
 use crate::locate::child;
 use crate::model::{Policy, Secret, SecretId, Task};
 use crate::raw::{RawConfig, RawTask};
+use crate::read::{closest, Located};
 use crate::secrets;
 
 /// The secrets rules may name: loaded ones (with ids) and every name written under
@@ -226,10 +226,7 @@ fn check_dir(
             continue;
         }
         let mut errors = Vec::new();
-        let mut file_sink = Sink {
-            file: &file,
-            errors: &mut errors,
-        };
+        let mut file_sink = Sink::new(&file, &mut errors);
         match std::fs::read_to_string(&file) {
             Ok(text) => {
                 let root = child("tasks", &id);
@@ -242,12 +239,11 @@ fn check_dir(
                     tasks.insert(id.clone(), task);
                 }
             }
-            Err(e) => file_sink.error(
-                Default::default(),
-                "(file)",
-                format!("the task file cannot be read: {}", io_reason(&e)),
+            Err(e) => file_sink.errors.push(ConfigError::unreadable(
+                &file,
+                &e,
                 "check the file's permissions and encoding (UTF-8)",
-            ),
+            )),
         }
         from_files.insert(id, file.clone());
         sort(&mut errors);

@@ -8,11 +8,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use super::{Checker, TOP};
-use crate::de::Located;
 use crate::error::{io_reason, Sink};
 use crate::host;
 use crate::model::{AuditLog, Upstream};
 use crate::raw::{RawConfig, RawUpstream};
+use crate::read::Located;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_CA_DIR: &str = "./.keyswap/ca";

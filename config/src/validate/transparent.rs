@@ -9,10 +9,10 @@ use std::net::SocketAddr;
 use super::admin::overlap;
 use super::top::check_socket_addr;
 use super::Checker;
-use crate::de::Located;
 use crate::error::Sink;
 use crate::model::{Admin, Metrics, PortMode, SourceNet, Task, Transparent, TransparentTasks};
 use crate::raw::{RawPortMode, RawTransparent};
+use crate::read::Located;
 
 const EXAMPLE_LISTEN: &str = "0.0.0.0:15001";
 

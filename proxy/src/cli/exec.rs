@@ -67,7 +67,7 @@ pub fn exec(args: ExecArgs) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // 125: exec itself failed (as `env`, `nice` and container runtimes do).
-            eprintln!("keyswap exec: {e:#}");
+            eprintln!("keyswap exec: {}", super::causes(&e));
             ExitCode::from(125)
         }
     }

@@ -71,6 +71,8 @@ pub enum Command {
         #[command(flatten)]
         admin: task::AdminArgs,
     },
+    /// Print the JSON Schema of the config file, for editors (see config/keyswap.schema.json).
+    Schema,
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +128,10 @@ pub fn main_with(cli: Cli) -> ExitCode {
         Command::Task { command } => task::task(command),
         Command::Env(args) => task::env(args),
         Command::Reload { admin } => task::reload(admin),
+        Command::Schema => {
+            print!("{}", keyswap_config::json_schema());
+            Ok(())
+        }
         Command::Ca {
             command:
                 CaCommand::Export {
@@ -138,10 +144,35 @@ pub fn main_with(cli: Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("keyswap: {e:#}");
+            eprintln!("keyswap: {}", causes(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// A config that did not load, for a one-line `keyswap: ...` message: an unreadable file
+/// says only that, a file with errors lists them.
+pub fn not_valid(path: &Path, errors: &keyswap_config::ConfigErrors) -> anyhow::Error {
+    if errors.0.iter().all(|e| e.line == 0) {
+        anyhow::anyhow!("{errors}")
+    } else {
+        anyhow::anyhow!("{} is not valid:\n{errors}", path.display())
+    }
+}
+
+/// An error and its causes, `a: b: c`, leaving out a cause its error already shows (an I/O
+/// error that is both in the message and the source would otherwise be printed twice).
+pub fn causes(e: &anyhow::Error) -> String {
+    let mut shown = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if shown.is_empty() {
+            shown = text;
+        } else if !shown.ends_with(&text) {
+            shown = format!("{shown}: {text}");
+        }
+    }
+    shown
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -155,6 +186,11 @@ fn check(path: &Path) -> ExitCode {
                 println!("warning: {warning}");
             }
             ExitCode::SUCCESS
+        }
+        Err(errors) if errors.0.iter().all(|e| e.line == 0) => {
+            // The file could not be read: the error says so.
+            eprintln!("keyswap: {errors}");
+            ExitCode::FAILURE
         }
         Err(errors) => {
             eprintln!("{} has {} error(s):", path.display(), errors.0.len());
@@ -282,8 +318,7 @@ fn ca_export(config: &Path, ca_dir: Option<PathBuf>, out: Option<&Path>) -> anyh
 }
 
 fn run(path: &Path) -> anyhow::Result<()> {
-    let config = keyswap_config::load(path)
-        .map_err(|e| anyhow::anyhow!("{} is not valid:\n{e}", path.display()))?;
+    let config = keyswap_config::load(path).map_err(|e| not_valid(path, &e))?;
     for warning in &config.warnings {
         tracing::warn!(%warning, "config");
     }

@@ -208,8 +208,8 @@ fn task_table(tasks: &[TaskInfo]) -> String {
 /// `keyswap env --task ID`: the environment of a task from the config, with its token from
 /// its `token_env`.
 pub fn env(args: EnvArgs) -> anyhow::Result<()> {
-    let config = keyswap_config::load(&args.config)
-        .map_err(|e| anyhow::anyhow!("{} is not valid:\n{e}", args.config.display()))?;
+    let config =
+        keyswap_config::load(&args.config).map_err(|e| super::not_valid(&args.config, &e))?;
     let task = config.task(&args.task).with_context(|| {
         format!(
             "no task {} in {}; a runtime task's environment is printed once, by `keyswap task issue`",
