@@ -34,9 +34,9 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors};
 pub use host::{HostPattern, HostPatternError};
 pub use model::{
-    first_rule_for_host, granted_secrets, match_route, valid_task_id, Admin, AuditLog, Config,
-    Metrics, Policy, RouteMatch, Rule, Scheme, Secret, SecretId, SecretSource, SwapIn, Task,
-    TtlError, Upstream,
+    first_rule_for_host, granted_secrets, match_route, valid_task_id, Admin, Approval, Approve,
+    AuditLog, Config, Metrics, OnUnlisted, Policy, RouteMatch, Rule, Scheme, Secret, SecretId,
+    SecretSource, SwapIn, Task, TtlError, Upstream,
 };
 pub use path::{normalize_path, PathError, PathPatternError, PathPatterns};
 pub use secrets::{EnvSource, ProcessEnv};

@@ -26,6 +26,7 @@ pub(crate) struct RawConfig {
     pub policies: Option<L<Entries<L<RawPolicy>>>>,
     pub admin: Option<L<RawAdmin>>,
     pub metrics: Option<L<RawMetrics>>,
+    pub approval: Option<L<RawApproval>>,
 }
 
 /// `upstream:`.
@@ -57,6 +58,7 @@ pub(crate) struct RawTask {
     pub token_env: Option<L<String>>,
     pub expires: Option<L<String>>,
     pub policy: Option<L<String>>,
+    pub on_unlisted: Option<L<RawOnUnlisted>>,
     pub allow: Option<L<Vec<L<RawRule>>>>,
 }
 
@@ -66,6 +68,7 @@ pub(crate) struct RawTask {
 pub(crate) struct RawPolicy {
     pub ttl: Option<L<String>>,
     pub max_ttl: Option<L<String>>,
+    pub on_unlisted: Option<L<RawOnUnlisted>>,
     pub allow: Option<L<Vec<L<RawRule>>>>,
 }
 
@@ -99,6 +102,7 @@ pub(crate) struct RawRule {
     pub headers: Option<L<Vec<L<String>>>>,
     pub scheme: Option<L<RawScheme>>,
     pub allow_cleartext: Option<L<bool>>,
+    pub approve: Option<L<RawApprove>>,
 }
 
 /// `scheme:` of a rule.
@@ -116,4 +120,29 @@ pub(crate) enum RawSwapIn {
     Headers,
     Query,
     Body,
+}
+
+/// `approval:`: how requests that wait for a human are held.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApproval {
+    pub timeout: Option<L<String>>,
+    pub webhook: Option<L<String>>,
+    pub max_pending: Option<L<u64>>,
+}
+
+/// `on_unlisted:` of a policy or a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawOnUnlisted {
+    Deny,
+    Ask,
+}
+
+/// `approve:` of a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawApprove {
+    Each,
+    Once,
 }
