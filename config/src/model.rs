@@ -83,6 +83,8 @@ pub struct Admin {
     pub listen: Option<SocketAddr>,
     /// Bearer token required on the TCP listener, read from `token_env`.
     pub token: Option<SecretString>,
+    /// The variable the token was read from: the token's name in the audit (`token:NAME`).
+    pub token_env: Option<String>,
 }
 
 impl Default for Admin {
@@ -91,6 +93,7 @@ impl Default for Admin {
             socket: PathBuf::from(DEFAULT_ADMIN_SOCKET),
             listen: None,
             token: None,
+            token_env: None,
         }
     }
 }
@@ -102,6 +105,7 @@ impl fmt::Debug for Admin {
             .field("socket", &self.socket)
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .field("token_env", &self.token_env)
             .finish()
     }
 }
@@ -467,6 +471,26 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// The narrowest rule for a request a human approved although no rule lists it: this
+    /// exact host and port in this scheme, granting no secret (matching of method and path
+    /// is done by whoever holds the approval). `index` is what the audit record names.
+    pub fn approved_exact(host: &str, port: u16, scheme: Scheme, index: usize) -> Rule {
+        Rule {
+            index,
+            host: HostPattern::Exact(host.to_string()),
+            port: Some(port),
+            methods: None,
+            paths: None,
+            secrets: Vec::new(),
+            tunnel: false,
+            swap_in: SwapIn::HEADERS_ONLY,
+            headers: None,
+            scheme,
+            allow_cleartext: false,
+            approve: None,
+        }
+    }
+
     pub fn matches_host(&self, scheme: Scheme, host: &str, port: u16) -> bool {
         scheme == self.scheme
             && port == self.port.unwrap_or(scheme.default_port())

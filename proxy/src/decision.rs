@@ -30,6 +30,12 @@ pub enum Reason {
     UpstreamError,
     /// A secret the request needs could not be refreshed and is no longer swapped in.
     SecretUnavailable,
+    /// The request waited for a human, who said no (the body carries their reason).
+    ApprovalDenied,
+    /// The request waited for a human longer than `approval.timeout`.
+    ApprovalTimeout,
+    /// The task already had `approval.max_pending` requests waiting for a human.
+    ApprovalQueueFull,
 }
 
 impl Reason {
@@ -48,6 +54,9 @@ impl Reason {
             Reason::BadRequest => "bad_request",
             Reason::UpstreamError => "upstream_error",
             Reason::SecretUnavailable => "secret_unavailable",
+            Reason::ApprovalDenied => "approval_denied",
+            Reason::ApprovalTimeout => "approval_timeout",
+            Reason::ApprovalQueueFull => "approval_queue_full",
         }
     }
 
@@ -59,6 +68,7 @@ impl Reason {
             Reason::BadRequest => StatusCode::BAD_REQUEST,
             Reason::UpstreamError => StatusCode::BAD_GATEWAY,
             Reason::SecretUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::ApprovalQueueFull => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::FORBIDDEN,
         }
     }

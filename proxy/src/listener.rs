@@ -239,18 +239,23 @@ async fn connect(
         );
     }
     let rules = snapshot.rules_of(&task).unwrap_or_default();
-    let Some(rule) = first_rule_for_host(rules, Scheme::Https, &target.host, target.port) else {
-        return refuse(
-            Some(&target),
-            Denial::new(
-                Reason::HostNotAllowed,
-                format!(
-                    "{target} is not in task {}'s allowlist; ask the operator to add a rule",
-                    task.id
-                ),
+    let rule = first_rule_for_host(rules, Scheme::Https, &target.host, target.port);
+    if rule.is_none() {
+        let refusal = Denial::new(
+            Reason::HostNotAllowed,
+            format!(
+                "{target} is not in task {}'s allowlist; ask the operator to add a rule",
+                task.id
             ),
         );
-    };
+        // Under on_unlisted: ask the CONNECT waits for a human; approved, it is intercepted.
+        if let Err(denial) =
+            crate::approval::ask_connect(&shared, &snapshot, &task, conn_id, &target, refusal)
+                .await
+        {
+            return refuse(Some(&target), denial);
+        }
+    }
     let ctx = ConnContext {
         conn_id,
         task: task.clone(),
@@ -258,7 +263,7 @@ async fn connect(
         target: target.clone(),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    if rule.tunnel {
+    if let Some(rule) = rule.filter(|r| r.tunnel) {
         let upstream = match snapshot.upstream.dialer.dial(&target).await {
             Ok(stream) => stream,
             Err(e) => {

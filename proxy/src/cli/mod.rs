@@ -1,7 +1,8 @@
 //! The `keyswap` command line: `run`, `check`, `ca export`, `exec` ([`exec`]), `task` and
-//! `env` ([`task`]). This is the edge where errors become messages for a person; nothing
-//! here prints a secret value (`task issue` prints the new task's token: that is its job).
+//! `env` ([`task`]), `approvals`, `approve` and `deny` ([`approval`]). This is the edge
+//! where errors become messages for a person; nothing here prints a secret value (`task issue` prints the new task's token: that is its job).
 
+mod approval;
 mod exec;
 mod task;
 
@@ -70,6 +71,12 @@ pub enum Command {
         #[command(flatten)]
         admin: task::AdminArgs,
     },
+    /// List the requests waiting for a human's approval.
+    Approvals(approval::ListArgs),
+    /// Let a waiting request through (--scope task / rule: also later ones like it).
+    Approve(approval::ApproveArgs),
+    /// Refuse a waiting request (approval_denied, with --reason told to the agent).
+    Deny(approval::DenyArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,6 +132,9 @@ pub fn main_with(cli: Cli) -> ExitCode {
         Command::Task { command } => task::task(command),
         Command::Env(args) => task::env(args),
         Command::Reload { admin } => task::reload(admin),
+        Command::Approvals(args) => approval::list(args),
+        Command::Approve(args) => approval::approve(args),
+        Command::Deny(args) => approval::deny(args),
         Command::Ca {
             command:
                 CaCommand::Export {
