@@ -12,12 +12,12 @@ use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use keyswap_config::SecretId;
 
+use crate::approval;
 use crate::audit::{query_keys, timestamp, AuditRecord};
 use crate::body::{boxed, empty, Counted, ProxyBody};
 use crate::decision::{Denial, Reason};
 use crate::decode::{self, UnknownCoding};
 use crate::headers::{is_websocket_upgrade, strip_hop_by_hop};
-use crate::approval;
 use crate::route::{decide, ConnContext, Refused, Routed};
 use crate::scrub::{body_policy, scrub_body, scrub_headers};
 use crate::server::Shared;

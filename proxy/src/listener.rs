@@ -250,8 +250,7 @@ async fn connect(
         );
         // Under on_unlisted: ask the CONNECT waits for a human; approved, it is intercepted.
         if let Err(denial) =
-            crate::approval::ask_connect(&shared, &snapshot, &task, conn_id, &target, refusal)
-                .await
+            crate::approval::ask_connect(&shared, &snapshot, &task, conn_id, &target, refusal).await
         {
             return refuse(Some(&target), denial);
         }

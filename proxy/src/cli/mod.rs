@@ -3,6 +3,7 @@
 //! where errors become messages for a person; nothing here prints a secret value (`task issue` prints the new task's token: that is its job).
 
 mod approval;
+mod ask;
 mod exec;
 mod task;
 

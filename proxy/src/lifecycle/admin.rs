@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Extension, Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -44,7 +44,9 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::api::{AnswerRequest, Answered, ApiError, ApprovalList, IssueRequest, IssuedTask, TaskList};
+use super::api::{
+    AnswerRequest, Answered, ApiError, ApprovalList, IssueRequest, IssuedTask, TaskList,
+};
 use super::approvals::{sanitise_note, Answer, Scope};
 use super::registry::{LiveTask, RevokeWhy};
 use super::tasks::{self, Issued, TaskError};
@@ -534,14 +536,18 @@ async fn answer_approval(
             }
         },
         ("deny", None) => Answer::Deny {
-            note: request.reason.as_deref().and_then(sanitise_note).map(|note| {
-                // A reason pasted with a credential in it must not reach the agent.
-                let scrubber = &state.shared.snapshot().scrubber;
-                match scrubber.replace_all(note.as_bytes()) {
-                    Some(scrubbed) => String::from_utf8_lossy(&scrubbed).into_owned(),
-                    None => note,
-                }
-            }),
+            note: request
+                .reason
+                .as_deref()
+                .and_then(sanitise_note)
+                .map(|note| {
+                    // A reason pasted with a credential in it must not reach the agent.
+                    let scrubber = &state.shared.snapshot().scrubber;
+                    match scrubber.replace_all(note.as_bytes()) {
+                        Some(scrubbed) => String::from_utf8_lossy(&scrubbed).into_owned(),
+                        None => note,
+                    }
+                }),
             by,
         },
         ("deny", Some(_)) => {

@@ -199,10 +199,9 @@ impl Approvals {
             return true;
         }
         match (&held.why, &held.rule) {
-            (Why::Unlisted, _) => {
-                g.hosts
-                    .contains(&(held.scheme, held.host.clone(), held.port))
-            }
+            (Why::Unlisted, _) => g
+                .hosts
+                .contains(&(held.scheme, held.host.clone(), held.port)),
             (Why::Rule(approve), Some((_, key))) => {
                 g.rules.contains(&(key.clone(), held.host.clone()))
                     || (*approve == Approve::Once && g.once.contains(key))
@@ -267,7 +266,12 @@ impl Approvals {
 
     /// Answers a waiting request: records the grant an approval leaves, audits who
     /// answered, and wakes the request.
-    pub fn answer(&self, shared: &Shared, id: &str, answer: Answer) -> Result<Answered, AnswerError> {
+    pub fn answer(
+        &self,
+        shared: &Shared,
+        id: &str,
+        answer: Answer,
+    ) -> Result<Answered, AnswerError> {
         let waiting = self
             .waiting
             .lock()
@@ -521,9 +525,15 @@ mod tests {
 
     #[test]
     fn notes_are_bounded_and_printable() {
-        assert_eq!(sanitise_note("  not now\r\nX-Injected: 1 "), Some("not now  X-Injected: 1".into()));
+        assert_eq!(
+            sanitise_note("  not now\r\nX-Injected: 1 "),
+            Some("not now  X-Injected: 1".into())
+        );
         assert_eq!(sanitise_note("\u{7}\t"), None);
-        assert_eq!(sanitise_note(&"é".repeat(500)).map(|n| n.chars().count()), Some(MAX_NOTE_CHARS));
+        assert_eq!(
+            sanitise_note(&"é".repeat(500)).map(|n| n.chars().count()),
+            Some(MAX_NOTE_CHARS)
+        );
     }
 
     #[test]

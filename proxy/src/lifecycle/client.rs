@@ -19,6 +19,7 @@ use super::api::{
 };
 
 /// Where the admin API is.
+#[derive(Clone)]
 pub enum AdminTarget {
     Socket(PathBuf),
     /// `admin.listen`, with the bearer token.
