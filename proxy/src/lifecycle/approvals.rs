@@ -313,7 +313,7 @@ impl Approvals {
         };
         let mut list: Vec<ApprovalInfo> = waiting
             .values()
-            .filter(|w| task.map_or(true, |t| w.task.id == t))
+            .filter(|w| task.is_none_or(|t| w.task.id == t))
             .map(info)
             .collect();
         list.sort_by(|a, b| a.waiting_since.cmp(&b.waiting_since).then(a.id.cmp(&b.id)));
