@@ -35,9 +35,10 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors};
 pub use host::{HostPattern, HostPatternError};
 pub use model::{
-    first_rule_for_host, granted_secrets, match_route, valid_task_id, Admin, AuditLog, Config,
-    Metrics, Policy, PortMode, RouteMatch, Rule, Scheme, Secret, SecretId, SecretSource, SourceNet,
-    SwapIn, Task, Transparent, TransparentTasks, TtlError, Upstream,
+    first_rule_for_host, granted_secrets, match_route, valid_task_id, Admin, Approval, Approve,
+    AuditLog, Config, Metrics, OnUnlisted, Policy, PortMode, RouteMatch, Rule, Scheme, Secret,
+    SecretId, SecretSource, SourceNet, SwapIn, Task, Transparent, TransparentTasks, TtlError,
+    Upstream,
 };
 pub use path::{normalize_path, PathError, PathPatternError, PathPatterns};
 pub use secrets::{EnvSource, ProcessEnv};

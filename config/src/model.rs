@@ -38,6 +38,8 @@ pub struct Config {
     pub metrics: Option<Metrics>,
     /// `transparent:`; `None` = no transparent listener.
     pub transparent: Option<Transparent>,
+    /// `approval:`: how requests that wait for a human are held.
+    pub approval: Approval,
     /// Non-fatal notes for `keyswap check`; never contain a secret value.
     pub warnings: Vec<String>,
 }
@@ -83,6 +85,8 @@ pub struct Admin {
     pub listen: Option<SocketAddr>,
     /// Bearer token required on the TCP listener, read from `token_env`.
     pub token: Option<SecretString>,
+    /// The variable the token was read from: the token's name in the audit (`token:NAME`).
+    pub token_env: Option<String>,
 }
 
 impl Default for Admin {
@@ -91,6 +95,7 @@ impl Default for Admin {
             socket: PathBuf::from(DEFAULT_ADMIN_SOCKET),
             listen: None,
             token: None,
+            token_env: None,
         }
     }
 }
@@ -102,6 +107,7 @@ impl fmt::Debug for Admin {
             .field("socket", &self.socket)
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .field("token_env", &self.token_env)
             .finish()
     }
 }
@@ -241,6 +247,60 @@ impl fmt::Display for SourceNet {
     }
 }
 
+/// Default of `approval.timeout`.
+pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default of `approval.max_pending` (per task).
+pub const DEFAULT_APPROVAL_MAX_PENDING: usize = 20;
+
+/// `approval:`: how long a request waits for a human, who is told, and how many may wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// After this, a waiting request is refused with `approval_timeout`.
+    pub timeout: Duration,
+    /// An `https://` URL that gets a JSON POST when a request starts waiting.
+    pub webhook: Option<String>,
+    /// The most requests of one task that may wait at once; more → `approval_queue_full`.
+    pub max_pending: usize,
+}
+
+impl Default for Approval {
+    fn default() -> Self {
+        Approval {
+            timeout: DEFAULT_APPROVAL_TIMEOUT,
+            webhook: None,
+            max_pending: DEFAULT_APPROVAL_MAX_PENDING,
+        }
+    }
+}
+
+/// What a request that no rule allows gets (`on_unlisted:`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnUnlisted {
+    /// Refused (`host_not_allowed` / `route_not_allowed`).
+    #[default]
+    Deny,
+    /// Held until a human answers or `approval.timeout` passes.
+    Ask,
+}
+
+/// `approve:` of a rule: how often a human must say yes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Approve {
+    /// Every request the rule matches.
+    Each,
+    /// The first request per task; later ones pass once a human said yes.
+    Once,
+}
+
+impl Approve {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Approve::Each => "each",
+            Approve::Once => "once",
+        }
+    }
+}
+
 /// Default lifetime of a task issued from a policy that sets no `ttl`.
 pub const DEFAULT_POLICY_TTL: Duration = Duration::from_secs(3600);
 /// Default cap on a task's lifetime when a policy sets no `max_ttl`.
@@ -255,6 +315,8 @@ pub struct Policy {
     pub ttl: Duration,
     /// The longest TTL a task issued from this policy may ask for (`ttl <= max_ttl`).
     pub max_ttl: Duration,
+    /// What a request no rule allows gets: refused, or held for a human (`on_unlisted`).
+    pub on_unlisted: OnUnlisted,
     pub rules: Vec<Rule>,
 }
 
@@ -388,6 +450,8 @@ pub struct Task {
     pub policy: Option<String>,
     /// The policy's rules (if any), then the task's own `allow:` rules, indexed in that order.
     pub rules: Vec<Rule>,
+    /// The task's own `on_unlisted`, else its policy's, else `deny`.
+    pub on_unlisted: OnUnlisted,
 }
 
 /// The outcome of matching a request against a task.
@@ -533,9 +597,31 @@ pub struct Rule {
     pub scheme: Scheme,
     /// `allow_cleartext: true`: an `http` rule may grant secrets.
     pub allow_cleartext: bool,
+    /// `approve:`: a request this rule matches also needs a human yes; `None` = it does not.
+    pub approve: Option<Approve>,
 }
 
 impl Rule {
+    /// The narrowest rule for a request a human approved although no rule lists it: this
+    /// exact host and port in this scheme, granting no secret (matching of method and path
+    /// is done by whoever holds the approval). `index` is what the audit record names.
+    pub fn approved_exact(host: &str, port: u16, scheme: Scheme, index: usize) -> Rule {
+        Rule {
+            index,
+            host: HostPattern::Exact(host.to_string()),
+            port: Some(port),
+            methods: None,
+            paths: None,
+            secrets: Vec::new(),
+            tunnel: false,
+            swap_in: SwapIn::HEADERS_ONLY,
+            headers: None,
+            scheme,
+            allow_cleartext: false,
+            approve: None,
+        }
+    }
+
     pub fn matches_host(&self, scheme: Scheme, host: &str, port: u16) -> bool {
         scheme == self.scheme
             && port == self.port.unwrap_or(scheme.default_port())

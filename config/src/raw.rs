@@ -45,6 +45,8 @@ pub(crate) struct RawConfig {
     pub metrics: Option<L<RawMetrics>>,
     /// The listener iptables/nftables REDIRECT sends agents' outbound TCP to.
     pub transparent: Option<L<RawTransparent>>,
+    /// How requests that wait for a human are held (`approval:`).
+    pub approval: Option<L<RawApproval>>,
 }
 
 /// `upstream:`.
@@ -89,6 +91,8 @@ pub(crate) struct RawTask {
     pub expires: Option<L<String>>,
     /// A policy whose rules come first, before this task's allow.
     pub policy: Option<L<String>>,
+    /// deny (default) or ask: hold a request no rule allows until a human answers.
+    pub on_unlisted: Option<L<RawOnUnlisted>>,
     pub allow: Option<L<Vec<L<RawRule>>>>,
 }
 
@@ -100,6 +104,8 @@ pub(crate) struct RawPolicy {
     pub ttl: Option<L<String>>,
     /// The longest --ttl accepted (default 24h, never below ttl).
     pub max_ttl: Option<L<String>>,
+    /// deny (default) or ask: hold a request no rule allows until a human answers.
+    pub on_unlisted: Option<L<RawOnUnlisted>>,
     pub allow: Option<L<Vec<L<RawRule>>>>,
 }
 
@@ -170,6 +176,8 @@ pub(crate) struct RawRule {
     pub scheme: Option<L<RawScheme>>,
     /// Required to grant a secret on a plain-HTTP rule.
     pub allow_cleartext: Option<L<bool>>,
+    /// each or once: a human must approve requests this rule matches (every one, or once per task).
+    pub approve: Option<L<RawApprove>>,
 }
 
 /// `scheme:` of a rule.
@@ -187,4 +195,32 @@ pub(crate) enum RawSwapIn {
     Headers,
     Query,
     Body,
+}
+
+/// `approval:`: how requests that wait for a human are held.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApproval {
+    /// How long a request waits for a human before approval_timeout (default 120s).
+    pub timeout: Option<L<String>>,
+    /// An https:// URL that gets a JSON POST (no secret, no token) when a request waits.
+    pub webhook: Option<L<String>>,
+    /// The most requests of one task that may wait at once (default 20).
+    pub max_pending: Option<L<u64>>,
+}
+
+/// `on_unlisted:` of a policy or a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawOnUnlisted {
+    Deny,
+    Ask,
+}
+
+/// `approve:` of a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawApprove {
+    Each,
+    Once,
 }

@@ -90,6 +90,30 @@ pub enum LifecycleRecord {
         secret: String,
         ok: bool,
     },
+    /// How a request that waited for a human ended: who answered (`by`: `uid:N` for the
+    /// admin socket's peer, `token:NAME` for the TCP listener's token), with which scope,
+    /// and the human's reason text for a denial. Joined to the request's own record by
+    /// `task` and `conn`.
+    Approval {
+        ts: String,
+        id: String,
+        task: String,
+        policy: Option<String>,
+        conn: u64,
+        method: String,
+        host: String,
+        port: u16,
+        path: Option<String>,
+        rule: Option<usize>,
+        secrets: Vec<String>,
+        /// `approved`, `denied`, `timeout` or `task_ended`.
+        answer: &'static str,
+        /// `once`, `task` or `rule` when approved.
+        scope: Option<&'static str>,
+        by: Option<String>,
+        note: Option<String>,
+        waited_ms: f64,
+    },
 }
 
 pub fn timestamp(at: SystemTime) -> String {

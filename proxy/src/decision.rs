@@ -36,6 +36,12 @@ pub enum Reason {
     /// A transparent connection to an original destination port `transparent.ports` does
     /// not list.
     PortNotAllowed,
+    /// The request waited for a human, who said no (the body carries their reason).
+    ApprovalDenied,
+    /// The request waited for a human longer than `approval.timeout`.
+    ApprovalTimeout,
+    /// The task already had `approval.max_pending` requests waiting for a human.
+    ApprovalQueueFull,
 }
 
 impl Reason {
@@ -56,6 +62,9 @@ impl Reason {
             Reason::SecretUnavailable => "secret_unavailable",
             Reason::AgentTlsFailed => "agent_tls_failed",
             Reason::PortNotAllowed => "port_not_allowed",
+            Reason::ApprovalDenied => "approval_denied",
+            Reason::ApprovalTimeout => "approval_timeout",
+            Reason::ApprovalQueueFull => "approval_queue_full",
         }
     }
 
@@ -76,7 +85,10 @@ impl Reason {
             | Reason::SniMismatch
             | Reason::PrivateAddress
             | Reason::BadRequest
-            | Reason::PortNotAllowed => "denied",
+            | Reason::PortNotAllowed
+            | Reason::ApprovalDenied
+            | Reason::ApprovalTimeout
+            | Reason::ApprovalQueueFull => "denied",
         }
     }
 
@@ -90,6 +102,7 @@ impl Reason {
             Reason::SecretUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             // Never sent (no HTTP exchange took place); listed for completeness.
             Reason::AgentTlsFailed => StatusCode::BAD_GATEWAY,
+            Reason::ApprovalQueueFull => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::FORBIDDEN,
         }
     }

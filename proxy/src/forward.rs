@@ -1,5 +1,5 @@
 //! One request through an allowed connection, top to bottom:
-//! decide ([`crate::route`]) → swap ([`crate::swap`]) → upstream → scrub ([`crate::scrub`])
+//! decide ([`crate::route`]) → approve ([`crate::approval`]) → swap ([`crate::swap`]) → upstream → scrub ([`crate::scrub`])
 //! → audit ([`crate::audit`]). Used for intercepted HTTPS and for plain-HTTP forwarding alike.
 
 use std::collections::BTreeSet;
@@ -12,12 +12,13 @@ use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use keyswap_config::{normalize_path, PathError, SecretId};
 
+use crate::approval;
 use crate::audit::{elapsed_ms, query_keys, timestamp, AuditRecord};
 use crate::body::{boxed, empty, Counted, ProxyBody};
 use crate::decision::{Denial, Reason};
 use crate::decode::{self, UnknownCoding};
 use crate::headers::{is_websocket_upgrade, strip_hop_by_hop};
-use crate::route::{decide, ConnContext, Refused};
+use crate::route::{decide, ConnContext, Refused, Routed};
 use crate::scrub::{body_policy, scrub_body, scrub_headers};
 use crate::server::Shared;
 use crate::snapshot::Snapshot;
@@ -139,14 +140,33 @@ async fn forward(
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
 
-    // Decide.
-    let routed = decide(snapshot, ctx, &parts, path, SystemTime::now())?;
+    // Decide, then wait for a human where the task says so (approve:, on_unlisted: ask).
+    let mut approved_rule = None;
+    let routed = match decide(snapshot, ctx, &parts, path, SystemTime::now()) {
+        Ok(routed) => {
+            ex.rule = Some(routed.rule.index);
+            ex.path = routed.path.clone();
+            approval::approve_rule(shared, snapshot, ctx, &parts, routed.rule, &routed.path)
+                .await?;
+            routed
+        }
+        Err(refused) => {
+            let (rule, path) =
+                approval::ask_unlisted(shared, snapshot, ctx, &parts, refused).await?;
+            Routed {
+                rule: approved_rule.insert(rule),
+                path,
+            }
+        }
+    };
     let rule = routed.rule;
-    ex.rule = Some(rule.index);
+    // An approved unlisted request has no configured rule to name.
+    let rule_index = (rule.index != approval::APPROVED_RULE_INDEX).then_some(rule.index);
+    ex.rule = rule_index;
     ex.path = routed.path.clone();
     let refuse_with_rule = |denial: Denial| Refused {
         denial,
-        rule: Some(rule.index),
+        rule: rule_index,
         close: false,
     };
 
@@ -261,7 +281,7 @@ async fn forward(
         .build()
         .map_err(|_| Refused {
             denial: Denial::new(Reason::BadRequest, "the request URI could not be rebuilt"),
-            rule: Some(rule.index),
+            rule: rule_index,
             close: true,
         })?;
     parts.version = Version::HTTP_11;

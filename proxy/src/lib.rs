@@ -3,14 +3,15 @@
 //!
 //! The request path reads top to bottom as in DESIGN.md:
 //! [`identify`] → [`target`] → [`intercept`] (or [`tunnel`]) → [`route`] (decide) →
-//! [`swap`] → [`upstream`] → [`scrub`] → [`audit`]. [`forward`] strings the per-request steps
-//! together; [`listener`] (explicit) and [`transparent`] (redirected) accept connections;
-//! [`server`] owns the running proxy.
+//! [`approval`] (a human, where the task asks for one) → [`swap`] → [`upstream`] → [`scrub`] →
+//! [`audit`]. [`forward`] strings the per-request steps together; [`listener`] (explicit) and
+//! [`transparent`] (redirected) accept connections; [`server`] owns the running proxy.
 //!
 //! Nothing in this crate formats a real secret value: values are exposed only inside
 //! [`swap`] (to write them on the wire) and [`snapshot`] (to build the scrubber).
 #![forbid(unsafe_code)]
 
+pub mod approval;
 pub mod audit;
 pub mod body;
 pub mod child_env;

@@ -290,17 +290,22 @@ async fn connect(
         }
         return refuse_inside(&shared, ctx, denial, on_upgrade, started);
     }
-    let Some(rule) = rule else {
-        let denial = Denial::new(
+    if rule.is_none() {
+        let refusal = Denial::new(
             Reason::HostNotAllowed,
             format!(
                 "{target} is not in task {}'s allowlist; ask the operator to add a rule",
                 task.id
             ),
         );
-        return refuse_inside(&shared, ctx, denial, on_upgrade, started);
-    };
-    if rule.tunnel {
+        // Under on_unlisted: ask the CONNECT waits for a human; approved, it is intercepted.
+        if let Err(denial) =
+            crate::approval::ask_connect(&shared, &snapshot, &task, conn_id, &target, refusal).await
+        {
+            return refuse_inside(&shared, ctx, denial, on_upgrade, started);
+        }
+    }
+    if let Some(rule) = rule.filter(|r| r.tunnel) {
         let upstream = match snapshot.upstream.dialer.dial(&target).await {
             Ok(stream) => stream,
             Err(e) => {

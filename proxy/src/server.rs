@@ -18,6 +18,7 @@ use crate::audit::{AuditRecord, AuditSink};
 use crate::child_env::{write_trust_files, TrustFiles};
 use crate::error::ProxyError;
 use crate::lifecycle::api;
+use crate::lifecycle::approvals::Approvals;
 use crate::lifecycle::registry::TaskRegistry;
 use crate::lifecycle::tasks::{self, TaskError};
 use crate::listener::accept_loop;
@@ -30,6 +31,8 @@ pub struct Shared {
     pub leaves: Arc<LeafCache>,
     pub audit: Arc<AuditSink>,
     pub tasks: TaskRegistry,
+    /// Requests waiting for a human, and what humans granted.
+    pub approvals: Approvals,
     pub metrics: Arc<Metrics>,
     next_conn: AtomicU64,
     pub(crate) provider: Arc<rustls::crypto::CryptoProvider>,
@@ -158,6 +161,7 @@ impl ProxyHandle {
             leaves,
             audit,
             tasks: TaskRegistry::default(),
+            approvals: Approvals::default(),
             metrics,
             next_conn: AtomicU64::new(0),
             provider,

@@ -56,6 +56,7 @@ pub(super) fn check_admin(
         socket,
         // The model promises a TCP listener only together with its token.
         listen: listen.filter(|_| token.is_some()),
+        token_env: r.token_env.as_ref().map(|n| n.value.clone()),
         token,
     }
 }

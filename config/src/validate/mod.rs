@@ -3,13 +3,15 @@
 //!
 //! `top` checks the top level and `upstream`, `admin` the admin API and metrics listeners,
 //! `secrets` the secret definitions, `policies` the named allowlists, `tasks` the tasks
-//! (inline and `tasks_dir`), `rules` the allow lists of both, and `transparent` the
-//! transparent listener. Secret values are read
+//! (inline and `tasks_dir`), `rules` the allow lists of both, `transparent` the transparent
+//! listener, and `approval` the human approval settings (`approval:`, `on_unlisted:`,
+//! `approve:`). Secret values are read
 //! and compared only through [`crate::secrets`], so no message built here can contain one.
 //! All paths are used as written: relative paths are relative to the process's working
 //! directory, not to the config file.
 
 mod admin;
+mod approval;
 mod policies;
 mod rules;
 mod secrets;
@@ -112,6 +114,7 @@ fn check(
     let admin = admin::check_admin(raw.admin.as_ref(), sink, checker);
     let metrics = admin::check_metrics(raw.metrics.as_ref(), sink, checker);
     admin::check_listeners_apart(&raw, listen, &admin, metrics.as_ref(), sink);
+    let approval = approval::check_approval(raw.approval.as_ref(), sink);
     let secrets = secrets::check_secrets(raw.secrets.as_ref(), sink, checker);
     let no_policies = BTreeMap::new();
     let mut defined = Defined {
@@ -146,6 +149,7 @@ fn check(
         admin,
         metrics,
         transparent,
+        approval,
         warnings: std::mem::take(&mut checker.warnings),
     })
 }

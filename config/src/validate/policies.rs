@@ -59,6 +59,8 @@ pub(super) fn check_policies(
             name: name.value.clone(),
             ttl,
             max_ttl,
+            on_unlisted: super::approval::on_unlisted(raw.value.on_unlisted.as_ref())
+                .unwrap_or_default(),
             rules,
         };
         policies.insert(name.value.clone(), policy);

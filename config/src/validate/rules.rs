@@ -97,6 +97,7 @@ fn check_rule(
     };
     let allow_cleartext = r.allow_cleartext.as_ref().is_some_and(|a| a.value);
     check_cleartext(r, scheme, tunnel, &secrets, raw, sink);
+    let approve = super::approval::approve(r.approve.as_ref());
     if sink.errors.len() > errors_before {
         return None;
     }
@@ -112,6 +113,7 @@ fn check_rule(
         headers,
         scheme,
         allow_cleartext,
+        approve,
     })
 }
 
@@ -400,6 +402,11 @@ fn check_tunnel_alone(r: &RawRule, sink: &mut Sink<'_>) {
         (r.secrets.as_ref().map(Site::from), "secrets", unswapped),
         (r.swap_in.as_ref().map(Site::from), "swap_in", unswapped),
         (r.headers.as_ref().map(Site::from), "headers", unswapped),
+        (
+            r.approve.as_ref().map(Site::from),
+            "approve",
+            "no request in it can be held for a human",
+        ),
     ];
     for (site, field, consequence) in conflicts {
         if let Some(site) = site {

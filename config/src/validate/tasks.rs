@@ -309,12 +309,17 @@ fn check_task(
             rule.index = index;
         }
     }
+    // The task's own on_unlisted wins over its policy's.
+    let on_unlisted = super::approval::on_unlisted(raw.on_unlisted.as_ref())
+        .or(policy.map(|p| p.on_unlisted))
+        .unwrap_or_default();
     Task {
         id: id.to_string(),
         token,
         expires,
         policy: raw.policy.as_ref().map(|p| p.value.clone()),
         rules,
+        on_unlisted,
     }
 }
 

@@ -39,6 +39,10 @@ pub struct ExecArgs {
     /// Default: POLICY-<random>.
     #[arg(long)]
     pub id: Option<String>,
+    /// Prompt on this terminal (/dev/tty, not the command's stdin) for each of the task's
+    /// requests that wait for a human: y = approve once, t = approve for the task, n = deny.
+    #[arg(long)]
+    pub ask: bool,
     #[command(flatten)]
     pub admin: AdminArgs,
     /// The command and its arguments.
@@ -63,7 +67,10 @@ pub fn exec(args: ExecArgs) -> ExitCode {
             return ExitCode::from(125);
         }
     };
-    match runtime.block_on(run(args)) {
+    let result = runtime.block_on(run(args));
+    // A prompt of --ask may still be reading the terminal: do not wait for it.
+    runtime.shutdown_background();
+    match result {
         Ok(code) => code,
         Err(e) => {
             // 125: exec itself failed (as `env`, `nice` and container runtimes do).
@@ -81,6 +88,11 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         lifeline: true,
         by: Some("exec".into()),
     };
+    // Opened before anything is issued: --ask without a terminal must not start the agent.
+    let tty = match args.ask {
+        true => Some(super::ask::open_tty()?),
+        false => None,
+    };
     let target = args.admin.target()?;
     // Variables holding credentials exec used: the command must not inherit them.
     let mut withheld = BTreeSet::new();
@@ -91,6 +103,7 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         AdminTarget::Socket(path) => args.admin.admin.is_some() || socket_answers(path).await,
         AdminTarget::Tcp { .. } => true,
     };
+    let ask_target = target.clone();
     let (issuer, issued, lifeline) = if use_running {
         let client = AdminClient::new(target);
         let (issued, lifeline) = client
@@ -105,7 +118,17 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         (Issuer::Embedded(handle), issued, None)
     };
     tracing::info!(task = %issued.id, policy = %issued.policy, expires = %issued.expires, "running the command as a task");
+    let prompter = tty.map(|tty| {
+        let source = match &issuer {
+            Issuer::Remote(_) => super::ask::Source::Remote(AdminClient::new(ask_target)),
+            Issuer::Embedded(handle) => super::ask::Source::Embedded(handle.shared().clone()),
+        };
+        tokio::spawn(super::ask::prompt_loop(tty, source, issued.id.clone()))
+    });
     let status = run_child(&args.command, &issued.env, &withheld).await;
+    if let Some(prompter) = prompter {
+        prompter.abort();
+    }
     let revoked = match &issuer {
         Issuer::Remote(client) => client
             .revoke(&issued.id, "exit")

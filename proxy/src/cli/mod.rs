@@ -1,7 +1,9 @@
 //! The `keyswap` command line: `run`, `check`, `ca export`, `exec` ([`exec`]), `task` and
-//! `env` ([`task`]). This is the edge where errors become messages for a person; nothing
-//! here prints a secret value (`task issue` prints the new task's token: that is its job).
+//! `env` ([`task`]), `approvals`, `approve` and `deny` ([`approval`]). This is the edge
+//! where errors become messages for a person; nothing here prints a secret value (`task issue` prints the new task's token: that is its job).
 
+mod approval;
+mod ask;
 mod check;
 mod exec;
 mod task;
@@ -73,6 +75,12 @@ pub enum Command {
     },
     /// Print the JSON Schema of the config file, for editors (see config/keyswap.schema.json).
     Schema,
+    /// List the requests waiting for a human's approval.
+    Approvals(approval::ListArgs),
+    /// Let a waiting request through (--scope task / rule: also later ones like it).
+    Approve(approval::ApproveArgs),
+    /// Refuse a waiting request (approval_denied, with --reason told to the agent).
+    Deny(approval::DenyArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +140,9 @@ pub fn main_with(cli: Cli) -> ExitCode {
             print!("{}", keyswap_config::json_schema());
             Ok(())
         }
+        Command::Approvals(args) => approval::list(args),
+        Command::Approve(args) => approval::approve(args),
+        Command::Deny(args) => approval::deny(args),
         Command::Ca {
             command:
                 CaCommand::Export {

@@ -8,7 +8,12 @@
 //! GET    /v1/tasks/{id}   → TaskInfo
 //! DELETE /v1/tasks/{id}   → Revoked   (?why=exit from `keyswap exec`)
 //! POST   /v1/reload       → Reloaded  (reads the config file again)
+//! GET    /v1/approvals    → ApprovalList (?task=ID: only that task's)
+//! POST   /v1/approvals/{id} {"answer":"approve"|"deny","scope","reason"} → Answered
 //! ```
+//!
+//! Who called is known for the audit of approvals: on the socket, the peer's UID
+//! (`uid:N`, from `SO_PEERCRED`); on TCP, the name of the token's variable (`token:NAME`).
 //!
 //! Errors are JSON [`ApiError`]s. A `lifeline` issue keeps its response open and revokes the
 //! task when the connection drops, so a killed `keyswap exec` cannot leave its task behind.
@@ -20,12 +25,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::extract::{Extension, Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use bytes::Bytes;
 use http_body::Frame;
@@ -37,7 +44,10 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::api::{ApiError, IssueRequest, IssuedTask, TaskList};
+use super::api::{
+    AnswerRequest, Answered, ApiError, ApprovalList, IssueRequest, IssuedTask, TaskList,
+};
+use super::approvals::{sanitise_note, Answer, Scope};
 use super::registry::{LiveTask, RevokeWhy};
 use super::tasks::{self, Issued, TaskError};
 use crate::child_env::{task_env, ProxyEndpoint};
@@ -76,7 +86,7 @@ pub async fn start(
     let unix = bind_socket(&admin.socket).await?;
     let mut handles = vec![tokio::spawn(serve_unix(
         unix,
-        router(state.clone()),
+        router(state.clone()).layer(axum::middleware::from_fn(tag_socket_caller)),
         stop.clone(),
     ))];
     let mut tcp_addr = None;
@@ -89,8 +99,12 @@ pub async fn start(
             })?;
         tcp_addr = listener.local_addr().ok();
         let token = Arc::new(token);
+        let caller = Caller(format!(
+            "token:{}",
+            admin.token_env.as_deref().unwrap_or("admin")
+        ));
         let app = router(state).layer(axum::middleware::from_fn(move |req, next| {
-            require_bearer(token.clone(), req, next)
+            require_bearer(token.clone(), caller.clone(), req, next)
         }));
         let mut stop = stop.clone();
         handles.push(tokio::spawn(async move {
@@ -135,7 +149,35 @@ async fn bind_socket(path: &Path) -> Result<UnixListener, ProxyError> {
     Ok(listener)
 }
 
+/// Who called the admin API, as the audit names them.
+#[derive(Debug, Clone)]
+pub struct Caller(pub String);
+
+/// The peer of an admin socket connection (`SO_PEERCRED`).
+#[derive(Debug, Clone, Copy)]
+struct SocketPeer(Option<u32>);
+
+impl Connected<IncomingStream<'_, UnixListener>> for SocketPeer {
+    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
+        SocketPeer(stream.io().peer_cred().ok().map(|cred| cred.uid()))
+    }
+}
+
+async fn tag_socket_caller(
+    ConnectInfo(peer): ConnectInfo<SocketPeer>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let name = match peer.0 {
+        Some(uid) => format!("uid:{uid}"),
+        None => "uid:unknown".to_string(),
+    };
+    req.extensions_mut().insert(Caller(name));
+    next.run(req).await
+}
+
 async fn serve_unix(listener: UnixListener, app: Router, mut stop: watch::Receiver<bool>) {
+    let app = app.into_make_service_with_connect_info::<SocketPeer>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop.changed().await;
@@ -151,6 +193,8 @@ fn router(state: AdminState) -> Router {
         .route("/v1/tasks", post(issue).get(list))
         .route("/v1/tasks/{id}", get(show).delete(revoke))
         .route("/v1/reload", post(reload))
+        .route("/v1/approvals", get(list_approvals))
+        .route("/v1/approvals/{id}", post(answer_approval))
         .fallback(|| async {
             failure(
                 StatusCode::NOT_FOUND,
@@ -163,7 +207,12 @@ fn router(state: AdminState) -> Router {
 
 /// Every request on the TCP listener needs the admin bearer token (compared in constant
 /// time); the unix socket is guarded by its file mode instead.
-async fn require_bearer(token: Arc<SecretString>, req: Request, next: Next) -> Response {
+async fn require_bearer(
+    token: Arc<SecretString>,
+    caller: Caller,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -176,6 +225,7 @@ async fn require_bearer(token: Arc<SecretString>, req: Request, next: Next) -> R
         .ct_eq(presented.trim().as_bytes())
         .into();
     if ok {
+        req.extensions_mut().insert(caller);
         next.run(req).await
     } else {
         let mut response = failure(
@@ -424,5 +474,99 @@ async fn reload(State(state): State<AdminState>) -> Response {
             "invalid_config",
             format!("the config was not reloaded; the running one stays: {e}"),
         ),
+    }
+}
+
+#[derive(Deserialize)]
+struct ApprovalsQuery {
+    task: Option<String>,
+}
+
+async fn list_approvals(
+    State(state): State<AdminState>,
+    Query(query): Query<ApprovalsQuery>,
+) -> Response {
+    let approvals = state.shared.approvals.list(query.task.as_deref());
+    Json(ApprovalList { approvals }).into_response()
+}
+
+async fn answer_approval(
+    State(state): State<AdminState>,
+    UrlPath(id): UrlPath<String>,
+    caller: Option<Extension<Caller>>,
+    body: Result<Json<AnswerRequest>, JsonRejection>,
+) -> Response {
+    let Json(request) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!(
+                    "the body must be JSON like {{\"answer\":\"approve\",\"scope\":\"once\"}} or {{\"answer\":\"deny\",\"reason\":\"...\"}}: {}",
+                    rejection.body_text()
+                ),
+            )
+        }
+    };
+    let by = caller.map_or_else(|| "unknown".to_string(), |Extension(c)| c.0);
+    let answer = match (request.answer.as_str(), request.scope.as_deref()) {
+        ("approve", scope) => match Scope::parse(scope.unwrap_or("once")) {
+            Some(scope) if request.reason.is_none() => Answer::Approve { scope, by },
+            Some(_) => {
+                return failure(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "a reason goes with a denial; approve without one",
+                )
+            }
+            None => {
+                return failure(
+                    StatusCode::BAD_REQUEST,
+                    "bad_scope",
+                    "scope must be \"once\", \"task\" or \"rule\"",
+                )
+            }
+        },
+        ("deny", None) => Answer::Deny {
+            note: request
+                .reason
+                .as_deref()
+                .and_then(sanitise_note)
+                .map(|note| {
+                    // A reason pasted with a credential in it must not reach the agent.
+                    let scrubber = &state.shared.snapshot().scrubber;
+                    match scrubber.replace_all(note.as_bytes()) {
+                        Some(scrubbed) => String::from_utf8_lossy(&scrubbed).into_owned(),
+                        None => note,
+                    }
+                }),
+            by,
+        },
+        ("deny", Some(_)) => {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "a scope goes with an approval; deny without one",
+            )
+        }
+        _ => {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "answer must be \"approve\" or \"deny\"",
+            )
+        }
+    };
+    match state.shared.approvals.answer(&state.shared, &id, answer) {
+        Ok(answered) => Json(Answered {
+            id: answered.id,
+            task: answered.task,
+            answer: answered.answer.to_string(),
+            scope: answered.scope.map(str::to_string),
+            by: answered.by,
+        })
+        .into_response(),
+        Err(e) => failure(StatusCode::NOT_FOUND, "unknown_approval", e.to_string()),
     }
 }

@@ -96,3 +96,60 @@ pub struct ApiError {
     pub reason: String,
     pub message: String,
 }
+
+/// One request waiting for a human, in `GET /v1/approvals`: what it would do, never a
+/// secret value or a header value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApprovalInfo {
+    pub id: String,
+    pub task: String,
+    pub policy: Option<String>,
+    /// `CONNECT` for a tunnel to a host no rule lists.
+    pub method: String,
+    pub scheme: String,
+    pub host: String,
+    pub port: u16,
+    /// The normalised path (`None` for a CONNECT).
+    pub path: Option<String>,
+    /// The rule with `approve:` that matched; `None` for a request no rule allows.
+    pub rule: Option<usize>,
+    /// `each` or `once` for a rule's `approve:`; `unlisted` for `on_unlisted: ask`.
+    pub why: String,
+    /// Names of the secrets the request would have swapped in if approved.
+    pub secrets: Vec<String>,
+    /// RFC 3339.
+    pub waiting_since: String,
+    pub waited_secs: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApprovalList {
+    pub approvals: Vec<ApprovalInfo>,
+}
+
+/// `POST /v1/approvals/{id}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerRequest {
+    /// `"approve"` or `"deny"`.
+    pub answer: String,
+    /// Approvals only: `"once"` (default: this request), `"task"` (this exact host, method
+    /// and path for the task's lifetime) or `"rule"` (the matched rule — or, for a request
+    /// no rule allows, its host — for the task's lifetime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Denials only: told to the agent and audited (at most 200 printable characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The answer to `POST /v1/approvals/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Answered {
+    pub id: String,
+    pub task: String,
+    pub answer: String,
+    pub scope: Option<String>,
+    /// Who answered, as audited: `uid:N` (admin socket) or `token:NAME` (TCP listener).
+    pub by: String,
+}

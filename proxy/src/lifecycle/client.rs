@@ -1,4 +1,4 @@
-//! The CLI's client of the admin API (`keyswap exec`, `keyswap task …`): one HTTP/1.1
+//! The CLI's client of the admin API (`keyswap exec`, `keyswap task …`, `keyswap approvals`): one HTTP/1.1
 //! request per connection, over the unix socket or over TCP with the bearer token.
 
 use std::net::SocketAddr;
@@ -13,9 +13,13 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
-use super::api::{ApiError, IssueRequest, IssuedTask, Reloaded, Revoked, TaskInfo, TaskList};
+use super::api::{
+    AnswerRequest, Answered, ApiError, ApprovalInfo, ApprovalList, IssueRequest, IssuedTask,
+    Reloaded, Revoked, TaskInfo, TaskList,
+};
 
 /// Where the admin API is.
+#[derive(Clone)]
 pub enum AdminTarget {
     Socket(PathBuf),
     /// `admin.listen`, with the bearer token.
@@ -197,6 +201,23 @@ impl AdminClient {
 
     pub async fn reload(&self) -> Result<Reloaded, ClientError> {
         self.call(Method::POST, "/v1/reload", None).await
+    }
+
+    /// The requests waiting for a human (only `task`'s when given).
+    pub async fn approvals(&self, task: Option<&str>) -> Result<Vec<ApprovalInfo>, ClientError> {
+        let path = match task {
+            Some(task) => format!("/v1/approvals?task={}", path_segment(task)),
+            None => "/v1/approvals".to_string(),
+        };
+        let list: ApprovalList = self.call(Method::GET, &path, None).await?;
+        Ok(list.approvals)
+    }
+
+    /// Approves or denies one waiting request.
+    pub async fn answer(&self, id: &str, answer: &AnswerRequest) -> Result<Answered, ClientError> {
+        let body = serde_json::to_vec(answer).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let path = format!("/v1/approvals/{}", path_segment(id));
+        self.call(Method::POST, &path, Some(body)).await
     }
 }
 

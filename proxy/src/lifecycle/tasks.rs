@@ -135,6 +135,7 @@ pub fn end(
     if !task.end() {
         return None;
     }
+    shared.approvals.forget(task);
     tracing::info!(task = %task.id, why = why.as_str(), connections = revoked.connections_closed, "task ended");
     shared.audit.lifecycle(LifecycleRecord::TaskRevoked {
         ts: timestamp(SystemTime::now()),
