@@ -19,6 +19,7 @@ pub(crate) struct RawConfig {
     pub listen: Option<L<String>>,
     pub ca_dir: Option<L<String>>,
     pub audit_log: Option<L<String>>,
+    pub audit: Option<L<RawAudit>>,
     pub upstream: Option<L<RawUpstream>>,
     pub secrets: Option<L<Entries<L<RawSecret>>>>,
     pub tasks_dir: Option<L<String>>,
@@ -76,6 +77,13 @@ pub(crate) struct RawAdmin {
     pub socket: Option<L<String>>,
     pub listen: Option<L<String>>,
     pub token_env: Option<L<String>>,
+}
+
+/// `audit:`: how the audit log is chained.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAudit {
+    pub key_file: Option<L<String>>,
 }
 
 /// `metrics:`.
