@@ -11,6 +11,8 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod audit_chain;
+pub mod audit_verify;
 pub mod body;
 pub mod child_env;
 pub mod cli;

@@ -2,6 +2,7 @@
 //! `env` ([`task`]). This is the edge where errors become messages for a person; nothing
 //! here prints a secret value (`task issue` prints the new task's token: that is its job).
 
+pub mod audit;
 mod exec;
 mod task;
 
@@ -70,6 +71,11 @@ pub enum Command {
         #[command(flatten)]
         admin: task::AdminArgs,
     },
+    /// The audit log: check its hash chain.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +128,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
         Command::Check { config } => return check(&config),
         Command::Run { config } => run(&config),
         Command::Exec(args) => return exec::exec(args),
+        Command::Audit { command } => return audit::audit(command),
         Command::Task { command } => task::task(command),
         Command::Env(args) => task::env(args),
         Command::Reload { admin } => task::reload(admin),
@@ -294,22 +301,47 @@ fn run(path: &Path) -> anyhow::Result<()> {
             config_path: Some(path.to_path_buf()),
             ..ProxyOptions::default()
         };
+        // Listening for signals before the proxy starts: a SIGHUP sent as soon as it says it
+        // is listening must reload, not kill it.
+        let signals = Signals::new()?;
         let handle = ProxyHandle::start(config, ca, options).await?;
-        wait_for_signals(&handle, path).await?;
+        wait_for_signals(&handle, path, signals).await?;
         handle.shutdown().await;
         Ok(())
     })
 }
 
-/// SIGHUP reloads; SIGINT / SIGTERM stop.
-async fn wait_for_signals(handle: &ProxyHandle, path: &Path) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
+struct Signals {
+    hangup: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            hangup: signal(SignalKind::hangup())?,
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
+/// SIGHUP reopens the audit log (log rotation) and reloads; SIGINT / SIGTERM stop.
+async fn wait_for_signals(
+    handle: &ProxyHandle,
+    path: &Path,
+    signals: Signals,
+) -> anyhow::Result<()> {
+    let Signals {
+        mut hangup,
+        mut terminate,
+        mut interrupt,
+    } = signals;
     loop {
         tokio::select! {
-            _ = hangup.recv() => match keyswap_config::load(path) {
+            _ = hangup.recv() => match reopen_then_load(handle, path).await {
                 Ok(config) => match handle.reload(config) {
                     Ok(summary) => tracing::info!(
                         config = %path.display(),
@@ -326,4 +358,19 @@ async fn wait_for_signals(handle: &ProxyHandle, path: &Path) -> anyhow::Result<(
             _ = interrupt.recv() => return Ok(()),
         }
     }
+}
+
+/// Reopens the audit log (whatever the config's fate), then reads the config.
+async fn reopen_then_load(
+    handle: &ProxyHandle,
+    path: &Path,
+) -> Result<Config, keyswap_config::ConfigErrors> {
+    let shared = handle.shared().clone();
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        shared.audit.reopen_blocking();
+        keyswap_config::load(&path)
+    })
+    .await
+    .unwrap_or_else(|_| keyswap_config::load(Path::new("")))
 }
