@@ -38,7 +38,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the proxy. SIGHUP reloads the config; a bad config keeps the running one.
+    /// Run the proxy. SIGHUP reopens the audit log and reloads the config; a bad config
+    /// keeps the running one.
     Run {
         #[arg(long, default_value = "keyswap.yaml")]
         config: PathBuf,
