@@ -7,7 +7,7 @@
 //! environment through an [`EnvSource`], and running `from_command` programs.
 //!
 //! **Paths**: every path in the config (`ca_dir`, `audit_log`, `tasks_dir`,
-//! `upstream.extra_roots`, `from_file`, `admin.socket`) is used as written, so relative
+//! `upstream.extra_roots`, `from_file`, `admin.socket`, `audit.key_file`) is used as written, so relative
 //! paths are relative to the process's current working directory, not to the config file.
 //!
 //! Secret values are held only in [`secrecy::SecretString`] and never appear in an error,
@@ -36,9 +36,9 @@ pub use error::{ConfigError, ConfigErrors};
 pub use host::{HostPattern, HostPatternError};
 pub use model::{
     first_rule_for_host, granted_secrets, match_route, valid_task_id, Admin, Approval, Approve,
-    AuditLog, Config, Metrics, OnUnlisted, Policy, PortMode, RouteMatch, Rule, Scheme, Secret,
-    SecretId, SecretSource, SourceNet, SwapIn, Task, Transparent, TransparentTasks, TtlError,
-    Upstream,
+    Audit, AuditKey, AuditLog, Config, Metrics, OnUnlisted, Policy, PortMode, RouteMatch, Rule,
+    Scheme, Secret, SecretId, SecretSource, SourceNet, SwapIn, Task, Transparent, TransparentTasks,
+    TtlError, Upstream,
 };
 pub use path::{normalize_path, PathError, PathPatternError, PathPatterns};
 pub use secrets::{EnvSource, ProcessEnv};

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use secrecy::SecretString;
+use secrecy::{SecretSlice, SecretString};
 
 use crate::host::HostPattern;
 use crate::path::PathPatterns;
@@ -25,6 +25,8 @@ pub struct Config {
     pub ca_dir: PathBuf,
     /// Audit destination; default `./.keyswap/audit.jsonl`, `-` = stdout.
     pub audit_log: AuditLog,
+    /// `audit:`: the audit chain's settings.
+    pub audit: Audit,
     pub upstream: Upstream,
     /// In file order; `secrets[i].id == SecretId(i)`.
     pub secrets: Vec<Secret>,
@@ -365,6 +367,29 @@ pub fn granted_secrets(rules: &[Rule]) -> Vec<SecretId> {
 pub enum AuditLog {
     Stdout,
     File(PathBuf),
+}
+
+/// `audit:`: how the audit log's hash chain is computed.
+#[derive(Debug, Clone, Default)]
+pub struct Audit {
+    /// `key_file`: the chain is HMAC-SHA-256 under this key; `None` = plain SHA-256.
+    pub key: Option<AuditKey>,
+}
+
+/// The audit chain's HMAC key and where it was read from.
+#[derive(Clone)]
+pub struct AuditKey {
+    pub path: PathBuf,
+    pub value: SecretSlice<u8>,
+}
+
+impl fmt::Debug for AuditKey {
+    // The key is never formatted, even redacted.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditKey")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Default)]

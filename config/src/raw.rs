@@ -29,6 +29,8 @@ pub(crate) struct RawConfig {
     pub ca_dir: Option<L<String>>,
     /// The audit log (JSON lines), "-" for stdout (default ./.keyswap/audit.jsonl).
     pub audit_log: Option<L<String>>,
+    /// The audit log's hash chain: an optional HMAC key (`audit.key_file`).
+    pub audit: Option<L<RawAudit>>,
     /// How keyswap reaches upstream servers.
     pub upstream: Option<L<RawUpstream>>,
     /// Real credentials by name: where each is read from and the placeholder agents hold.
@@ -119,6 +121,14 @@ pub(crate) struct RawAdmin {
     pub listen: Option<L<String>>,
     /// The variable holding the TCP listener's bearer token (at least 16 bytes).
     pub token_env: Option<L<String>>,
+}
+
+/// `audit:`: how the audit log is chained.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAudit {
+    /// A file holding an HMAC key (at least 32 bytes): the chain is keyed with it.
+    pub key_file: Option<L<String>>,
 }
 
 /// `metrics:`.

@@ -19,7 +19,7 @@ use secrecy::zeroize::Zeroizing;
 
 use crate::error::io_reason;
 use crate::model::SecretSource;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 
 /// Values shorter than this cannot be scrubbed from responses without also rewriting
 /// unrelated text (and are too weak to be real credentials anyway).
@@ -84,7 +84,7 @@ impl Source<'_> {
 
 /// Why a value could not be read or is not acceptable. Never contains the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SourceError {
+pub struct SourceError {
     pub message: String,
     pub fix: String,
 }
@@ -155,6 +155,38 @@ pub(crate) fn read_value(
         .map_err(|_| source_error(format!("the value from {what} is not valid UTF-8"), fix))?;
     // An exact-size copy: `bytes` (zeroized on drop) is the only other copy.
     Ok(SecretString::from(Box::<str>::from(text)))
+}
+
+/// An audit chain key must be too long to guess: the chain is only as strong as the key.
+pub const MIN_AUDIT_KEY_LEN: usize = 32;
+
+/// Reads `audit.key_file`: the HMAC key of the audit chain, the file's bytes without one
+/// trailing newline, at least [`MIN_AUDIT_KEY_LEN`] bytes. Errors name the path, never a
+/// byte of the key. Used by the config load and by `keyswap audit verify --key-file`.
+pub fn read_audit_key(path: &Path) -> Result<SecretSlice<u8>, SourceError> {
+    let mut bytes = read_file(path)?;
+    let strip = if bytes.ends_with(b"\r\n") {
+        2
+    } else {
+        usize::from(bytes.ends_with(b"\n"))
+    };
+    let keep = bytes.len() - strip;
+    bytes.truncate(keep);
+    if bytes.len() < MIN_AUDIT_KEY_LEN {
+        return Err(source_error(
+            format!(
+                "file {} holds {} bytes, too short for an audit key (at least {MIN_AUDIT_KEY_LEN})",
+                path.display(),
+                bytes.len()
+            ),
+            format!(
+                "generate one: `head -c 32 /dev/urandom | base64 > {0} && chmod 600 {0}`",
+                path.display()
+            ),
+        ));
+    }
+    // An exact-size copy: `bytes` (zeroized on drop) is the only other copy.
+    Ok(SecretSlice::from(bytes.to_vec()))
 }
 
 /// The admin API's bearer token lets its holder issue credentials for any policy: it must

@@ -404,3 +404,35 @@ secrets:
     );
     assert!(!text.to_ascii_lowercase().contains(SECRET_VALUE), "{text}");
 }
+
+#[test]
+fn audit_key_file_is_read_and_never_formatted() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("audit.key");
+    let key = "audit-key-0123456789abcdefghijklmnopqrstuv";
+    std::fs::write(&key_path, format!("{key}\n")).unwrap();
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let yaml = format!("version: 1\naudit:\n  key_file: {}\n", key_path.display());
+    let file = dir.path().join("keyswap.yaml");
+    let config = load_str(&yaml, &file, &env()).unwrap_or_else(|e| panic!("{e}"));
+    let loaded = config.audit.key.as_ref().expect("a key");
+    assert_eq!(loaded.path, key_path);
+    // One trailing newline is not part of the key.
+    assert_eq!(loaded.value.expose_secret(), key.as_bytes());
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    assert!(!format!("{config:?}").contains(key));
+
+    // A key other users can read is loaded, with a warning that names the mode only.
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = load_str(&yaml, &file, &env()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.audit.key.is_some());
+    let warnings = config.warnings.join("\n");
+    assert!(warnings.contains("audit.key_file"), "{warnings}");
+    assert!(warnings.contains("mode 0644"), "{warnings}");
+    assert!(!warnings.contains(key));
+
+    // Without audit:, the chain is unkeyed.
+    let config = load_str("version: 1\n", &file, &env()).unwrap();
+    assert!(config.audit.key.is_none());
+}

@@ -13,6 +13,8 @@
 
 pub mod approval;
 pub mod audit;
+pub mod audit_chain;
+pub mod audit_verify;
 pub mod body;
 pub mod child_env;
 pub mod cli;

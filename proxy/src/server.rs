@@ -82,6 +82,16 @@ impl Shared {
 /// (static tasks added or ended, runtime tasks whose policy is gone revoked). On error the
 /// old snapshot stays and no task changes.
 pub fn reload(shared: &Arc<Shared>, config: Config) -> Result<api::Reloaded, ProxyError> {
+    let key_id = config
+        .audit
+        .key
+        .as_ref()
+        .map(|k| crate::audit_chain::key_id(secrecy::ExposeSecret::expose_secret(&k.value)));
+    if key_id.as_deref() != shared.audit.key_id() {
+        tracing::warn!(
+            "audit.key_file changed: the audit chain keeps its key until keyswap restarts"
+        );
+    }
     let next = Snapshot::build(config, shared.provider.clone())?;
     crate::transparent::warn_if_restart_needed(shared.transparent_listen, &next.config);
     let next = Arc::new(next);
@@ -124,7 +134,10 @@ impl ProxyHandle {
         options: ProxyOptions,
     ) -> Result<ProxyHandle, ProxyError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let audit = Arc::new(AuditSink::open(&config.audit_log)?);
+        let audit = Arc::new(AuditSink::open_chained(
+            &config.audit_log,
+            crate::audit_chain::LineHasher::from_config(config.audit.key.as_ref()),
+        )?);
         let listen = options.listen.unwrap_or(config.listen);
         let trust = write_trust_files(&config.ca_dir, ca.cert_pem())?;
         let snapshot = Snapshot::build(config, provider.clone())?;
@@ -284,6 +297,12 @@ impl ProxyHandle {
         self.shared.leaves.minted()
     }
 
+    /// Reopens the audit log if its path now names another file (log rotation: SIGHUP and
+    /// `POST /v1/reload` do this); blocks until done.
+    pub fn reopen_audit(&self) {
+        self.shared.audit.reopen_blocking();
+    }
+
     /// Blocks until every audit record queued so far is on disk.
     pub fn flush_audit(&self) {
         self.shared.audit.flush_blocking();
@@ -297,7 +316,7 @@ impl ProxyHandle {
             let _ = task.await;
         }
         tasks::end_all(&self.shared);
-        self.shared.audit.flush_blocking();
+        self.shared.audit.sync_blocking();
     }
 }
 

@@ -106,6 +106,7 @@ fn check(
     top::check_version(&raw, sink);
     let listen = top::check_listen(raw.listen.as_ref(), sink, checker);
     let (ca_dir, audit_log) = top::check_paths(&raw, sink);
+    let audit = top::check_audit(raw.audit.as_ref(), sink, checker);
     let upstream = raw
         .upstream
         .as_ref()
@@ -142,6 +143,7 @@ fn check(
         listen,
         ca_dir,
         audit_log,
+        audit,
         upstream,
         secrets,
         tasks,

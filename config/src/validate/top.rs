@@ -10,9 +10,10 @@ use std::path::PathBuf;
 use super::{Checker, TOP};
 use crate::error::{io_reason, Sink};
 use crate::host;
-use crate::model::{AuditLog, Upstream};
-use crate::raw::{RawConfig, RawUpstream};
+use crate::model::{Audit, AuditKey, AuditLog, Upstream};
+use crate::raw::{RawAudit, RawConfig, RawUpstream};
 use crate::read::Located;
+use crate::secrets;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_CA_DIR: &str = "./.keyswap/ca";
@@ -116,6 +117,64 @@ pub(super) fn check_paths(raw: &RawConfig, sink: &mut Sink<'_>) -> (PathBuf, Aud
         other => AuditLog::File(non_empty_path(other, DEFAULT_AUDIT_LOG, sink)),
     };
     (ca_dir, audit_log)
+}
+
+/// `audit:`. The key file is read here (and again by nothing else: a reload reads it anew
+/// with the rest of the config); a key other users can read protects nothing, which is
+/// worth a warning rather than an error (container secret mounts are often 0644).
+pub(super) fn check_audit(
+    raw: Option<&Located<RawAudit>>,
+    sink: &mut Sink<'_>,
+    checker: &mut Checker<'_>,
+) -> Audit {
+    let Some(key_file) = raw.and_then(|r| r.value.key_file.as_ref()) else {
+        return Audit::default();
+    };
+    if key_file.value.trim().is_empty() {
+        sink.at(
+            key_file,
+            "the path is empty",
+            "write the path of the key file, or remove key_file for an unkeyed chain",
+        );
+        return Audit::default();
+    }
+    let path = PathBuf::from(&key_file.value);
+    match secrets::read_audit_key(&path) {
+        Ok(value) => {
+            warn_if_shared(&path, key_file, sink, checker);
+            Audit {
+                key: Some(AuditKey { path, value }),
+            }
+        }
+        Err(e) => {
+            sink.at(key_file, e.message, e.fix);
+            Audit::default()
+        }
+    }
+}
+
+fn warn_if_shared(
+    path: &std::path::Path,
+    at: &Located<String>,
+    sink: &mut Sink<'_>,
+    checker: &mut Checker<'_>,
+) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        checker.warn(
+            sink.file,
+            at.pos,
+            &at.path,
+            format!(
+                "{} has mode {mode:04o}: other users can read the audit key and recompute the chain; chmod 600 it",
+                path.display()
+            ),
+        );
+    }
 }
 
 pub(super) fn check_upstream(

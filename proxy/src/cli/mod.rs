@@ -4,6 +4,7 @@
 
 mod approval;
 mod ask;
+pub mod audit;
 mod check;
 mod exec;
 mod task;
@@ -40,7 +41,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the proxy. SIGHUP reloads the config; a bad config keeps the running one.
+    /// Run the proxy. SIGHUP reopens the audit log and reloads the config; a bad config
+    /// keeps the running one.
     Run {
         #[arg(long, default_value = "keyswap.yaml")]
         config: PathBuf,
@@ -81,6 +83,11 @@ pub enum Command {
     Approve(approval::ApproveArgs),
     /// Refuse a waiting request (approval_denied, with --reason told to the agent).
     Deny(approval::DenyArgs),
+    /// The audit log: check its hash chain.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +140,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
         Command::Check { config } => return check(&config),
         Command::Run { config } => run(&config),
         Command::Exec(args) => return exec::exec(args),
+        Command::Audit { command } => return audit::audit(command),
         Command::Task { command } => task::task(command),
         Command::Env(args) => task::env(args),
         Command::Reload { admin } => task::reload(admin),
@@ -344,22 +352,47 @@ fn run(path: &Path) -> anyhow::Result<()> {
             config_path: Some(path.to_path_buf()),
             ..ProxyOptions::default()
         };
+        // Listening for signals before the proxy starts: a SIGHUP sent as soon as it says it
+        // is listening must reload, not kill it.
+        let signals = Signals::new()?;
         let handle = ProxyHandle::start(config, ca, options).await?;
-        wait_for_signals(&handle, path).await?;
+        wait_for_signals(&handle, path, signals).await?;
         handle.shutdown().await;
         Ok(())
     })
 }
 
-/// SIGHUP reloads; SIGINT / SIGTERM stop.
-async fn wait_for_signals(handle: &ProxyHandle, path: &Path) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
+struct Signals {
+    hangup: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            hangup: signal(SignalKind::hangup())?,
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
+/// SIGHUP reopens the audit log (log rotation) and reloads; SIGINT / SIGTERM stop.
+async fn wait_for_signals(
+    handle: &ProxyHandle,
+    path: &Path,
+    signals: Signals,
+) -> anyhow::Result<()> {
+    let Signals {
+        mut hangup,
+        mut terminate,
+        mut interrupt,
+    } = signals;
     loop {
         tokio::select! {
-            _ = hangup.recv() => match keyswap_config::load(path) {
+            _ = hangup.recv() => match reopen_then_load(handle, path).await {
                 Ok(config) => match handle.reload(config) {
                     // The reload logs its own one-line summary of what changed.
                     Ok(_) => {}
@@ -371,4 +404,19 @@ async fn wait_for_signals(handle: &ProxyHandle, path: &Path) -> anyhow::Result<(
             _ = interrupt.recv() => return Ok(()),
         }
     }
+}
+
+/// Reopens the audit log (whatever the config's fate), then reads the config.
+async fn reopen_then_load(
+    handle: &ProxyHandle,
+    path: &Path,
+) -> Result<Config, keyswap_config::ConfigErrors> {
+    let shared = handle.shared().clone();
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        shared.audit.reopen_blocking();
+        keyswap_config::load(&path)
+    })
+    .await
+    .unwrap_or_else(|_| keyswap_config::load(Path::new("")))
 }

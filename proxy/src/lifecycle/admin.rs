@@ -447,7 +447,13 @@ async fn reload(State(state): State<AdminState>) -> Response {
             "this keyswap was not started from a config file, so there is nothing to reload",
         );
     };
-    let loaded = tokio::task::spawn_blocking(move || keyswap_config::load(&path)).await;
+    // Log rotation: logrotate renames the audit file, then asks for a reload.
+    let shared = state.shared.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        shared.audit.reopen_blocking();
+        keyswap_config::load(&path)
+    })
+    .await;
     let config = match loaded {
         Ok(Ok(config)) => config,
         Ok(Err(errors)) => {
