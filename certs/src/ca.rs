@@ -1,9 +1,14 @@
 //! The local CA: ECDSA P-256, created on first run with its key written 0600 from the start
 //! (no moment where it is readable by others), loaded afterwards and checked to match.
+//!
+//! The certificate is public and must be readable by an agent running as another user (a
+//! sidecar's agent container, an agent account on a shared host): `ca.pem` is 0644 and the
+//! directories keyswap creates for it are 0755, set explicitly so a restrictive umask cannot
+//! hide them. Only the key is private.
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use rcgen::{
@@ -43,11 +48,7 @@ impl CertificateAuthority {
             (true, true) => Self::load(&cert_path, &key_path),
             (false, false) => {
                 let ca = Self::generate("keyswap local CA")?;
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)
-                    .map_err(|e| file_error(dir, e, "make the directory writable or choose another ca_dir"))?;
+                create_public_dirs(dir)?;
                 write_new(&key_path, ca.issuer.key().serialize_pem().as_bytes(), 0o600)?;
                 write_new(&cert_path, ca.cert_pem.as_bytes(), 0o644)?;
                 tracing::info!(cert = %cert_path.display(), "created a new local CA");
@@ -67,6 +68,7 @@ impl CertificateAuthority {
     }
 
     fn load(cert_path: &Path, key_path: &Path) -> Result<Self, CertError> {
+        warn_about_modes(cert_path, key_path);
         let cert_pem = std::fs::read_to_string(cert_path)
             .map_err(|e| file_error(cert_path, e, "make it readable by keyswap"))?;
         let key_pem = std::fs::read_to_string(key_path)
@@ -162,6 +164,30 @@ fn cert_contains_key(cert: &[u8], public_key: &[u8]) -> bool {
     !public_key.is_empty() && cert.windows(public_key.len()).any(|w| w == public_key)
 }
 
+/// Creates `dir` and every missing parent as 0755. Directories that already exist keep
+/// their mode: keyswap does not loosen what an operator set.
+fn create_public_dirs(dir: &Path) -> Result<(), CertError> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        missing.push(path);
+        at = path.parent();
+    }
+    for path in missing.into_iter().rev() {
+        let fix = "make the directory writable or choose another ca_dir";
+        match std::fs::DirBuilder::new().mode(0o755).create(path) {
+            Ok(()) => {}
+            // Created meanwhile by someone else: leave its mode alone.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(file_error(path, e, fix)),
+        }
+        // The umask may have taken bits away; the certificate's directory must be searchable.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| file_error(path, e, fix))?;
+    }
+    Ok(())
+}
+
 fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> {
     let mut file = OpenOptions::new()
         .write(true)
@@ -169,8 +195,49 @@ fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> {
         .mode(mode)
         .open(path)
         .map_err(|e| file_error(path, e, "make the CA directory writable"))?;
+    // `mode` at creation is filtered by the umask; set it exactly (a 0600 key only ever
+    // loses bits to the umask, so it is never readable by others in between).
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| file_error(path, e, "make the CA directory writable"))?;
     file.write_all(contents)
         .map_err(|e| file_error(path, e, "check the disk"))
+}
+
+/// Warns when an existing CA's files have modes that break agents (certificate or its
+/// directory not readable by others) or expose the key (readable by group or others).
+fn warn_about_modes(cert_path: &Path, key_path: &Path) {
+    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
+    if let Ok(m) = mode(key_path) {
+        if m & 0o077 != 0 {
+            tracing::warn!(
+                key = %key_path.display(),
+                mode = format!("{m:o}"),
+                "the CA key is readable by other users; chmod 600 it"
+            );
+        }
+    }
+    if let Ok(m) = mode(cert_path) {
+        if m & 0o004 == 0 {
+            tracing::warn!(
+                cert = %cert_path.display(),
+                mode = format!("{m:o}"),
+                "the CA certificate is not readable by other users, so an agent running as \
+                 another user cannot trust keyswap; chmod 644 it"
+            );
+        }
+    }
+    if let Some(dir) = cert_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(m) = mode(dir) {
+            if m & 0o005 != 0o005 {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    mode = format!("{m:o}"),
+                    "the CA directory is not readable by other users, so an agent running as \
+                     another user cannot read the certificate; chmod 755 it (the key stays 0600)"
+                );
+            }
+        }
+    }
 }
 
 fn file_error(path: &Path, e: std::io::Error, fix: &'static str) -> CertError {

@@ -12,7 +12,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 #[test]
-fn ca_is_created_private_and_reloaded_unchanged() {
+fn ca_key_is_private_certificate_public_and_reloaded_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
     let created = CertificateAuthority::load_or_create(&ca_dir).unwrap();
@@ -27,7 +27,8 @@ fn ca_is_created_private_and_reloaded_unchanged() {
     assert_eq!(mode("ca.pem"), 0o644);
     assert_eq!(
         std::fs::metadata(&ca_dir).unwrap().permissions().mode() & 0o777,
-        0o700
+        0o755,
+        "an agent running as another user must reach ca.pem"
     );
     let loaded = CertificateAuthority::load_or_create(&ca_dir).unwrap();
     assert_eq!(created.cert_pem(), loaded.cert_pem());

@@ -88,6 +88,46 @@ pub fn json_schema() -> String {
     text
 }
 
+/// The `ca_dir` the config at `path` names (or the default), read without validating anything
+/// else and without reading any secret: `keyswap ca export` needs only this, so it runs where
+/// the secrets' variables are not set (an image build, an agent's machine, an init step).
+pub fn ca_dir_of(path: &Path) -> Result<std::path::PathBuf, ConfigErrors> {
+    let problem = |line: usize, column: usize, field: &str, message: String, fix: &str| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line,
+            column,
+            field: field.into(),
+            message,
+            fix: fix.into(),
+        }])
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        problem(
+            0,
+            0,
+            "(file)",
+            format!("cannot read {}: {e}", path.display()),
+            "check the path and its permissions, or pass --ca-dir",
+        )
+    })?;
+    let (tree, _) = locate::parse(&text)
+        .map_err(|p| problem(p.pos.line, p.pos.column, &p.field, p.message, &p.fix))?;
+    let Some((_, node)) = tree.entry("ca_dir") else {
+        return Ok(std::path::PathBuf::from(model::DEFAULT_CA_DIR));
+    };
+    match node.scalar().filter(|s| !s.trim().is_empty()) {
+        Some(dir) => Ok(std::path::PathBuf::from(dir)),
+        None => Err(problem(
+            node.pos.line,
+            node.pos.column,
+            "ca_dir",
+            "is not a path".into(),
+            "write a directory path, or remove the field for the default",
+        )),
+    }
+}
+
 /// Validates config text; `file_for_messages` names it in errors (it is not read). Paths
 /// inside the config are still relative to the working directory.
 pub fn load_str(

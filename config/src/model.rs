@@ -75,6 +75,9 @@ pub fn valid_task_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Default `ca_dir`.
+pub const DEFAULT_CA_DIR: &str = "./.keyswap/ca";
+
 /// Default socket of the admin API.
 pub const DEFAULT_ADMIN_SOCKET: &str = "./.keyswap/admin.sock";
 

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod files;
 pub mod harness;
 pub mod netns;
 pub mod secrets;

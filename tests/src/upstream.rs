@@ -134,6 +134,8 @@ struct State {
     record: bool,
     require_authorization: Option<HeaderValue>,
     spawner: Spawner,
+    /// Set by [`Upstream::serve_files`]: `/files/…` and `/git/…` come from here.
+    docroot: Mutex<Option<std::path::PathBuf>>,
 }
 
 impl Upstream {
@@ -181,6 +183,7 @@ impl Upstream {
             record: opts.record,
             require_authorization: opts.require_authorization,
             spawner: tasks.spawner(),
+            docroot: Mutex::new(None),
         });
         tasks.spawn(accept_loop(listener, tls, opts.alpn, state.clone()));
         Upstream {
@@ -216,6 +219,14 @@ impl Upstream {
             self.state.with_data.load(Ordering::SeqCst),
             self.state.without_data.load(Ordering::SeqCst),
         )
+    }
+
+    /// Serves `root/files/…` at `/files/…` and the git repositories in `root/git` at
+    /// `/git/…` through `git http-backend` ([`crate::files`]).
+    pub fn serve_files(&self, root: &std::path::Path) {
+        if let Ok(mut docroot) = self.state.docroot.lock() {
+            *docroot = Some(root.to_path_buf());
+        }
     }
 
     pub fn seen_count(&self) -> usize {
@@ -315,6 +326,14 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<BoxBody> 
             );
         }
     }
+    let docroot = state.docroot.lock().ok().and_then(|d| d.clone());
+    let req = match docroot {
+        Some(root) => match crate::files::serve(req, &root).await {
+            Ok(response) => return response,
+            Err(req) => req,
+        },
+        None => req,
+    };
     let path = req.uri().path().to_string();
     if path == "/echo" || path.starts_with("/echo/") {
         echo(&req)

@@ -16,7 +16,7 @@ use crate::read::Located;
 use crate::secrets;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-const DEFAULT_CA_DIR: &str = "./.keyswap/ca";
+use crate::model::DEFAULT_CA_DIR;
 const DEFAULT_AUDIT_LOG: &str = "./.keyswap/audit.jsonl";
 
 pub(super) fn check_version(raw: &RawConfig, sink: &mut Sink<'_>) {

@@ -7,6 +7,7 @@ mod ask;
 pub mod audit;
 mod check;
 mod exec;
+mod health;
 mod task;
 
 use std::path::{Path, PathBuf};
@@ -88,11 +89,15 @@ pub enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Exit 0 if the metrics listener answers `GET /healthz` with 200 (a container health
+    /// check that needs no shell or curl in the image).
+    Health(health::HealthArgs),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
     /// Print (or write) the CA certificate PEM, creating the CA if it does not exist yet.
+    /// Reads only the config's `ca_dir`: no secret needs to be set.
     Export {
         #[arg(long, default_value = "keyswap.yaml")]
         config: PathBuf,
@@ -151,6 +156,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
         Command::Approvals(args) => approval::list(args),
         Command::Approve(args) => approval::approve(args),
         Command::Deny(args) => approval::deny(args),
+        Command::Health(args) => health::health(args),
         Command::Ca {
             command:
                 CaCommand::Export {
@@ -318,14 +324,12 @@ fn write_rules(out: &mut String, config: &Config, rules: &[keyswap_config::Rule]
 fn ca_export(config: &Path, ca_dir: Option<PathBuf>, out: Option<&Path>) -> anyhow::Result<()> {
     let dir = match ca_dir {
         Some(dir) => dir,
-        None => {
-            keyswap_config::load(config)
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .with_context(|| {
-                    format!("reading {} for ca_dir (or pass --ca-dir)", config.display())
-                })?
-                .ca_dir
-        }
+        // Only `ca_dir` is read: exporting the certificate needs no secret's variable.
+        None => keyswap_config::ca_dir_of(config)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| {
+                format!("reading {} for ca_dir (or pass --ca-dir)", config.display())
+            })?,
     };
     let ca = CertificateAuthority::load_or_create(&dir)?;
     match out {
