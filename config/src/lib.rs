@@ -15,13 +15,14 @@
 //!
 //! Modules: `locate` (YAML text → positioned tree), `de` (serde over that tree, every
 //! schema error), `raw` (the file's shape), `validate` (raw → model), [`model`]
-//! (what the proxy uses, and matching), [`host`], [`path`], [`secrets`], [`error`].
+//! (what the proxy uses, and matching), [`limits`] (budgets, rates, rule keys), [`host`], [`path`], [`secrets`], [`error`].
 
 #![forbid(unsafe_code)]
 
 mod de;
 pub mod error;
 pub mod host;
+pub mod limits;
 mod locate;
 pub mod model;
 pub mod path;
@@ -33,6 +34,7 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use host::{HostPattern, HostPatternError};
+pub use limits::{Budget, Rate, RatePer};
 pub use model::{
     first_rule_for_host, granted_secrets, match_route, valid_task_id, Admin, AuditLog, Config,
     Metrics, Policy, RouteMatch, Rule, Scheme, Secret, SecretId, SecretSource, SwapIn, Task,

@@ -11,9 +11,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use std::sync::Arc;
+
 use secrecy::SecretString;
 
 use crate::host::HostPattern;
+use crate::limits::{Budget, Rate};
 use crate::path::PathPatterns;
 
 /// A loaded, validated config.
@@ -402,6 +405,13 @@ pub struct Rule {
     pub scheme: Scheme,
     /// `allow_cleartext: true`: an `http` rule may grant secrets.
     pub allow_cleartext: bool,
+    /// What names this rule across reloads: its `id:`, or [`crate::limits::derived_rule_key`]
+    /// of what it matches. A running task's budget count is kept under this key.
+    pub key: Arc<str>,
+    /// `budget:`: at most this many requests per task over its lifetime.
+    pub budget: Option<Budget>,
+    /// `rate:`: a token bucket per task and rule.
+    pub rate: Option<Rate>,
 }
 
 impl Rule {

@@ -99,6 +99,16 @@ pub(crate) struct RawRule {
     pub headers: Option<L<Vec<L<String>>>>,
     pub scheme: Option<L<RawScheme>>,
     pub allow_cleartext: Option<L<bool>>,
+    pub id: Option<L<String>>,
+    pub budget: Option<L<RawBudget>>,
+    pub rate: Option<L<String>>,
+}
+
+/// `budget:` of a rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBudget {
+    pub requests: Option<L<u64>>,
 }
 
 /// `scheme:` of a rule.

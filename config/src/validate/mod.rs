@@ -3,12 +3,13 @@
 //!
 //! `top` checks the top level and `upstream`, `admin` the admin API and metrics listeners,
 //! `secrets` the secret definitions, `policies` the named allowlists, `tasks` the tasks
-//! (inline and `tasks_dir`) and `rules` the allow lists of both. Secret values are read
+//! (inline and `tasks_dir`) and `rules` the allow lists of both, `limits` a rule's `budget`, `rate` and `id`. Secret values are read
 //! and compared only through [`crate::secrets`], so no message built here can contain one.
 //! All paths are used as written: relative paths are relative to the process's working
 //! directory, not to the config file.
 
 mod admin;
+mod limits;
 mod policies;
 mod rules;
 mod secrets;

@@ -1,16 +1,18 @@
 //! One task's or policy's `allow:` rules: raw → [`Rule`]. Owns the checks of every rule
 //! field (host pattern, port, methods, path globs, granted secrets, tunnel, `swap_in`,
-//! `headers`), the header-name check that secrets' `headers:` share, and the warnings about
+//! `headers`; `budget`, `rate` and `id` in [`super::limits`]), the header-name check that secrets' `headers:` share, and the warnings about
 //! rules that CONNECT can never choose or that swap into any header. Never sees a secret
 //! value.
 
 use std::path::Path;
 
+use super::limits;
 use super::tasks::Defined;
 use super::{Checker, Site};
 use crate::de::Located;
 use crate::error::Sink;
 use crate::host::HostPattern;
+use crate::limits::derived_rule_key;
 use crate::model::{Policy, Rule, Scheme, Secret, SecretId, SwapIn};
 use crate::path::PathPatterns;
 use crate::raw::{RawRule, RawScheme, RawSwapIn};
@@ -31,12 +33,9 @@ pub(super) fn check_rules(
 ) -> (Vec<Rule>, Vec<Site>) {
     let mut rules = Vec::new();
     let mut sites = Vec::new();
-    for (index, raw_rule) in list
-        .map(|l| l.value.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
+    let raw_rules = list.map(|l| l.value.as_slice()).unwrap_or_default();
+    limits::check_unique_ids(raw_rules, sink);
+    for (index, raw_rule) in raw_rules.iter().enumerate() {
         if let Some(rule) = check_rule(index, raw_rule, defined, sink) {
             rules.push(rule);
             sites.push(Site::from(raw_rule));
@@ -74,7 +73,17 @@ fn check_rule(
     let tunnel = r.tunnel.as_ref().is_some_and(|t| t.value);
     if tunnel {
         check_tunnel_alone(r, sink);
+        limits::check_not_tunnel(r, sink);
     }
+    let id = r.id.as_ref().and_then(|id| limits::check_id(id, sink));
+    let budget = r
+        .budget
+        .as_ref()
+        .and_then(|b| limits::check_budget(b, sink));
+    let rate = r
+        .rate
+        .as_ref()
+        .and_then(|rate| limits::check_rate(rate, sink));
     let swap_in = match &r.swap_in {
         None if tunnel => SwapIn::default(),
         None => SwapIn::HEADERS_ONLY,
@@ -98,9 +107,13 @@ fn check_rule(
     if sink.errors.len() > errors_before {
         return None;
     }
+    let host = host?;
+    let key = id.unwrap_or_else(|| {
+        derived_rule_key(scheme, &host, port, methods.as_deref(), paths.as_ref())
+    });
     Some(Rule {
         index,
-        host: host?,
+        host,
         port,
         methods,
         paths,
@@ -110,6 +123,9 @@ fn check_rule(
         headers,
         scheme,
         allow_cleartext,
+        key,
+        budget,
+        rate,
     })
 }
 
