@@ -3,7 +3,7 @@
 //!
 //! The request path reads top to bottom as in DESIGN.md:
 //! [`identify`] → [`target`] → [`intercept`] (or [`tunnel`]) → [`route`] (decide) →
-//! [`swap`] → [`upstream`] → [`scrub`] → [`audit`]. [`forward`] strings the per-request steps
+//! [`swap`] → [`budget`] (limit) → [`upstream`] → [`scrub`] → [`audit`]. [`forward`] strings the per-request steps
 //! together; [`listener`] accepts connections; [`server`] owns the running proxy.
 //!
 //! Nothing in this crate formats a real secret value: values are exposed only inside
@@ -12,6 +12,7 @@
 
 pub mod audit;
 pub mod body;
+pub mod budget;
 pub mod child_env;
 pub mod cli;
 pub mod client_hello;

@@ -10,7 +10,7 @@ use keyswap_certs::CertificateAuthority;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::child_env::{shell_exports, task_env, write_trust_files, ProxyEndpoint};
-use crate::lifecycle::api::{IssueRequest, TaskInfo};
+use crate::lifecycle::api::{IssueRequest, RuleUsageInfo, TaskInfo};
 use crate::lifecycle::client::{AdminClient, AdminTarget};
 
 /// How to find the admin API.
@@ -176,7 +176,8 @@ pub fn reload(admin: AdminArgs) -> anyhow::Result<()> {
     })
 }
 
-/// One line per task: id, policy, source, expiry, connections, requests.
+/// One line per task: id, policy, source, expiry, connections, requests; under it one line
+/// per rule with a budget or a rate.
 fn task_table(tasks: &[TaskInfo]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -201,8 +202,26 @@ fn task_table(tasks: &[TaskInfo]) -> String {
             task.open_connections,
             task.requests
         );
+        for rule in &task.budgets {
+            let _ = writeln!(out, "  {}", budget_line(rule));
+        }
     }
     out
+}
+
+/// `rule 0 (KEY): 12 of 500 used, 488 left, rate 5/s`.
+fn budget_line(rule: &RuleUsageInfo) -> String {
+    let mut line = format!("rule {} ({}): ", rule.rule, rule.key);
+    match (rule.budget, rule.remaining) {
+        (Some(budget), Some(remaining)) => {
+            line.push_str(&format!("{} of {budget} used, {remaining} left", rule.used))
+        }
+        _ => line.push_str(&format!("{} used, no budget", rule.used)),
+    }
+    if let Some(rate) = &rule.rate {
+        line.push_str(&format!(", rate {rate}"));
+    }
+    line
 }
 
 /// `keyswap env --task ID`: the environment of a task from the config, with its token from
