@@ -264,3 +264,31 @@ pub fn env(args: EnvArgs) -> anyhow::Result<()> {
 pub async fn socket_answers(path: &Path) -> bool {
     tokio::net::UnixStream::connect(path).await.is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(budget: Option<u64>, used: u64, rate: Option<&str>) -> RuleUsageInfo {
+        RuleUsageInfo {
+            rule: 1,
+            key: "openai".into(),
+            budget,
+            used,
+            remaining: budget.map(|b| b.saturating_sub(used)),
+            rate: rate.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn budget_lines_show_used_left_and_rate() {
+        assert_eq!(
+            budget_line(&usage(Some(500), 12, Some("5/s"))),
+            "rule 1 (openai): 12 of 500 used, 488 left, rate 5/s"
+        );
+        assert_eq!(
+            budget_line(&usage(None, 3, Some("1/h"))),
+            "rule 1 (openai): 3 used, no budget, rate 1/h"
+        );
+    }
+}
