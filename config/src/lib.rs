@@ -15,13 +15,14 @@
 //!
 //! Modules: `read` (YAML text → raw types through `serde_yaml`, every schema error),
 //! `locate` (the position of every value), `raw` (the file's shape, and its JSON Schema),
-//! `validate` (raw → model), [`model`] (what the proxy uses, and matching), [`host`],
-//! [`path`], [`secrets`], [`error`].
+//! `validate` (raw → model), [`model`] (what the proxy uses, and matching), [`limits`]
+//! (budgets, rates, rule keys), [`host`], [`path`], [`secrets`], [`error`].
 
 #![forbid(unsafe_code)]
 
 pub mod error;
 pub mod host;
+pub mod limits;
 mod locate;
 pub mod model;
 pub mod path;
@@ -34,6 +35,7 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use host::{HostPattern, HostPatternError};
+pub use limits::{Budget, Rate, RatePer};
 pub use model::{
     first_rule_for_host, granted_secrets, match_route, valid_task_id, Admin, Approval, Approve,
     Audit, AuditKey, AuditLog, Config, Metrics, OnUnlisted, Policy, PortMode, RouteMatch, Rule,

@@ -11,9 +11,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use std::sync::Arc;
+
 use secrecy::{SecretSlice, SecretString};
 
 use crate::host::HostPattern;
+use crate::limits::{Budget, Rate};
 use crate::path::PathPatterns;
 
 /// A loaded, validated config.
@@ -627,6 +630,13 @@ pub struct Rule {
     pub allow_cleartext: bool,
     /// `approve:`: a request this rule matches also needs a human yes; `None` = it does not.
     pub approve: Option<Approve>,
+    /// What names this rule across reloads: its `id:`, or [`crate::limits::derived_rule_key`]
+    /// of what it matches. A running task's budget count is kept under this key.
+    pub key: Arc<str>,
+    /// `budget:`: at most this many requests per task over its lifetime.
+    pub budget: Option<Budget>,
+    /// `rate:`: a token bucket per task and rule.
+    pub rate: Option<Rate>,
 }
 
 impl Rule {
@@ -647,6 +657,15 @@ impl Rule {
             scheme,
             allow_cleartext: false,
             approve: None,
+            key: crate::limits::derived_rule_key(
+                scheme,
+                &HostPattern::Exact(host.to_string()),
+                Some(port),
+                None,
+                None,
+            ),
+            budget: None,
+            rate: None,
         }
     }
 

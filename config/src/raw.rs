@@ -188,6 +188,21 @@ pub(crate) struct RawRule {
     pub allow_cleartext: Option<L<bool>>,
     /// each or once: a human must approve requests this rule matches (every one, or once per task).
     pub approve: Option<L<RawApprove>>,
+    /// A name for this rule that keeps its budget count across reloads (default: derived
+    /// from what the rule matches).
+    pub id: Option<L<String>>,
+    /// At most this many requests per task over its lifetime: {requests: N}.
+    pub budget: Option<L<RawBudget>>,
+    /// A token bucket per task and rule: N/s, N/m or N/h (burst = one second's worth).
+    pub rate: Option<L<String>>,
+}
+
+/// `budget:` of a rule.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBudget {
+    /// The most requests a task may make through this rule.
+    pub requests: Option<L<u64>>,
 }
 
 /// `scheme:` of a rule.

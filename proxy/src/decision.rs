@@ -42,6 +42,10 @@ pub enum Reason {
     ApprovalTimeout,
     /// The task already had `approval.max_pending` requests waiting for a human.
     ApprovalQueueFull,
+    /// The matched rule's `budget:` for this task is used up.
+    BudgetExhausted,
+    /// The matched rule's `rate:` for this task is exceeded for now (with `Retry-After`).
+    RateLimited,
 }
 
 impl Reason {
@@ -65,6 +69,8 @@ impl Reason {
             Reason::ApprovalDenied => "approval_denied",
             Reason::ApprovalTimeout => "approval_timeout",
             Reason::ApprovalQueueFull => "approval_queue_full",
+            Reason::BudgetExhausted => "budget_exhausted",
+            Reason::RateLimited => "rate_limited",
         }
     }
 
@@ -88,7 +94,9 @@ impl Reason {
             | Reason::PortNotAllowed
             | Reason::ApprovalDenied
             | Reason::ApprovalTimeout
-            | Reason::ApprovalQueueFull => "denied",
+            | Reason::ApprovalQueueFull
+            | Reason::BudgetExhausted
+            | Reason::RateLimited => "denied",
         }
     }
 
@@ -102,7 +110,9 @@ impl Reason {
             Reason::SecretUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             // Never sent (no HTTP exchange took place); listed for completeness.
             Reason::AgentTlsFailed => StatusCode::BAD_GATEWAY,
-            Reason::ApprovalQueueFull => StatusCode::TOO_MANY_REQUESTS,
+            Reason::ApprovalQueueFull | Reason::BudgetExhausted | Reason::RateLimited => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             _ => StatusCode::FORBIDDEN,
         }
     }
@@ -119,6 +129,8 @@ impl std::fmt::Display for Reason {
 pub struct Denial {
     pub reason: Reason,
     pub message: String,
+    /// Seconds for a `Retry-After` header (a refusal that passes with time).
+    pub retry_after: Option<u64>,
 }
 
 impl Denial {
@@ -126,7 +138,14 @@ impl Denial {
         Denial {
             reason,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same refusal with `Retry-After: seconds`.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// The response the agent receives. `close` asks the connection to end after it
@@ -155,6 +174,9 @@ impl Denial {
                 header::PROXY_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"keyswap\""),
             );
+        }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -201,6 +223,21 @@ mod tests {
         assert_eq!(auth.status(), StatusCode::PROXY_AUTHENTICATION_REQUIRED);
         assert!(auth.headers().contains_key(header::PROXY_AUTHENTICATE));
         assert_eq!(auth.headers()[header::CONNECTION], "close");
+        assert!(!auth.headers().contains_key(header::RETRY_AFTER));
+    }
+
+    #[test]
+    fn limits_refuse_with_429_and_rate_says_when_to_retry() {
+        let budget = Denial::new(Reason::BudgetExhausted, "used up").response(false);
+        assert_eq!(budget.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(budget.headers()[REASON_HEADER], "budget_exhausted");
+        assert!(!budget.headers().contains_key(header::RETRY_AFTER));
+        let rate = Denial::new(Reason::RateLimited, "slow down")
+            .retry_after(3)
+            .response(false);
+        assert_eq!(rate.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(rate.headers()[REASON_HEADER], "rate_limited");
+        assert_eq!(rate.headers()[header::RETRY_AFTER], "3");
     }
 
     #[test]

@@ -246,6 +246,9 @@ async fn forward(
         )));
     }
 
+    // Limit: the last check before anything goes upstream (see budget.rs for what counts).
+    crate::budget::charge(&ctx.task, rule).map_err(refuse_with_rule)?;
+
     // Upstream request.
     strip_hop_by_hop(&mut parts.headers, upgrade);
     let partial_refused = could_hold_secret(snapshot, ctx);

@@ -3,9 +3,10 @@
 //!
 //! The request path reads top to bottom as in DESIGN.md:
 //! [`identify`] → [`target`] → [`intercept`] (or [`tunnel`]) → [`route`] (decide) →
-//! [`approval`] (a human, where the task asks for one) → [`swap`] → [`upstream`] → [`scrub`] →
-//! [`audit`]. [`forward`] strings the per-request steps together; [`listener`] (explicit) and
-//! [`transparent`] (redirected) accept connections; [`server`] owns the running proxy.
+//! [`approval`] (a human, where the task asks for one) → [`swap`] → [`budget`] (limits) →
+//! [`upstream`] → [`scrub`] → [`audit`]. [`forward`] strings the per-request steps together;
+//! [`listener`] (explicit) and [`transparent`] (redirected) accept connections; [`server`]
+//! owns the running proxy.
 //!
 //! Nothing in this crate formats a real secret value: values are exposed only inside
 //! [`swap`] (to write them on the wire) and [`snapshot`] (to build the scrubber).
@@ -16,6 +17,7 @@ pub mod audit;
 pub mod audit_chain;
 pub mod audit_verify;
 pub mod body;
+pub mod budget;
 pub mod child_env;
 pub mod cli;
 pub mod client_hello;

@@ -9,7 +9,7 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::future::{ready, Future};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,8 +23,10 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -90,6 +92,69 @@ impl Collector for SourceCollector {
             let counter = ConstCounter::new(read());
             let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+/// Read at scrape time: the budget series of the live tasks ([`crate::budget::samples`]).
+pub type BudgetSource = Box<dyn Fn() -> Vec<crate::budget::BudgetSample> + Send + Sync>;
+
+/// Encodes the budget gauges from the [`BudgetSource`], once one is set: counts stay in the
+/// tasks' atomics, and a task that ends leaves no series behind.
+#[derive(Debug)]
+struct BudgetCollector(BudgetSlot);
+
+/// Where the [`BudgetSource`] is put once it exists.
+#[derive(Clone, Default)]
+struct BudgetSlot(Arc<OnceLock<BudgetSource>>);
+
+impl fmt::Debug for BudgetSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BudgetSlot")
+            .field("set", &self.0.get().is_some())
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BudgetLabels {
+    policy: String,
+    rule: String,
+}
+
+impl Collector for BudgetCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let Some(source) = self.0 .0.get() else {
+            return Ok(());
+        };
+        let samples = source();
+        if samples.is_empty() {
+            return Ok(());
+        }
+        type Read = fn(&crate::budget::BudgetSample) -> u64;
+        let gauges: [(&str, &str, Read); 2] = [
+            (
+                "budget_used_requests",
+                "Requests counted against rule budgets, summed over the live tasks, by policy and rule.",
+                |s| s.used,
+            ),
+            (
+                "budget_exhausted_tasks",
+                "Live tasks whose budget on a rule is used up, by policy and rule.",
+                |s| s.exhausted_tasks,
+            ),
+        ];
+        for (name, help, read) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for sample in &samples {
+                let labels = BudgetLabels {
+                    policy: sample.policy.clone(),
+                    rule: sample.rule.clone(),
+                };
+                let value = i64::try_from(read(sample)).unwrap_or(i64::MAX);
+                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }
@@ -171,6 +236,7 @@ pub struct Metrics {
     secret_refresh_failures: Family<SecretLabel, Counter>,
     policies: Names,
     secrets: Names,
+    budgets: BudgetSlot,
 }
 
 impl Metrics {
@@ -236,6 +302,8 @@ impl Metrics {
             secret_refresh_failures.clone(),
         );
         registry.register_collector(Box::new(SourceCollector(sources)));
+        let budgets = BudgetSlot::default();
+        registry.register_collector(Box::new(BudgetCollector(budgets.clone())));
 
         Metrics {
             registry,
@@ -249,7 +317,15 @@ impl Metrics {
             secret_refresh_failures,
             policies: Names::new(),
             secrets: Names::new(),
+            budgets,
         }
+    }
+
+    /// Where `keyswap_budget_*` are read from at scrape time (set once, when the task registry
+    /// exists; a second call is ignored). Label values are policy names and rule keys from the
+    /// config, so the series are bounded by its size.
+    pub fn set_budget_source(&self, source: BudgetSource) {
+        let _ = self.budgets.0.set(source);
     }
 
     /// One finished request (or refused CONNECT). `reason` is a closed-set value such as
@@ -655,6 +731,14 @@ mod tests {
         // A labelled family with no series yet is left out of the exposition entirely.
         m.request("allowed", "static", 0.01);
         m.secret_refresh_failed("github_token");
+        m.set_budget_source(Box::new(|| {
+            vec![crate::budget::BudgetSample {
+                policy: "openai".into(),
+                rule: "https://api.openai.com:443 * /**".into(),
+                used: 7,
+                exhausted_tasks: 0,
+            }]
+        }));
         let text = m.encode();
         for (name, kind) in [
             ("keyswap_requests", "counter"),
@@ -667,6 +751,8 @@ mod tests {
             ("keyswap_upstream_errors", "counter"),
             ("keyswap_audit_records_dropped", "counter"),
             ("keyswap_secret_refresh_failures", "counter"),
+            ("keyswap_budget_used_requests", "gauge"),
+            ("keyswap_budget_exhausted_tasks", "gauge"),
         ] {
             assert!(
                 text.contains(&format!("# TYPE {name} {kind}\n")),

@@ -184,6 +184,13 @@ impl ProxyHandle {
             transparent_listen,
         });
         tasks::sync(&shared, &shared.snapshot().config);
+        shared.metrics.set_budget_source({
+            let shared = Arc::downgrade(&shared);
+            Box::new(move || match shared.upgrade() {
+                Some(s) => crate::budget::samples(&s.snapshot().config, &s.tasks.all()),
+                None => Vec::new(),
+            })
+        });
         let (shutdown, stop) = watch::channel(false);
         let mut handles = vec![tokio::spawn(accept_loop(
             shared.clone(),

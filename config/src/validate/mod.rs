@@ -3,15 +3,16 @@
 //!
 //! `top` checks the top level and `upstream`, `admin` the admin API and metrics listeners,
 //! `secrets` the secret definitions, `policies` the named allowlists, `tasks` the tasks
-//! (inline and `tasks_dir`), `rules` the allow lists of both, `transparent` the transparent
-//! listener, and `approval` the human approval settings (`approval:`, `on_unlisted:`,
-//! `approve:`). Secret values are read
+//! (inline and `tasks_dir`), `rules` the allow lists of both, `limits` a rule's `budget`,
+//! `rate` and `id`, `transparent` the transparent listener, and `approval` the human approval
+//! settings (`approval:`, `on_unlisted:`, `approve:`). Secret values are read
 //! and compared only through [`crate::secrets`], so no message built here can contain one.
 //! All paths are used as written: relative paths are relative to the process's working
 //! directory, not to the config file.
 
 mod admin;
 mod approval;
+mod limits;
 mod policies;
 mod rules;
 mod secrets;

@@ -1,15 +1,18 @@
 //! One task's or policy's `allow:` rules: raw → [`Rule`]. Owns the checks of every rule
 //! field (host pattern, port, methods, path globs, granted secrets, tunnel, `swap_in`,
-//! `headers`), the header-name check that secrets' `headers:` share, and the warnings about
-//! rules that CONNECT can never choose, that swap into any header, whose wildcard spans a
-//! whole public suffix, or that send secrets in cleartext. Never sees a secret value.
+//! `headers`; `budget`, `rate` and `id` in [`super::limits`]), the header-name check that
+//! secrets' `headers:` share, and the warnings about rules that CONNECT can never choose, that
+//! swap into any header, whose wildcard spans a whole public suffix, or that send secrets in
+//! cleartext. Never sees a secret value.
 
 use std::path::Path;
 
+use super::limits;
 use super::tasks::Defined;
 use super::{Checker, Site};
 use crate::error::Sink;
 use crate::host::HostPattern;
+use crate::limits::derived_rule_key;
 use crate::model::{Policy, Rule, Scheme, Secret, SecretId, SwapIn};
 use crate::path::PathPatterns;
 use crate::raw::{RawRule, RawScheme, RawSwapIn};
@@ -32,12 +35,9 @@ pub(super) fn check_rules(
 ) -> (Vec<Rule>, Vec<Site>) {
     let mut rules = Vec::new();
     let mut sites = Vec::new();
-    for (index, raw_rule) in list
-        .map(|l| l.value.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
+    let raw_rules = list.map(|l| l.value.as_slice()).unwrap_or_default();
+    limits::check_unique_ids(raw_rules, sink);
+    for (index, raw_rule) in raw_rules.iter().enumerate() {
         if let Some(rule) = check_rule(index, raw_rule, defined, sink) {
             warn_rule(&rule, &raw_rule.value, defined, sink.file, checker);
             rules.push(rule);
@@ -76,7 +76,17 @@ fn check_rule(
     let tunnel = r.tunnel.as_ref().is_some_and(|t| t.value);
     if tunnel {
         check_tunnel_alone(r, sink);
+        limits::check_not_tunnel(r, sink);
     }
+    let id = r.id.as_ref().and_then(|id| limits::check_id(id, sink));
+    let budget = r
+        .budget
+        .as_ref()
+        .and_then(|b| limits::check_budget(b, sink));
+    let rate = r
+        .rate
+        .as_ref()
+        .and_then(|rate| limits::check_rate(rate, sink));
     let swap_in = match &r.swap_in {
         None if tunnel => SwapIn::default(),
         None => SwapIn::HEADERS_ONLY,
@@ -101,9 +111,13 @@ fn check_rule(
     if sink.errors.len() > errors_before {
         return None;
     }
+    let host = host?;
+    let key = id.unwrap_or_else(|| {
+        derived_rule_key(scheme, &host, port, methods.as_deref(), paths.as_ref())
+    });
     Some(Rule {
         index,
-        host: host?,
+        host,
         port,
         methods,
         paths,
@@ -114,6 +128,9 @@ fn check_rule(
         scheme,
         allow_cleartext,
         approve,
+        key,
+        budget,
+        rate,
     })
 }
 

@@ -299,6 +299,14 @@ fn check_task(
     warn_shadowed(&rules, &sites, sink.file, checker);
     warn_unscoped_headers(&rules, &sites, defined.secrets, sink.file, checker);
     if let Some(policy) = policy {
+        if let Some(list) = &raw.allow {
+            super::limits::check_ids_apart_from_policy(
+                &policy.name,
+                &policy.rules,
+                &list.value,
+                sink,
+            );
+        }
         warn_shadowed_by_policy(policy, &rules, &sites, sink.file, checker);
         // The policy's rules first, then the task's own; `index` is the position in that
         // list (what the audit record's `rule` names).

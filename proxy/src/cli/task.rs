@@ -10,7 +10,7 @@ use keyswap_certs::CertificateAuthority;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::child_env::{shell_exports, task_env, write_trust_files, ProxyEndpoint};
-use crate::lifecycle::api::{IssueRequest, TaskInfo};
+use crate::lifecycle::api::{IssueRequest, RuleUsageInfo, TaskInfo};
 use crate::lifecycle::client::{AdminClient, AdminTarget};
 
 /// How to find the admin API.
@@ -176,7 +176,8 @@ pub fn reload(admin: AdminArgs) -> anyhow::Result<()> {
     })
 }
 
-/// One line per task: id, policy, source, expiry, connections, requests.
+/// One line per task: id, policy, source, expiry, connections, requests; under it one line
+/// per rule with a budget or a rate.
 fn task_table(tasks: &[TaskInfo]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -201,8 +202,26 @@ fn task_table(tasks: &[TaskInfo]) -> String {
             task.open_connections,
             task.requests
         );
+        for rule in &task.budgets {
+            let _ = writeln!(out, "  {}", budget_line(rule));
+        }
     }
     out
+}
+
+/// `rule 0 (KEY): 12 of 500 used, 488 left, rate 5/s`.
+fn budget_line(rule: &RuleUsageInfo) -> String {
+    let mut line = format!("rule {} ({}): ", rule.rule, rule.key);
+    match (rule.budget, rule.remaining) {
+        (Some(budget), Some(remaining)) => {
+            line.push_str(&format!("{} of {budget} used, {remaining} left", rule.used))
+        }
+        _ => line.push_str(&format!("{} used, no budget", rule.used)),
+    }
+    if let Some(rate) = &rule.rate {
+        line.push_str(&format!(", rate {rate}"));
+    }
+    line
 }
 
 /// `keyswap env --task ID`: the environment of a task from the config, with its token from
@@ -244,4 +263,32 @@ pub fn env(args: EnvArgs) -> anyhow::Result<()> {
 /// Whether something answers on the admin socket at `path`.
 pub async fn socket_answers(path: &Path) -> bool {
     tokio::net::UnixStream::connect(path).await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(budget: Option<u64>, used: u64, rate: Option<&str>) -> RuleUsageInfo {
+        RuleUsageInfo {
+            rule: 1,
+            key: "openai".into(),
+            budget,
+            used,
+            remaining: budget.map(|b| b.saturating_sub(used)),
+            rate: rate.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn budget_lines_show_used_left_and_rate() {
+        assert_eq!(
+            budget_line(&usage(Some(500), 12, Some("5/s"))),
+            "rule 1 (openai): 12 of 500 used, 488 left, rate 5/s"
+        );
+        assert_eq!(
+            budget_line(&usage(None, 3, Some("1/h"))),
+            "rule 1 (openai): 3 used, no budget, rate 1/h"
+        );
+    }
 }

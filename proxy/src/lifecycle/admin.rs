@@ -395,19 +395,20 @@ impl http_body::Body for LifelineBody {
 }
 
 async fn list(State(state): State<AdminState>) -> Response {
+    let snapshot = state.shared.snapshot();
     let tasks = state
         .shared
         .tasks
         .all()
         .iter()
-        .map(|t| tasks::info(t))
+        .map(|t| tasks::info(&snapshot.config, t))
         .collect();
     Json(TaskList { tasks }).into_response()
 }
 
 async fn show(State(state): State<AdminState>, UrlPath(id): UrlPath<String>) -> Response {
     match state.shared.tasks.get(&id) {
-        Some(task) => Json(tasks::info(&task)).into_response(),
+        Some(task) => Json(tasks::info(&state.shared.snapshot().config, &task)).into_response(),
         None => task_failure(TaskError::UnknownTask(id)),
     }
 }

@@ -66,6 +66,26 @@ pub struct TaskInfo {
     pub expired: bool,
     pub open_connections: u64,
     pub requests: u64,
+    /// Every rule of the task with a `budget:` or a `rate:`, with its counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<RuleUsageInfo>,
+}
+
+/// One limited rule of a task in [`TaskInfo`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RuleUsageInfo {
+    /// Index of the rule in the task's rules (a policy's first, then the task's own).
+    pub rule: usize,
+    /// What names the rule across reloads: its `id:`, or `scheme://host:port METHODS PATHS`.
+    pub key: String,
+    /// `budget.requests`, if the rule has a budget.
+    pub budget: Option<u64>,
+    /// Requests counted on this rule for this task.
+    pub used: u64,
+    /// `budget - used` (never below zero), if the rule has a budget.
+    pub remaining: Option<u64>,
+    /// `rate:` as written in canonical form (`5/s`), if the rule has one.
+    pub rate: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -16,6 +16,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::budget::TaskUsage;
 use crate::metrics::Metrics;
 
 /// Where a task came from.
@@ -84,6 +85,8 @@ pub struct LiveTask {
     cancel: CancellationToken,
     open_connections: AtomicU64,
     requests: AtomicU64,
+    /// Budget and rate counts per rule key ([`crate::budget`]); dropped when the task ends.
+    pub usage: TaskUsage,
     /// Set once by whoever ends the task, so it is audited exactly once.
     ended: Mutex<bool>,
 }
@@ -126,6 +129,7 @@ impl LiveTask {
             cancel: CancellationToken::new(),
             open_connections: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            usage: TaskUsage::default(),
             ended: Mutex::new(false),
         }
     }
@@ -213,6 +217,7 @@ impl LiveTask {
         }
         *ended = true;
         self.cancel.cancel();
+        self.usage.clear();
         true
     }
 

@@ -253,6 +253,7 @@ pub fn sync(shared: &Arc<Shared>, config: &Config) -> api::Reloaded {
         started(shared, &live);
         summary.tasks_added.push(task.id.clone());
     }
+    crate::budget::prune(config, &shared.tasks.all());
     summary
 }
 
@@ -263,8 +264,9 @@ pub fn end_all(shared: &Shared) {
     }
 }
 
-/// The listing of one task (never its token).
-pub fn info(task: &LiveTask) -> api::TaskInfo {
+/// The listing of one task (never its token), with the counts of its limited rules in
+/// `config`.
+pub fn info(config: &Config, task: &LiveTask) -> api::TaskInfo {
     let now = SystemTime::now();
     api::TaskInfo {
         id: task.id.clone(),
@@ -280,6 +282,7 @@ pub fn info(task: &LiveTask) -> api::TaskInfo {
         expired: task.is_expired(now),
         open_connections: task.open_connections(),
         requests: task.requests(),
+        budgets: crate::budget::report(config, task),
     }
 }
 
