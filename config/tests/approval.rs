@@ -19,7 +19,7 @@ fn load(yaml: &str) -> Config {
 #[test]
 fn defaults_deny_unlisted_and_need_no_human() {
     let config = load(
-        "version: 1\npolicies:\n  p:\n    allow:\n      - host: a.example\ntasks:\n  t:\n    allow:\n      - host: a.example\n",
+        "version: 1\npolicies:\n  p:\n    allow:\n      - host: a.example\ntasks:\n  t:\n    token_env: KEYSWAP_FIXTURE_TOKEN\n    allow:\n      - host: a.example\n",
     );
     assert_eq!(config.approval.timeout, DEFAULT_APPROVAL_TIMEOUT);
     assert_eq!(config.approval.max_pending, DEFAULT_APPROVAL_MAX_PENDING);

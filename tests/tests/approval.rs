@@ -500,7 +500,8 @@ async fn connect_to_an_unlisted_host_waits_and_rule_scope_opens_only_that_host()
     let again = send_unasked(&env, &task, "GET", OTHER_HOST, "/echo/new-tunnel").await;
     assert_eq!(again.status, 200, "{again:?}");
 
-    // A denied CONNECT is refused before any TLS, with the reason.
+    // A denied CONNECT: the tunnel opens only to deliver the refusal inside TLS (what a
+    // client shows its caller), and nothing is dialled upstream.
     let denied_task = issue(&env, POLICY, "connect-denied");
     let opts = env.client(
         Some((&denied_task.0, &denied_task.1)),
@@ -511,13 +512,19 @@ async fn connect_to_an_unlisted_host_waits_and_rule_scope_opens_only_that_host()
         let listed = waiting(&env, &denied_task.0, 1).await;
         deny(&env, &listed[0].id, Some("no")).await;
     });
-    match tunnel.expect("tunnel io") {
+    let mut conn = match tunnel.expect("tunnel io") {
+        Tunnel::Open(conn) => conn,
         Tunnel::Refused { status, reason, .. } => {
-            assert_eq!(status, 403);
-            assert_eq!(reason.as_deref(), Some("approval_denied"));
+            panic!("the refusal belongs inside the tunnel, got {status} {reason:?} on the CONNECT")
         }
-        Tunnel::Open(_) => panic!("a denied CONNECT opened"),
-    }
+    };
+    let h2 = conn.negotiated_h2();
+    let req = client::request("GET", OTHER_HOST, "/echo/denied", h2)
+        .body(client::empty())
+        .expect("request");
+    let reply = env.reply(conn.send(req).await.expect("response")).await;
+    assert_eq!(reply.status, 403, "{reply:?}");
+    assert_eq!(reply.reason(), Some("approval_denied"), "{reply:?}");
     env.assert_no_leaks();
 }
 

@@ -229,6 +229,7 @@ secrets:
     placeholder: ghp_keyswap_github_0000000000000000000000
 tasks:
   agent:
+    token_env: KS_TEST_TOKEN
     allow:
       - host: api.upstream.test
         secrets: [github]
@@ -236,6 +237,9 @@ tasks:
 
 #[tokio::test]
 async fn rotation_by_rename_and_api_reload_continues_the_chain_in_a_new_file() {
+    // A reload reads the proxy's own environment: the task's token must be in it (the same
+    // value the harness hands the first load), so that a wrong token is refused at CONNECT.
+    std::env::set_var("KS_TEST_TOKEN", keyswap_tests::harness::AGENT_TOKEN);
     let files = tempfile::tempdir().unwrap();
     let config_path = files.path().join("keyswap.yaml");
     let options = ProxyOptions {
@@ -320,6 +324,8 @@ impl Running {
     fn start(config: &Path) -> Running {
         let mut child = keyswap_command(&["run", "--config", config.to_str().unwrap()])
             .env("KEYSWAP_LOG", "info")
+            // The task has a token, so a CONNECT without one is refused at once (407).
+            .env("KS_AUDIT_TOKEN", "audit-chain-token-0123")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -395,7 +401,7 @@ fn sighup_reopens_after_rename_and_a_restart_links_past_a_torn_write() {
     std::fs::write(
         &config,
         format!(
-            "version: 1\nlisten: 127.0.0.1:0\nca_dir: {d}/ca\naudit_log: {d}/audit.jsonl\nadmin:\n  socket: {d}/admin.sock\ntasks:\n  agent:\n    allow:\n      - host: api.example.test\n",
+            "version: 1\nlisten: 127.0.0.1:0\nca_dir: {d}/ca\naudit_log: {d}/audit.jsonl\nadmin:\n  socket: {d}/admin.sock\ntasks:\n  agent:\n    token_env: KS_AUDIT_TOKEN\n    allow:\n      - host: api.example.test\n",
             d = dir.path().display()
         ),
     )

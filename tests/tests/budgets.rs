@@ -59,6 +59,7 @@ policies:
         rate: 1/h
 tasks:
   agent:
+    token_env: KS_TEST_TOKEN
     allow:
       - host: api.upstream.test
         methods: [GET]
