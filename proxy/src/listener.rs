@@ -146,6 +146,18 @@ async fn serve_agent(shared: Arc<Shared>, stream: TcpStream) {
     }
 }
 
+/// The 400 for a request whose head exceeds 64 KiB (hyper's own limit is on the raw bytes;
+/// this is the same bound on the parsed head), on either front door.
+pub(crate) fn refuse_oversized_head<B>(req: &Request<B>) -> Option<Response<ProxyBody>> {
+    head_too_large(req.method(), req.uri(), req.headers()).then(|| {
+        Denial::new(
+            Reason::BadRequest,
+            "the request head is larger than 64 KiB; send fewer or smaller headers",
+        )
+        .response(true)
+    })
+}
+
 async fn proxy_request(
     shared: Arc<Shared>,
     conn_id: u64,
@@ -153,12 +165,8 @@ async fn proxy_request(
     tasks: Arc<PlainConnTasks>,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    if head_too_large(req.method(), req.uri(), req.headers()) {
-        return Denial::new(
-            Reason::BadRequest,
-            "the request head is larger than 64 KiB; send fewer or smaller headers",
-        )
-        .response(true);
+    if let Some(refusal) = refuse_oversized_head(&req) {
+        return refusal;
     }
     if req.method() == Method::CONNECT {
         return connect(shared, conn_id, local, req).await;

@@ -43,7 +43,6 @@ use crate::body::ProxyBody;
 use crate::client_hello::{peek_client_hello, PeekError, PeekLimits};
 use crate::decision::{Denial, Reason};
 use crate::forward::exchange;
-use crate::headers::head_too_large;
 use crate::intercept;
 use crate::lifecycle::closing::serve_until;
 use crate::lifecycle::registry::{LiveTask, TaskConnection};
@@ -354,12 +353,8 @@ async fn plain_request(
     first: bool,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    if head_too_large(req.method(), req.uri(), req.headers()) {
-        return Denial::new(
-            Reason::BadRequest,
-            "the request head is larger than 64 KiB; send fewer or smaller headers",
-        )
-        .response(true);
+    if let Some(refusal) = crate::listener::refuse_oversized_head(&req) {
+        return refusal;
     }
     if req.method() == Method::CONNECT {
         return Denial::new(
