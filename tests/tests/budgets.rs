@@ -14,7 +14,7 @@ use keyswap::lifecycle::client::{AdminClient, AdminTarget};
 use keyswap::lifecycle::registry::RevokeWhy;
 use keyswap::ProxyOptions;
 use keyswap_tests::client::{self, Alpn, ProxyConnection};
-use keyswap_tests::harness::{bearer, Reply, TestEnv, API_HOST};
+use keyswap_tests::harness::{bearer, Reply, TestEnv, AGENT_TOKEN, API_HOST};
 use keyswap_tests::secrets::{GITHUB_PLACEHOLDER, GITHUB_REAL};
 use prometheus_parse::{Scrape, Value};
 
@@ -175,7 +175,7 @@ fn gauge(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 async fn the_501st_request_is_refused_budget_exhausted_and_never_sent() {
     let files = tempfile::tempdir().expect("tempdir");
     let env = start(10, &files.path().join("keyswap.yaml")).await;
-    let mut conn = connect(&env, "agent", "any").await;
+    let mut conn = connect(&env, "agent", AGENT_TOKEN).await;
     for i in 0..500 {
         let reply = get(&env, &mut conn, &format!("/echo/bulk/{i}")).await;
         assert_eq!(reply.status, 200, "request {i}: {reply:?}");
@@ -274,6 +274,9 @@ async fn a_rate_limited_request_gets_retry_after_and_is_not_sent() {
 
 #[tokio::test]
 async fn counts_survive_a_reload_and_a_lowered_budget_refuses_the_next_request() {
+    // A reload reads the proxy's own environment: the static task's token must be in it (the
+    // value the harness hands the first load).
+    std::env::set_var("KS_TEST_TOKEN", AGENT_TOKEN);
     let files = tempfile::tempdir().expect("tempdir");
     let path = files.path().join("keyswap.yaml");
     let env = start(10, &path).await;
@@ -302,7 +305,7 @@ async fn counts_survive_a_reload_and_a_lowered_budget_refuses_the_next_request()
             200
         );
     }
-    let mut bulk = connect(&env, "agent", "any").await;
+    let mut bulk = connect(&env, "agent", AGENT_TOKEN).await;
     for i in 0..3 {
         assert_eq!(
             get(&env, &mut bulk, &format!("/echo/bulk/{i}"))
