@@ -10,6 +10,6 @@ mod cache;
 mod error;
 mod leaf;
 
-pub use ca::CertificateAuthority;
+pub use ca::{CertificateAuthority, KEY_FILE};
 pub use cache::{LeafCache, MAX_CACHED_HOSTS};
 pub use error::CertError;

@@ -287,7 +287,28 @@ impl ProxyHandle {
     /// Issues a runtime task in-process (what `POST /v1/tasks` does).
     pub fn issue(&self, request: &api::IssueRequest) -> Result<api::IssuedTask, TaskError> {
         let issued = tasks::issue(&self.shared, request)?;
-        Ok(crate::lifecycle::admin::issued_task(&self.shared, &issued))
+        Ok(crate::lifecycle::admin::issued_task(
+            &self.shared,
+            &issued,
+            request.agent_addr,
+        ))
+    }
+
+    /// Serves the explicit door on one more listener, until the proxy stops: a sandboxed
+    /// `keyswap exec` hands over the listener it bound inside the agent's network namespace.
+    pub fn serve_explicit(&mut self, listener: std::net::TcpListener) -> Result<(), ProxyError> {
+        let io = |source| ProxyError::Io {
+            what: "serving a handed-over listener".into(),
+            source,
+        };
+        listener.set_nonblocking(true).map_err(io)?;
+        let listener = TcpListener::from_std(listener).map_err(io)?;
+        self.tasks.push(tokio::spawn(accept_loop(
+            self.shared.clone(),
+            listener,
+            self.shutdown.subscribe(),
+        )));
+        Ok(())
     }
 
     /// Revokes a runtime task (what `DELETE /v1/tasks/{id}` does).

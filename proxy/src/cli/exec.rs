@@ -12,6 +12,7 @@
 //! `--admin-token-env` for a TCP admin API).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
 
@@ -22,6 +23,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::sandbox::{
+    agent_identity, no_sandbox_warning, serve_listener, AgentIdentity, HiddenPaths,
+};
 use super::task::{socket_answers, AdminArgs};
 use crate::lifecycle::api::IssueRequest;
 use crate::lifecycle::client::{AdminClient, AdminTarget};
@@ -43,6 +47,13 @@ pub struct ExecArgs {
     /// requests that wait for a human: y = approve once, t = approve for the task, n = deny.
     #[arg(long)]
     pub ask: bool,
+    /// Run the command without the sandbox: it then runs as this user, outside any namespace,
+    /// and can reach whatever this user can (see the warning exec prints).
+    #[arg(long)]
+    pub no_sandbox: bool,
+    /// As root: the user the command runs as (a name from the password database).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
     #[command(flatten)]
     pub admin: AdminArgs,
     /// The command and its arguments.
@@ -81,18 +92,40 @@ pub fn exec(args: ExecArgs) -> ExitCode {
 }
 
 async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
-    let request = IssueRequest {
+    // Before any secret is read: same-user processes cannot read exec's memory or environment.
+    harden_self()?;
+    let sandboxed = !args.no_sandbox;
+    let identity = agent_identity(args.user.as_deref(), args.no_sandbox)?;
+    let mut request = IssueRequest {
         policy: args.policy.clone(),
         ttl: args.ttl.clone(),
         id: args.id.clone(),
         lifeline: true,
         by: Some("exec".into()),
+        agent_addr: None,
     };
     // Opened before anything is issued: --ask without a terminal must not start the agent.
     let tty = match args.ask {
         true => Some(super::ask::open_tty()?),
         false => None,
     };
+    // The namespaces first: the agent's environment names the sandbox's listener.
+    let prepared = match sandboxed {
+        true => Some(
+            keyswap_sandbox::prepare(
+                std::path::Path::new("/proc/self/exe"),
+                identity.as_ref().map(|i| i.ids.clone()),
+            )
+            .await?,
+        ),
+        false => {
+            eprintln!("{}", no_sandbox_warning());
+            None
+        }
+    };
+    request.agent_addr = prepared
+        .as_ref()
+        .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p.port)));
     let target = args.admin.target()?;
     // Variables holding credentials exec used: the command must not inherit them.
     let mut withheld = BTreeSet::new();
@@ -104,7 +137,8 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         AdminTarget::Tcp { .. } => true,
     };
     let ask_target = target.clone();
-    let (issuer, issued, lifeline) = if use_running {
+    let mut hidden = HiddenPaths::default();
+    let (mut issuer, issued, lifeline) = if use_running {
         let client = AdminClient::new(target);
         let (issued, lifeline) = client
             .issue_with_lifeline(&request)
@@ -112,12 +146,16 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("issuing a task at {}", client.target))?;
         (Issuer::Remote(client), issued, Some(lifeline))
     } else {
-        let (handle, read) = start_embedded(&args.admin.config).await?;
-        withheld.extend(read);
-        let issued = handle.issue(&request).map_err(|e| anyhow::anyhow!("{e}"))?;
-        (Issuer::Embedded(handle), issued, None)
+        let embedded = start_embedded(&args.admin.config).await?;
+        withheld.extend(embedded.withheld);
+        hidden = embedded.hidden;
+        let issued = embedded
+            .handle
+            .issue(&request)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        (Issuer::Embedded(embedded.handle), issued, None)
     };
-    tracing::info!(task = %issued.id, policy = %issued.policy, expires = %issued.expires, "running the command as a task");
+    tracing::info!(task = %issued.id, policy = %issued.policy, expires = %issued.expires, sandboxed, "running the command as a task");
     let prompter = tty.map(|tty| {
         let source = match &issuer {
             Issuer::Remote(_) => super::ask::Source::Remote(AdminClient::new(ask_target)),
@@ -125,7 +163,21 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         };
         tokio::spawn(super::ask::prompt_loop(tty, source, issued.id.clone()))
     });
-    let status = run_child(&args.command, &issued.env, &withheld).await;
+    let env = child_env(&issued.env, &withheld, identity.as_ref());
+    let status = match prepared {
+        Some(prepared) => {
+            let embedded = match &mut issuer {
+                Issuer::Embedded(handle) => Some(handle),
+                Issuer::Remote(_) => None,
+            };
+            serve_listener(embedded, &issued, &prepared.listener)?;
+            let home = env.get("HOME").map(PathBuf::from);
+            let plan = hidden.plan(&args.command, env, &issued.env, home.as_deref())?;
+            let started = prepared.start(plan).await?;
+            supervise(started.child).await
+        }
+        None => run_child(&args.command, &env).await,
+    };
     if let Some(prompter) = prompter {
         prompter.abort();
     }
@@ -151,6 +203,14 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     status
 }
 
+/// Same-user processes cannot read exec's memory or environment (`/proc/PID/environ`,
+/// `/proc/PID/mem`, ptrace), and a crash writes no core file.
+fn harden_self() -> anyhow::Result<()> {
+    nix::sys::prctl::set_dumpable(false).context("PR_SET_DUMPABLE")?;
+    nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
+    Ok(())
+}
+
 /// The process environment, noting the name of every variable read: a config load reads
 /// only `from_env`, `token_env` and `admin.token_env`, each a credential.
 #[derive(Default)]
@@ -165,12 +225,18 @@ impl keyswap_config::EnvSource for ReadVars {
     }
 }
 
+/// keyswap started inside exec, and what exec learnt from its config.
+struct Embedded {
+    handle: ProxyHandle,
+    /// Variables the config read credentials from, and any variable whose value holds a real
+    /// secret value (whatever its name).
+    withheld: BTreeSet<String>,
+    hidden: HiddenPaths,
+}
+
 /// keyswap in this process: the config's rules and secrets, an ephemeral loopback port, no
-/// admin socket (nothing outside this process needs one). Also returns the names of the
-/// variables the config read credentials from.
-async fn start_embedded(
-    config_path: &std::path::Path,
-) -> anyhow::Result<(ProxyHandle, BTreeSet<String>)> {
+/// admin socket (nothing outside this process needs one).
+async fn start_embedded(config_path: &Path) -> anyhow::Result<Embedded> {
     let path = config_path.to_path_buf();
     let (config, read) = tokio::task::spawn_blocking(move || {
         let read = ReadVars::default();
@@ -187,56 +253,125 @@ async fn start_embedded(
     for warning in &config.warnings {
         tracing::warn!(%warning, "config");
     }
+    let mut withheld = read;
+    withheld.extend(variables_holding_secrets(&config));
+    let hidden = HiddenPaths::of(&config, config_path);
     let ca = CertificateAuthority::load_or_create(&config.ca_dir)?;
     let options = ProxyOptions {
         listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         ..ProxyOptions::default()
     };
-    Ok((ProxyHandle::start(config, ca, options).await?, read))
+    Ok(Embedded {
+        handle: ProxyHandle::start(config, ca, options).await?,
+        withheld,
+        hidden,
+    })
 }
 
-/// Runs the command with the task's environment added and the `withheld` variables removed,
-/// forwarding SIGINT, SIGTERM and SIGHUP; returns its exit status (128 + N when a signal N
-/// ended it, as shells report).
-async fn run_child(
-    command: &[String],
-    env: &BTreeMap<String, String>,
+/// Names of this process's variables whose value contains a real secret value.
+fn variables_holding_secrets(config: &keyswap_config::Config) -> Vec<String> {
+    use secrecy::ExposeSecret;
+    std::env::vars_os()
+        .filter_map(|(name, value)| {
+            let value = value.to_string_lossy();
+            let holds = config.secrets.iter().any(|secret| {
+                let real = secret.value.expose_secret();
+                !real.is_empty() && value.contains(real)
+            });
+            holds.then(|| name.to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+/// Session variables that hand the command the user's agents (ssh-agent, gpg-agent, D-Bus).
+const SESSION_VARS: &[&str] = &[
+    "SSH_AUTH_SOCK",
+    "SSH_AGENT_PID",
+    "GPG_AGENT_INFO",
+    "DBUS_SESSION_BUS_ADDRESS",
+];
+
+/// The command's whole environment: exec's own, less the withheld and session variables,
+/// with the task's variables added (after the removals: a secret's `env:` may reuse the name
+/// its `from_env` reads, and the command gets the placeholder). As another user, that user's
+/// HOME, USER and LOGNAME.
+fn child_env(
+    task: &BTreeMap<String, String>,
     withheld: &BTreeSet<String>,
-) -> anyhow::Result<ExitCode> {
+    identity: Option<&AgentIdentity>,
+) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+        .filter(|(name, _)| !withheld.contains(name) && !SESSION_VARS.contains(&name.as_str()))
+        .collect();
+    if let Some(identity) = identity {
+        env.remove("XDG_RUNTIME_DIR");
+        env.remove("MAIL");
+        env.insert("HOME".into(), identity.home.display().to_string());
+        env.insert("USER".into(), identity.name.clone());
+        env.insert("LOGNAME".into(), identity.name.clone());
+    }
+    env.extend(task.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
+}
+
+/// Runs the command unsandboxed (`--no-sandbox`) with exactly `env`.
+async fn run_child(command: &[String], env: &BTreeMap<String, String>) -> anyhow::Result<ExitCode> {
     let (program, args) = command.split_first().context("no command given")?;
     // Listening before the command starts: a signal that arrives once it runs is forwarded,
     // never taken by exec's default action.
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut child = tokio::process::Command::new(program);
-    child.args(args);
-    for name in withheld {
-        child.env_remove(name);
-    }
-    // After the removals: a secret's `env:` may reuse the name its `from_env` reads, and the
-    // command gets the placeholder.
-    let mut child = child
+    let signals = Signals::listen()?;
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .env_clear()
         .envs(env)
         .spawn()
         .with_context(|| format!("starting {program}"))?;
-    let pid = child.id().map(|id| Pid::from_raw(id as i32));
-    let status = loop {
-        let forward = tokio::select! {
-            status = child.wait() => break status?,
-            _ = interrupt.recv() => Signal::SIGINT,
-            _ = terminate.recv() => Signal::SIGTERM,
-            _ = hangup.recv() => Signal::SIGHUP,
+    signals.supervise(child).await
+}
+
+/// Waits for the sandbox's helper, which exits with the command's status.
+async fn supervise(child: tokio::process::Child) -> anyhow::Result<ExitCode> {
+    Signals::listen()?.supervise(child).await
+}
+
+/// The signals exec forwards to its child: SIGINT, SIGTERM and SIGHUP.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Forwards signals until the child exits; its exit status (128 + N when a signal N ended
+    /// it, as shells report).
+    async fn supervise(mut self, mut child: tokio::process::Child) -> anyhow::Result<ExitCode> {
+        let pid = child.id().map(|id| Pid::from_raw(id as i32));
+        let status = loop {
+            let forward = tokio::select! {
+                status = child.wait() => break status?,
+                _ = self.interrupt.recv() => Signal::SIGINT,
+                _ = self.terminate.recv() => Signal::SIGTERM,
+                _ = self.hangup.recv() => Signal::SIGHUP,
+            };
+            if let Some(pid) = pid {
+                let _ = kill(pid, forward);
+            }
         };
-        if let Some(pid) = pid {
-            let _ = kill(pid, forward);
-        }
-    };
-    use std::os::unix::process::ExitStatusExt;
-    let code = match (status.code(), status.signal()) {
-        (Some(code), _) => code,
-        (None, Some(signal)) => 128 + signal,
-        (None, None) => 1,
-    };
-    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        use std::os::unix::process::ExitStatusExt;
+        let code = match (status.code(), status.signal()) {
+            (Some(code), _) => code,
+            (None, Some(signal)) => 128 + signal,
+            (None, None) => 1,
+        };
+        Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+    }
 }

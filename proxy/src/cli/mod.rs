@@ -8,6 +8,7 @@ pub mod audit;
 mod check;
 mod exec;
 mod health;
+mod sandbox;
 mod task;
 
 use std::path::{Path, PathBuf};

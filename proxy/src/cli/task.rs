@@ -131,6 +131,7 @@ pub fn task(command: TaskCommand) -> anyhow::Result<()> {
                     ttl,
                     id,
                     by: Some("api".into()),
+                    agent_addr: None,
                     lifeline: false,
                 };
                 let issued = client.issue(&request).await?;

@@ -260,7 +260,9 @@ fn task_failure(e: TaskError) -> Response {
 }
 
 /// The answer to an issue: id, token, proxy URL, expiry and the agent's environment.
-pub fn issued_task(shared: &Shared, issued: &Issued) -> IssuedTask {
+/// The answer to an issue: the task's environment points at `agent_addr` (where the agent
+/// reaches the proxy), or at the proxy's own listener.
+pub fn issued_task(shared: &Shared, issued: &Issued, agent_addr: Option<SocketAddr>) -> IssuedTask {
     let task = &issued.task;
     let snapshot = shared.snapshot();
     let placeholders: Vec<(String, String)> = snapshot
@@ -275,7 +277,7 @@ pub fn issued_task(shared: &Shared, issued: &Issued) -> IssuedTask {
         ProxyEndpoint {
             task: &task.id,
             token: Some(issued.token.expose_secret()),
-            addr: shared.listen,
+            addr: agent_addr.unwrap_or(shared.listen),
         },
         &shared.trust,
         &placeholders,
@@ -290,6 +292,7 @@ pub fn issued_task(shared: &Shared, issued: &Issued) -> IssuedTask {
             .map(crate::audit::timestamp)
             .unwrap_or_default(),
         env,
+        listen: Some(shared.listen),
     }
 }
 
@@ -314,7 +317,7 @@ async fn issue(
         Ok(issued) => issued,
         Err(e) => return task_failure(e),
     };
-    let answer = issued_task(&state.shared, &issued);
+    let answer = issued_task(&state.shared, &issued, request.agent_addr);
     if !request.lifeline {
         return (StatusCode::CREATED, Json(answer)).into_response();
     }

@@ -25,6 +25,11 @@ pub struct IssueRequest {
     /// `"exec"` or `"api"` (default), for the audit record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// Where the agent reaches the proxy, when not at the proxy's own `listen` address: a
+    /// sandboxed `keyswap exec` serves the agent on a listener inside its network namespace.
+    /// Only the returned environment's proxy variables use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_addr: Option<std::net::SocketAddr>,
 }
 
 /// The answer to `POST /v1/tasks`: the only response that carries a task's token.
@@ -39,6 +44,10 @@ pub struct IssuedTask {
     pub expires: String,
     /// What the agent's environment needs: proxy variables, CA bundles, placeholders.
     pub env: BTreeMap<String, String>,
+    /// The proxy's own explicit listener (what a sandboxed `keyswap exec` relays its agent's
+    /// connections to when the environment points at a listener inside the sandbox).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for IssuedTask {
