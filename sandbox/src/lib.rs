@@ -28,6 +28,10 @@
 //! What it never does: read or pass a secret value (the plan holds paths, the command and its
 //! environment, which `exec` has already stripped), or run anything with more privilege than
 //! the user who started it.
+//!
+//! `unsafe` is denied here except in the modules that need a syscall nix does not wrap safely
+//! (`fork`, the loopback ioctls, adopting received descriptors); each use says why it is sound.
+#![deny(unsafe_code)]
 
 mod control;
 mod helper;
