@@ -7,9 +7,17 @@
 //! task's environment, receives the signals `exec` gets (SIGINT, SIGTERM, SIGHUP), and
 //! `exec` revokes the task when it exits and exits with its status.
 //!
-//! The command is the agent: it never inherits a variable `exec` read a credential from (the
-//! config's `from_env`, `token_env` and `admin.token_env` when keyswap runs embedded, and
-//! `--admin-token-env` for a TCP admin API).
+//! The command is the agent, and runs in a sandbox (crate `keyswap-sandbox`, set up through
+//! [`super::sandbox`]): its own pid, network, mount and IPC namespaces, where the proxy
+//! variables point at a listener exec serves inside the sandbox (embedded) or relays to the
+//! running proxy, and where the config's secret files, the CA key, the admin socket, the audit
+//! log and the user's credential stores are hidden. `--no-sandbox` runs it as a plain child,
+//! with a warning. Either way it never inherits a variable `exec` or the proxy reads a
+//! credential from (the config's `from_env`, `token_env` and `admin.token_env`; embedded, also
+//! any variable whose value holds a real secret; `--admin-token-env` for a TCP admin API), nor
+//! the user's agent sockets (`SSH_AUTH_SOCK`, D-Bus, gpg-agent). exec itself is non-dumpable
+//! and a child subreaper, so neither the command nor its orphans can read its memory or leave
+//! its process tree.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -94,6 +102,9 @@ pub fn exec(args: ExecArgs) -> ExitCode {
 async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     // Before any secret is read: same-user processes cannot read exec's memory or environment.
     harden_self()?;
+    // Listening before any child starts: a signal that arrives once one runs is forwarded,
+    // never taken by exec's default action.
+    let signals = Signals::listen()?;
     let sandboxed = !args.no_sandbox;
     let identity = agent_identity(args.user.as_deref(), args.no_sandbox)?;
     let mut request = IssueRequest {
@@ -174,9 +185,9 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
             let home = env.get("HOME").map(PathBuf::from);
             let plan = hidden.plan(&args.command, env, &issued.env, home.as_deref())?;
             let started = prepared.start(plan).await?;
-            supervise(started.child).await
+            signals.supervise(started.child).await
         }
-        None => run_child(&args.command, &env).await,
+        None => run_child(signals, &args.command, &env).await,
     };
     if let Some(prompter) = prompter {
         prompter.abort();
@@ -316,11 +327,12 @@ fn child_env(
 }
 
 /// Runs the command unsandboxed (`--no-sandbox`) with exactly `env`.
-async fn run_child(command: &[String], env: &BTreeMap<String, String>) -> anyhow::Result<ExitCode> {
+async fn run_child(
+    signals: Signals,
+    command: &[String],
+    env: &BTreeMap<String, String>,
+) -> anyhow::Result<ExitCode> {
     let (program, args) = command.split_first().context("no command given")?;
-    // Listening before the command starts: a signal that arrives once it runs is forwarded,
-    // never taken by exec's default action.
-    let signals = Signals::listen()?;
     let child = tokio::process::Command::new(program)
         .args(args)
         .env_clear()
@@ -328,11 +340,6 @@ async fn run_child(command: &[String], env: &BTreeMap<String, String>) -> anyhow
         .spawn()
         .with_context(|| format!("starting {program}"))?;
     signals.supervise(child).await
-}
-
-/// Waits for the sandbox's helper, which exits with the command's status.
-async fn supervise(child: tokio::process::Child) -> anyhow::Result<ExitCode> {
-    Signals::listen()?.supervise(child).await
 }
 
 /// The signals exec forwards to its child: SIGINT, SIGTERM and SIGHUP.
