@@ -7,8 +7,11 @@
 //! environment through an [`EnvSource`], and running `from_command` programs.
 //!
 //! **Paths**: every path in the config (`ca_dir`, `audit_log`, `tasks_dir`,
-//! `upstream.extra_roots`, `from_file`, `admin.socket`, `audit.key_file`) is used as written, so relative
-//! paths are relative to the process's current working directory, not to the config file.
+//! `upstream.extra_roots`, `from_file`, `admin.socket`, `audit.key_file`, `sandbox.*`) is used
+//! as written, so relative paths are relative to the process's current working directory, not
+//! to the config file. `sandbox:` paths may also start with `~/`: the home of the user
+//! `keyswap exec` runs the command as, kept symbolic ([`SandboxPath::Home`]) until exec
+//! builds its plan.
 //!
 //! Secret values are held only in [`secrecy::SecretString`] and never appear in an error,
 //! a warning or a `Debug` output of this crate.
@@ -16,7 +19,8 @@
 //! Modules: `read` (YAML text → raw types through `serde_yaml`, every schema error),
 //! `locate` (the position of every value), `raw` (the file's shape, and its JSON Schema),
 //! `validate` (raw → model), [`model`] (what the proxy uses, and matching), [`limits`]
-//! (budgets, rates, rule keys), [`host`], [`path`], [`secrets`], [`error`].
+//! (budgets, rates, rule keys), [`sandbox`] (what `keyswap exec` hides), [`host`], [`path`],
+//! [`secrets`], [`error`].
 
 #![forbid(unsafe_code)]
 
@@ -28,6 +32,7 @@ pub mod model;
 pub mod path;
 mod raw;
 mod read;
+pub mod sandbox;
 pub mod secrets;
 mod validate;
 
@@ -39,10 +44,13 @@ pub use limits::{Budget, Rate, RatePer};
 pub use model::{
     first_rule_for_host, granted_secrets, match_route, valid_task_id, Admin, Approval, Approve,
     Audit, AuditKey, AuditLog, Config, Metrics, OnUnlisted, Policy, PortMode, RouteMatch, Rule,
-    Scheme, Secret, SecretId, SecretSource, SourceNet, SwapIn, Task, Transparent, TransparentTasks,
-    TtlError, Upstream,
+    Sandbox, SandboxPath, Scheme, Secret, SecretId, SecretSource, SourceNet, SwapIn, Task,
+    Transparent, TransparentTasks, TtlError, Upstream,
 };
 pub use path::{normalize_path, PathError, PathPatternError, PathPatterns};
+pub use sandbox::{
+    credential_stores, protected_paths, sandbox_plan_paths, Protected, Protection, SandboxPaths,
+};
 pub use secrets::{EnvSource, ProcessEnv};
 
 /// Loads and validates the config at `path`, reading `from_env`/`token_env` from the process

@@ -45,6 +45,11 @@ pub struct Config {
     pub transparent: Option<Transparent>,
     /// `approval:`: how requests that wait for a human are held.
     pub approval: Approval,
+    /// `tasks_dir`, as written; `None` = no task files.
+    pub tasks_dir: Option<PathBuf>,
+    /// `sandbox:`: what `keyswap exec`'s sandbox hides besides what it always hides (see
+    /// [`crate::sandbox`]).
+    pub sandbox: Sandbox,
     /// Non-fatal notes for `keyswap check`; never contain a secret value.
     pub warnings: Vec<String>,
 }
@@ -367,6 +372,50 @@ pub fn granted_secrets(rules: &[Rule]) -> Vec<SecretId> {
     ids.sort();
     ids.dedup();
     ids
+}
+
+/// `sandbox:`: the operator's additions to `keyswap exec`'s sandbox, as written. The plan
+/// the sandbox runs on is [`crate::sandbox::sandbox_plan_paths`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sandbox {
+    /// More paths the command must not see.
+    pub hide: Vec<SandboxPath>,
+    /// Paths taken out of the default list of credential stores (never out of what keyswap
+    /// always hides).
+    pub expose: Vec<SandboxPath>,
+    /// Paths the command may read but not change.
+    pub read_only: Vec<SandboxPath>,
+}
+
+/// A path of `sandbox:`. `~/` stays symbolic here: it means the home of the user the command
+/// runs as (`exec --user` may name another one), known only when exec builds its plan.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SandboxPath {
+    /// Absolute, or relative to the working directory, like every other path of the config.
+    Path(PathBuf),
+    /// `~/REST` (`REST` relative, empty for `~` itself): under the agent user's home.
+    Home(PathBuf),
+}
+
+impl SandboxPath {
+    /// The path with `~` standing for `home`.
+    pub fn under_home(&self, home: &std::path::Path) -> PathBuf {
+        match self {
+            SandboxPath::Path(path) => path.clone(),
+            SandboxPath::Home(rest) if rest.as_os_str().is_empty() => home.to_path_buf(),
+            SandboxPath::Home(rest) => home.join(rest),
+        }
+    }
+}
+
+impl fmt::Display for SandboxPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SandboxPath::Path(path) => write!(f, "{}", path.display()),
+            SandboxPath::Home(rest) if rest.as_os_str().is_empty() => f.write_str("~"),
+            SandboxPath::Home(rest) => write!(f, "~/{}", rest.display()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

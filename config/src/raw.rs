@@ -49,6 +49,24 @@ pub(crate) struct RawConfig {
     pub transparent: Option<L<RawTransparent>>,
     /// How requests that wait for a human are held (`approval:`).
     pub approval: Option<L<RawApproval>>,
+    /// What `keyswap exec`'s sandbox hides from the command, besides what it always hides.
+    pub sandbox: Option<L<RawSandbox>>,
+}
+
+/// `sandbox:`: paths for `keyswap exec`'s sandbox. A path is absolute, relative to the
+/// working directory (like every path here), or `~/...` (the home of the user the command
+/// runs as).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSandbox {
+    /// More paths the command must not see (a file reads as empty, a directory is empty).
+    pub hide: Option<L<Vec<L<String>>>>,
+    /// Take these out of the default list of hidden credential stores (~/.ssh, ~/.aws,
+    /// ~/.npmrc, ...): a store equal to or inside an entry stays visible. Never unhides what
+    /// keyswap itself always hides (secret files, the CA key, the admin socket, the audit log).
+    pub expose: Option<L<Vec<L<String>>>>,
+    /// Paths the command may read but not change.
+    pub read_only: Option<L<Vec<L<String>>>>,
 }
 
 /// `upstream:`.

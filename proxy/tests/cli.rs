@@ -233,6 +233,62 @@ fn check_prints_warnings_fixtures_warnings_and_exits_0() {
     }
 }
 
+/// `check` lists what `keyswap exec`'s sandbox will hide: a from_file secret's file and the CA
+/// key by path and why, the credential stores of HOME, absent paths marked; never a value.
+#[test]
+fn check_lists_what_the_sandbox_hides_and_never_a_value() {
+    use keyswap_tests::secrets::{GITHUB_REAL, OPENAI_PLACEHOLDER, OPENAI_REAL};
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path().canonicalize().unwrap();
+    let home = cwd.join("home");
+    std::fs::create_dir_all(home.join(".aws")).unwrap();
+    std::fs::write(cwd.join("github.txt"), GITHUB_REAL).unwrap();
+    let config = cwd.join("keyswap.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 1\nca_dir: ./ca\nsecrets:\n  github:\n    from_file: github.txt\n    placeholder: {GITHUB_PLACEHOLDER}\n  openai:\n    from_env: KS_CLI_OPENAI_REAL\n    placeholder: {OPENAI_PLACEHOLDER}\nsandbox:\n  hide: [./private]\n  expose: [~/.npmrc]\n"
+        ),
+    )
+    .unwrap();
+    let output = Command::new(KEYSWAP)
+        .args(["check", "--config"])
+        .arg(&config)
+        .current_dir(&cwd)
+        .env("HOME", &home)
+        .env("KS_CLI_OPENAI_REAL", OPENAI_REAL)
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .expect("run keyswap check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let line = |path: &Path, why: &str| {
+        stdout
+            .lines()
+            .find(|l| l.contains(&format!("{}  ", path.display())) && l.contains(why))
+            .unwrap_or_else(|| panic!("no line for {} ({why}) in\n{stdout}", path.display()))
+            .to_string()
+    };
+    let secret = line(&cwd.join("github.txt"), "secret github (from_file)");
+    assert!(
+        secret.starts_with("  hide ") && !secret.contains("(absent)"),
+        "{secret}"
+    );
+    let ca_key = line(&cwd.join("ca/ca-key.pem"), "CA private key");
+    assert!(ca_key.ends_with("(absent)"), "{ca_key}");
+    assert!(line(&cwd.join("keyswap.yaml"), "config file").starts_with("  read-only "));
+    assert!(line(&cwd.join("private"), "sandbox.hide").ends_with("(absent)"));
+    assert!(!line(&home.join(".aws"), "AWS credentials").contains("(absent)"));
+    assert!(line(&home.join(".npmrc"), "sandbox.expose").starts_with("  expose "));
+    assert!(
+        !stdout.contains("npm token"),
+        "an exposed store is still listed:\n{stdout}"
+    );
+    assert_no_real_secret("check stdout", stdout.as_bytes());
+    assert_no_real_secret("check stderr", stderr.as_bytes());
+}
+
 /// A config where a client naming a tokenless task would get in as that task: `run` refuses
 /// to start on it, with the same message as `check`.
 #[test]

@@ -5,7 +5,8 @@
 //! `secrets` the secret definitions, `policies` the named allowlists, `tasks` the tasks
 //! (inline and `tasks_dir`), `rules` the allow lists of both, `limits` a rule's `budget`,
 //! `rate` and `id`, `transparent` the transparent listener, and `approval` the human approval
-//! settings (`approval:`, `on_unlisted:`, `approve:`). Secret values are read
+//! settings (`approval:`, `on_unlisted:`, `approve:`), `sandbox` the paths of `keyswap exec`'s
+//! sandbox. Secret values are read
 //! and compared only through [`crate::secrets`], so no message built here can contain one.
 //! All paths are used as written: relative paths are relative to the process's working
 //! directory, not to the config file.
@@ -15,13 +16,14 @@ mod approval;
 mod limits;
 mod policies;
 mod rules;
+mod sandbox;
 mod secrets;
 mod tasks;
 mod top;
 mod transparent;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::error::{ConfigError, ConfigErrors, Sink};
@@ -140,7 +142,8 @@ fn check(
         checker,
     );
     tasks::warn_unused_secrets(&secrets, &tasks, &policies, sink.file, checker);
-    Some(Config {
+    let sandbox = sandbox::check_sandbox(raw.sandbox.as_ref(), sink, checker);
+    let config = Config {
         listen,
         ca_dir,
         audit_log,
@@ -153,8 +156,12 @@ fn check(
         metrics,
         transparent,
         approval,
+        tasks_dir: raw.tasks_dir.as_ref().map(|d| PathBuf::from(&d.value)),
+        sandbox: sandbox.sandbox.clone(),
         warnings: std::mem::take(&mut checker.warnings),
-    })
+    };
+    sandbox::check_expose(&sandbox, &config, sink);
+    Some(config)
 }
 
 /// Longer than any sensible TTL or refresh interval, and far below where adding it to a

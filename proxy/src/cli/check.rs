@@ -1,11 +1,16 @@
 //! `keyswap check`'s account of what it read: every environment variable the config made it
 //! read (names only, never a value) and every file and command a secret came from, so that
-//! an operator sees which environment `run` and a reload will need. Never prints a value.
+//! an operator sees which environment `run` and a reload will need; and what `keyswap exec`'s
+//! sandbox will hide and make read-only. Never prints a value.
 
 use std::cell::RefCell;
 use std::fmt::Write;
+use std::path::{Path, PathBuf};
 
-use keyswap_config::{Config, EnvSource, ProcessEnv, SecretSource};
+use keyswap_config::{
+    protected_paths, sandbox_plan_paths, Config, EnvSource, ProcessEnv, Protected, Protection,
+    SandboxPaths, SecretSource,
+};
 
 /// An environment (the process's for `check`), remembering the name of every variable read
 /// (in order, once).
@@ -97,12 +102,130 @@ impl RecordingEnv<'_> {
     }
 }
 
+/// What `keyswap exec` will hide from the command and make read-only, for this user's `HOME`
+/// and `XDG_RUNTIME_DIR`: one path a line with why, `(absent)` when it does not exist now.
+pub(super) fn sandbox_report(config: &Config, config_file: &Path) -> String {
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from);
+    let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from);
+    sandbox_lines(config, config_file, home.as_deref(), runtime_dir.as_deref())
+}
+
+fn sandbox_lines(
+    config: &Config,
+    config_file: &Path,
+    home: Option<&Path>,
+    runtime_dir: Option<&Path>,
+) -> String {
+    let mut out = String::new();
+    let plan = match home {
+        Some(home) => {
+            let _ = writeln!(
+                out,
+                "sandbox (what `keyswap exec` hides from the command; HOME={}, or the --user's home)",
+                home.display()
+            );
+            sandbox_plan_paths(config, Some(config_file), home, runtime_dir)
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "sandbox (what `keyswap exec` hides from the command; HOME is not set, so the \
+                 credential stores and ~/ paths of the command's home are not listed)"
+            );
+            let cwd = std::env::current_dir().unwrap_or_default();
+            let mut plan = SandboxPaths::default();
+            for p in protected_paths(config, Some(config_file)) {
+                let p = Protected {
+                    path: cwd.join(&p.path),
+                    ..p
+                };
+                match p.mode {
+                    Protection::Hide => plan.hide.push(p),
+                    Protection::ReadOnly => plan.read_only.push(p),
+                }
+            }
+            plan
+        }
+    };
+    let rows: Vec<(&str, &Path, &str)> = plan
+        .hide
+        .iter()
+        .map(|p| ("hide", p.path.as_path(), p.why.as_str()))
+        .chain(
+            plan.read_only
+                .iter()
+                .map(|p| ("read-only", p.path.as_path(), p.why.as_str())),
+        )
+        .chain(
+            plan.expose
+                .iter()
+                .map(|p| ("expose", p.as_path(), "sandbox.expose")),
+        )
+        .collect();
+    let width = rows
+        .iter()
+        .map(|(_, path, _)| path.display().to_string().chars().count())
+        .max()
+        .unwrap_or(0);
+    for (mode, path, why) in rows {
+        let absent = match std::fs::symlink_metadata(path) {
+            Ok(_) => "",
+            Err(_) => " (absent)",
+        };
+        let shown = path.display().to_string();
+        let _ = writeln!(out, "  {mode:<9}  {shown:<width$}  {why}{absent}");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
     use std::path::Path;
 
     use super::*;
+
+    #[test]
+    fn the_sandbox_section_lists_paths_with_why_and_marks_absent_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("github.txt");
+        std::fs::write(&secret, "KSREAL-sandbox-report-0123456789").expect("write");
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(home.join(".ssh")).expect("mkdir");
+        let yaml = format!(
+            "version: 1\nca_dir: {ca}\nsecrets:\n  github:\n    from_file: {secret}\n    placeholder: ghp_keyswap_report_000000000\nsandbox:\n  read_only: [~/bin]\n  expose: [~/.npmrc]\n",
+            ca = dir.path().join("ca").display(),
+            secret = secret.display()
+        );
+        let config = keyswap_config::load_str(&yaml, Path::new("k.yaml"), &ProcessEnv)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let report = sandbox_lines(&config, Path::new("/etc/k.yaml"), Some(&home), None);
+        let line = |what: &str| {
+            report
+                .lines()
+                .find(|l| l.contains(what))
+                .unwrap_or_else(|| panic!("{what} not in\n{report}"))
+                .to_string()
+        };
+        let secret_line = line("secret github (from_file)");
+        assert!(secret_line.starts_with("  hide "), "{secret_line}");
+        assert!(secret_line.contains(&secret.display().to_string()));
+        assert!(!secret_line.contains("(absent)"), "{secret_line}");
+        let ca_line = line("CA private key");
+        assert!(ca_line.contains(&dir.path().join("ca/ca-key.pem").display().to_string()));
+        assert!(ca_line.ends_with("(absent)"), "{ca_line}");
+        assert!(!line("ssh keys").contains("(absent)"));
+        assert!(line("GitHub CLI token").ends_with("(absent)"));
+        assert!(line("config file").starts_with("  read-only  /etc/k.yaml"));
+        assert!(line("sandbox.read_only").contains(&home.join("bin").display().to_string()));
+        assert!(line("sandbox.expose").starts_with("  expose "));
+        assert!(!report.contains(&format!("{}  npm token", home.join(".npmrc").display())));
+        assert!(!report.contains("KSREAL"), "a value in:\n{report}");
+    }
 
     #[test]
     fn check_names_the_variables_it_read_and_never_their_values() {

@@ -208,6 +208,7 @@ fn check(path: &Path) -> ExitCode {
         Ok(config) => {
             print!("{}", summary(path, &config));
             print!("{}", env.report(&config));
+            print!("{}", check::sandbox_report(&config, path));
             for warning in &config.warnings {
                 println!("warning: {warning}");
             }
