@@ -121,6 +121,8 @@ pub struct ProxyHandle {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     admin_socket: Option<PathBuf>,
+    /// The config file the proxy was started from (what a sandboxed exec keeps read-only).
+    config_path: Option<PathBuf>,
     metrics_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     transparent_addr: Option<SocketAddr>,
@@ -244,6 +246,7 @@ impl ProxyHandle {
             shutdown,
             tasks: handles,
             admin_socket,
+            config_path: options.config_path,
             metrics_addr,
             admin_addr,
             transparent_addr,
@@ -290,7 +293,8 @@ impl ProxyHandle {
         Ok(crate::lifecycle::admin::issued_task(
             &self.shared,
             &issued,
-            request.agent_addr,
+            request,
+            self.config_path.as_deref(),
         ))
     }
 

@@ -20,7 +20,7 @@
 //! its process tree.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Mutex;
 
@@ -32,7 +32,7 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::sandbox::{
-    agent_identity, no_sandbox_warning, serve_listener, AgentIdentity, HiddenPaths,
+    agent_identity, no_sandbox_warning, sandbox_for, serve_listener, start_plan, AgentIdentity,
 };
 use super::task::{socket_answers, AdminArgs};
 use crate::lifecycle::api::IssueRequest;
@@ -114,6 +114,7 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         lifeline: true,
         by: Some("exec".into()),
         agent_addr: None,
+        sandbox: None,
     };
     // Opened before anything is issued: --ask without a terminal must not start the agent.
     let tty = match args.ask {
@@ -134,9 +135,10 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
             None
         }
     };
-    request.agent_addr = prepared
-        .as_ref()
-        .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p.port)));
+    if let Some(prepared) = &prepared {
+        request.agent_addr = Some(std::net::SocketAddr::from(([127, 0, 0, 1], prepared.port)));
+        request.sandbox = Some(sandbox_for(identity.as_ref())?);
+    }
     let target = args.admin.target()?;
     // Variables holding credentials exec used: the command must not inherit them.
     let mut withheld = BTreeSet::new();
@@ -148,7 +150,6 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         AdminTarget::Tcp { .. } => true,
     };
     let ask_target = target.clone();
-    let mut hidden = HiddenPaths::default();
     let (mut issuer, issued, lifeline) = if use_running {
         let client = AdminClient::new(target);
         let (issued, lifeline) = client
@@ -159,7 +160,6 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     } else {
         let embedded = start_embedded(&args.admin.config).await?;
         withheld.extend(embedded.withheld);
-        hidden = embedded.hidden;
         let issued = embedded
             .handle
             .issue(&request)
@@ -182,8 +182,10 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
                 Issuer::Remote(_) => None,
             };
             serve_listener(embedded, &issued, &prepared.listener)?;
-            let home = env.get("HOME").map(PathBuf::from);
-            let plan = hidden.plan(&args.command, env, &issued.env, home.as_deref())?;
+            let paths = issued.sandbox.as_ref().context(
+                "the running keyswap did not say what to hide (is it older than this exec?)",
+            )?;
+            let plan = start_plan(&args.command, env, &issued.env, paths)?;
             let started = prepared.start(plan).await?;
             signals.supervise(started.child).await
         }
@@ -242,7 +244,6 @@ struct Embedded {
     /// Variables the config read credentials from, and any variable whose value holds a real
     /// secret value (whatever its name).
     withheld: BTreeSet<String>,
-    hidden: HiddenPaths,
 }
 
 /// keyswap in this process: the config's rules and secrets, an ephemeral loopback port, no
@@ -266,16 +267,16 @@ async fn start_embedded(config_path: &Path) -> anyhow::Result<Embedded> {
     }
     let mut withheld = read;
     withheld.extend(variables_holding_secrets(&config));
-    let hidden = HiddenPaths::of(&config, config_path);
     let ca = CertificateAuthority::load_or_create(&config.ca_dir)?;
     let options = ProxyOptions {
         listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        // Not served (no admin API): named so a sandboxed command's plan keeps it read-only.
+        config_path: Some(config_path.to_path_buf()),
         ..ProxyOptions::default()
     };
     Ok(Embedded {
         handle: ProxyHandle::start(config, ca, options).await?,
         withheld,
-        hidden,
     })
 }
 

@@ -8,10 +8,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use keyswap_config::SandboxPaths;
 use keyswap_sandbox::{Identity, StartPlan};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::lifecycle::api::IssuedTask;
+use crate::lifecycle::api::{IssuedTask, SandboxFor};
 use crate::server::ProxyHandle;
 
 /// The user the command runs as when exec runs as root (`--user NAME`).
@@ -74,121 +75,57 @@ pub fn no_sandbox_warning() -> String {
         .to_string()
 }
 
-/// The paths the sandbox hides or makes read-only, as the proxy's config names them.
-#[derive(Debug, Default, Clone)]
-pub struct HiddenPaths {
-    pub hide: Vec<PathBuf>,
-    pub read_only: Vec<PathBuf>,
-    pub expose: Vec<PathBuf>,
-}
-
-impl HiddenPaths {
-    /// What a config protects: the files secrets are read from, the CA key, the admin socket,
-    /// the audit log and its key (hidden), the config itself (read-only).
-    pub fn of(config: &keyswap_config::Config, config_path: &Path) -> HiddenPaths {
-        let mut hide: Vec<PathBuf> = config
-            .secrets
-            .iter()
-            .filter_map(|s| match &s.source {
-                keyswap_config::SecretSource::File(path) => Some(path.clone()),
-                _ => None,
-            })
-            .collect();
-        hide.push(config.ca_dir.join(keyswap_certs::KEY_FILE));
-        hide.push(config.admin.socket.clone());
-        if let keyswap_config::AuditLog::File(path) = &config.audit_log {
-            hide.push(path.clone());
-        }
-        if let Some(key) = &config.audit.key {
-            hide.push(key.path.clone());
-        }
-        HiddenPaths {
-            hide,
-            read_only: vec![config_path.to_path_buf()],
-            expose: Vec::new(),
-        }
+/// Whose sandbox it is, for the proxy's answer: the agent user's home and session runtime
+/// directory (hidden whole).
+pub fn sandbox_for(identity: Option<&AgentIdentity>) -> anyhow::Result<SandboxFor> {
+    if let Some(identity) = identity {
+        let runtime = PathBuf::from(format!("/run/user/{}", identity.ids.uid));
+        return Ok(SandboxFor {
+            home: identity.home.clone(),
+            runtime_dir: Some(runtime),
+        });
     }
-
-    /// The plan for `command`: these paths and the user's credential stores hidden (less
-    /// `expose`), keyswap's trust files and the exposed paths kept visible.
-    pub fn plan(
-        &self,
-        command: &[String],
-        env: BTreeMap<String, String>,
-        task_env: &BTreeMap<String, String>,
-        home: Option<&Path>,
-    ) -> anyhow::Result<StartPlan> {
-        let cwd = std::env::current_dir().context("reading the working directory")?;
-        let absolute = |p: &PathBuf| match p.is_absolute() {
-            true => p.clone(),
-            false => cwd.join(p),
-        };
-        let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
-        let expose: Vec<PathBuf> = self.expose.iter().map(absolute).collect();
-        let mut hide: Vec<PathBuf> = self.hide.iter().map(absolute).collect();
-        if let Some(home) = home {
-            hide.extend(
-                credential_stores(home, runtime_dir.as_deref())
-                    .into_iter()
-                    .filter(|store| !expose.iter().any(|e| store.starts_with(e))),
-            );
-        }
-        // The trust files the command's runtimes read (the CA directory under /tmp in tests).
-        let mut keep: Vec<PathBuf> = ["NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE"]
-            .iter()
-            .filter_map(|name| task_env.get(*name))
-            .filter_map(|file| Path::new(file).parent().map(Path::to_path_buf))
-            .map(|dir| absolute(&dir))
-            .collect();
-        keep.extend(expose);
-        Ok(StartPlan {
-            command: command.to_vec(),
-            env: env.into_iter().collect(),
-            cwd: cwd.clone(),
-            hide,
-            read_only: self.read_only.iter().map(absolute).collect(),
-            keep,
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .filter(|home| home.is_absolute())
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|user| user.dir)
         })
-    }
+        .context("no home directory: set HOME")?;
+    Ok(SandboxFor {
+        home,
+        runtime_dir: std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from),
+    })
 }
 
-/// The credential stores of a user's home, and the session's runtime directory (its D-Bus,
-/// ssh-agent and gpg-agent sockets), and the sockets that hand out root.
-pub fn credential_stores(home: &Path, runtime_dir: Option<&Path>) -> Vec<PathBuf> {
-    let mut stores: Vec<PathBuf> = [
-        ".ssh",
-        ".gnupg",
-        ".aws",
-        ".azure",
-        ".config/gcloud",
-        ".kube",
-        ".docker",
-        ".netrc",
-        ".git-credentials",
-        ".config/gh",
-        ".npmrc",
-        ".pypirc",
-        ".cargo/credentials.toml",
-        ".cargo/credentials",
-        ".config/op",
-        ".password-store",
-        ".local/share/keyrings",
-    ]
-    .iter()
-    .map(|p| home.join(p))
-    .collect();
-    stores.extend(runtime_dir.map(Path::to_path_buf));
-    stores.extend(
-        [
-            "/run/docker.sock",
-            "/var/run/docker.sock",
-            "/run/containerd/containerd.sock",
-            "/run/podman/podman.sock",
-        ]
+/// The sandbox's plan: the proxy's paths hidden and read-only, keyswap's trust files and the
+/// exposed paths kept visible when they lie in the private `/tmp`.
+pub fn start_plan(
+    command: &[String],
+    env: BTreeMap<String, String>,
+    task_env: &BTreeMap<String, String>,
+    paths: &SandboxPaths,
+) -> anyhow::Result<StartPlan> {
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    let absolute = |p: &Path| cwd.join(p);
+    // The trust files the command's runtimes read (a CA directory under /tmp in tests).
+    let mut keep: Vec<PathBuf> = ["NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE"]
         .iter()
-        .map(PathBuf::from),
-    );
-    stores
+        .filter_map(|name| task_env.get(*name))
+        .filter_map(|file| Path::new(file).parent().map(absolute))
+        .collect();
+    keep.extend(paths.expose.iter().map(|p| absolute(p)));
+    Ok(StartPlan {
+        command: command.to_vec(),
+        env: env.into_iter().collect(),
+        cwd: cwd.clone(),
+        hide: paths.hide.iter().map(|p| absolute(&p.path)).collect(),
+        read_only: paths.read_only.iter().map(|p| absolute(&p.path)).collect(),
+        keep,
+    })
 }
 
 /// Serves the agent's listener inside the sandbox: the embedded proxy accepts on it itself;

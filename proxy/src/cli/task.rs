@@ -132,6 +132,7 @@ pub fn task(command: TaskCommand) -> anyhow::Result<()> {
                     id,
                     by: Some("api".into()),
                     agent_addr: None,
+                    sandbox: None,
                     lifeline: false,
                 };
                 let issued = client.issue(&request).await?;

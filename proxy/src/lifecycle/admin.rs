@@ -259,10 +259,15 @@ fn task_failure(e: TaskError) -> Response {
     failure(status, e.reason(), e.to_string())
 }
 
-/// The answer to an issue: id, token, proxy URL, expiry and the agent's environment.
-/// The answer to an issue: the task's environment points at `agent_addr` (where the agent
-/// reaches the proxy), or at the proxy's own listener.
-pub fn issued_task(shared: &Shared, issued: &Issued, agent_addr: Option<SocketAddr>) -> IssuedTask {
+/// The answer to an issue: id, token, proxy URL, expiry and the agent's environment, which
+/// points at `request.agent_addr` (where the agent reaches the proxy) or at the proxy's own
+/// listener; for a sandboxed exec, the paths to hide, from the config read from `config_file`.
+pub fn issued_task(
+    shared: &Shared,
+    issued: &Issued,
+    request: &IssueRequest,
+    config_file: Option<&Path>,
+) -> IssuedTask {
     let task = &issued.task;
     let snapshot = shared.snapshot();
     let placeholders: Vec<(String, String)> = snapshot
@@ -277,7 +282,7 @@ pub fn issued_task(shared: &Shared, issued: &Issued, agent_addr: Option<SocketAd
         ProxyEndpoint {
             task: &task.id,
             token: Some(issued.token.expose_secret()),
-            addr: agent_addr.unwrap_or(shared.listen),
+            addr: request.agent_addr.unwrap_or(shared.listen),
         },
         &shared.trust,
         &placeholders,
@@ -293,6 +298,14 @@ pub fn issued_task(shared: &Shared, issued: &Issued, agent_addr: Option<SocketAd
             .unwrap_or_default(),
         env,
         listen: Some(shared.listen),
+        sandbox: request.sandbox.as_ref().map(|agent| {
+            keyswap_config::sandbox_plan_paths(
+                &snapshot.config,
+                config_file,
+                &agent.home,
+                agent.runtime_dir.as_deref(),
+            )
+        }),
     }
 }
 
@@ -317,7 +330,12 @@ async fn issue(
         Ok(issued) => issued,
         Err(e) => return task_failure(e),
     };
-    let answer = issued_task(&state.shared, &issued, request.agent_addr);
+    let answer = issued_task(
+        &state.shared,
+        &issued,
+        &request,
+        state.config_path.as_deref(),
+    );
     if !request.lifeline {
         return (StatusCode::CREATED, Json(answer)).into_response();
     }

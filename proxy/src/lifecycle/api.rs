@@ -30,6 +30,21 @@ pub struct IssueRequest {
     /// Only the returned environment's proxy variables use it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_addr: Option<std::net::SocketAddr>,
+    /// `keyswap exec` sandboxes the command as the user with this home: answer with the paths
+    /// the sandbox must hide (the proxy's config names them, relative to the proxy's own
+    /// working directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxFor>,
+}
+
+/// Whose sandbox [`IssueRequest::sandbox`] asks about.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SandboxFor {
+    /// The home directory `~/` paths and the default credential stores are under.
+    pub home: std::path::PathBuf,
+    /// `$XDG_RUNTIME_DIR` of that user's session, hidden whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_dir: Option<std::path::PathBuf>,
 }
 
 /// The answer to `POST /v1/tasks`: the only response that carries a task's token.
@@ -48,6 +63,10 @@ pub struct IssuedTask {
     /// connections to when the environment points at a listener inside the sandbox).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<std::net::SocketAddr>,
+    /// What the sandbox hides and makes read-only, when the request asked
+    /// ([`IssueRequest::sandbox`]). Paths only, absolute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<keyswap_config::SandboxPaths>,
 }
 
 impl std::fmt::Debug for IssuedTask {
