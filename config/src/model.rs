@@ -525,6 +525,8 @@ pub struct Task {
     pub id: String,
     /// Proxy password; `None` = no password.
     pub token: Option<SecretString>,
+    /// The variable the token was read from (`token_env:`): a name, never a value.
+    pub token_env: Option<String>,
     pub expires: Option<SystemTime>,
     /// The policy named by `policy:`; its rules come first in `rules`.
     pub policy: Option<String>,

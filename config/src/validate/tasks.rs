@@ -324,6 +324,7 @@ fn check_task(
     Task {
         id: id.to_string(),
         token,
+        token_env: raw.token_env.as_ref().map(|name| name.value.clone()),
         expires,
         policy: raw.policy.as_ref().map(|p| p.value.clone()),
         rules,

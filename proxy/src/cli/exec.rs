@@ -156,6 +156,8 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
             .issue_with_lifeline(&request)
             .await
             .with_context(|| format!("issuing a task at {}", client.target))?;
+        // The proxy's own credential variables: names only.
+        withheld.extend(issued.withheld_env.iter().cloned());
         (Issuer::Remote(client), issued, Some(lifeline))
     } else {
         let embedded = start_embedded(&args.admin.config).await?;
@@ -217,10 +219,11 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Same-user processes cannot read exec's memory or environment (`/proc/PID/environ`,
-/// `/proc/PID/mem`, ptrace), and a crash writes no core file.
+/// `/proc/PID/mem`, ptrace), a crash writes no core file, and the command's orphans re-parent
+/// to exec, so they stay in the ancestry the admin API refuses.
 fn harden_self() -> anyhow::Result<()> {
-    nix::sys::prctl::set_dumpable(false).context("PR_SET_DUMPABLE")?;
-    nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
+    crate::process_guard::harden_self()?;
+    crate::process_guard::become_subreaper()?;
     Ok(())
 }
 

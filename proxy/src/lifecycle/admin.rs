@@ -17,11 +17,26 @@
 //!
 //! Errors are JSON [`ApiError`]s. A `lifeline` issue keeps its response open and revokes the
 //! task when the connection drops, so a killed `keyswap exec` cannot leave its task behind.
+//!
+//! **The agent is refused.** Whoever can open the socket is the operator, except a process
+//! descended from a `keyswap exec` — its command, the agent, runs as the same user and could
+//! otherwise issue itself a task from any policy or approve its own held request. When a
+//! connection is accepted, its peer's ancestors are walked once ([`process_guard::lineage`]);
+//! every request on it then gets 403 `sandboxed_peer` (also in `x-keyswap-reason`) if a
+//! strict ancestor is (a) the peer of a live lifeline issued on this socket (exec's pid, for
+//! as long as the lifeline lives) or (b) a process whose command line is `keyswap exec …`.
+//! exec itself (the peer, not an ancestor) issues, revokes and answers `--ask`. exec is a
+//! child subreaper, so a command that double-forks stays its descendant. A walk that fails
+//! (a `/proc` read error, the peer gone) refuses; a peer whose pid is 0 (in a pid namespace
+//! this proxy cannot see) cannot be walked and is allowed with a warning. Every refusal is a
+//! WARN line naming the peer's pid and uid. The TCP listener has no peer to walk: its bearer
+//! token, which exec withholds from the command, is the check there.
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -36,7 +51,7 @@ use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use bytes::Bytes;
 use http_body::Frame;
-use keyswap_config::Admin;
+use keyswap_config::{Admin, Config, SecretSource};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
@@ -52,6 +67,7 @@ use super::registry::{LiveTask, RevokeWhy};
 use super::tasks::{self, Issued, TaskError};
 use crate::child_env::{task_env, ProxyEndpoint};
 use crate::error::ProxyError;
+use crate::process_guard::{self, Lineage};
 use crate::server::Shared;
 
 /// How often a lifeline response writes a newline: a write to a peer that has gone fails,
@@ -63,6 +79,7 @@ struct AdminState {
     shared: Arc<Shared>,
     config_path: Option<PathBuf>,
     stop: watch::Receiver<bool>,
+    lifelines: Arc<LifelineHolders>,
 }
 
 /// The admin listeners that were started.
@@ -82,11 +99,15 @@ pub async fn start(
         shared,
         config_path,
         stop: stop.clone(),
+        lifelines: Arc::default(),
     };
     let unix = bind_socket(&admin.socket).await?;
     let mut handles = vec![tokio::spawn(serve_unix(
         unix,
-        router(state.clone()).layer(axum::middleware::from_fn(tag_socket_caller)),
+        router(state.clone()).layer(axum::middleware::from_fn_with_state(
+            state.lifelines.clone(),
+            check_socket_peer,
+        )),
         stop.clone(),
     ))];
     let mut tcp_addr = None;
@@ -153,28 +174,174 @@ async fn bind_socket(path: &Path) -> Result<UnixListener, ProxyError> {
 #[derive(Debug, Clone)]
 pub struct Caller(pub String);
 
-/// The peer of an admin socket connection (`SO_PEERCRED`).
-#[derive(Debug, Clone, Copy)]
-struct SocketPeer(Option<u32>);
+/// The peer of an admin socket connection (`SO_PEERCRED`) and its ancestors, read once
+/// when the connection is accepted.
+#[derive(Debug, Clone)]
+struct SocketPeer {
+    uid: Option<u32>,
+    pid: Option<i32>,
+    ancestry: Ancestry,
+}
+
+#[derive(Debug, Clone)]
+enum Ancestry {
+    /// pid 0: the peer is in a pid namespace this proxy cannot see; nothing to walk.
+    Unseen,
+    Walked(Arc<Lineage>),
+    /// The peer could not be placed (why, for the log): it is refused.
+    Unknown(Arc<str>),
+}
 
 impl Connected<IncomingStream<'_, UnixListener>> for SocketPeer {
     fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        SocketPeer(stream.io().peer_cred().ok().map(|cred| cred.uid()))
+        let Ok(cred) = stream.io().peer_cred() else {
+            return SocketPeer {
+                uid: None,
+                pid: None,
+                ancestry: Ancestry::Unknown("SO_PEERCRED failed".into()),
+            };
+        };
+        let ancestry = match cred.pid() {
+            Some(0) => {
+                tracing::warn!(
+                    uid = cred.uid(),
+                    "admin socket peer is in a pid namespace keyswap cannot see: its ancestry \
+                     is not checked"
+                );
+                Ancestry::Unseen
+            }
+            Some(pid) => walk(pid),
+            None => Ancestry::Unknown("SO_PEERCRED gave no pid".into()),
+        };
+        SocketPeer {
+            uid: Some(cred.uid()),
+            pid: cred.pid(),
+            ancestry,
+        }
     }
 }
 
-async fn tag_socket_caller(
+/// The peer's ancestors, from `/proc` (a few small reads per ancestor).
+fn walk(pid: i32) -> Ancestry {
+    let Some(own) = process_guard::own_binary_name() else {
+        return Ancestry::Unknown("keyswap cannot read its own /proc/self/exe".into());
+    };
+    match process_guard::lineage(Path::new("/proc"), pid, &own) {
+        Ok(lineage) => Ancestry::Walked(Arc::new(lineage)),
+        Err(e) => Ancestry::Unknown(e.to_string().into()),
+    }
+}
+
+/// The pid of the socket peer that sent a request (absent on TCP and for pid 0).
+#[derive(Debug, Clone, Copy)]
+struct PeerPid(i32);
+
+/// The pids of the processes that hold a lifeline issued on the socket (a `keyswap exec`
+/// each), with how many each holds: their descendants are an exec's command.
+#[derive(Default)]
+struct LifelineHolders(Mutex<HashMap<i32, usize>>);
+
+impl LifelineHolders {
+    fn hold(self: &Arc<Self>, pid: i32) -> HeldLifeline {
+        *self.held().entry(pid).or_default() += 1;
+        HeldLifeline {
+            holders: self.clone(),
+            pid,
+        }
+    }
+
+    /// The nearest of `ancestors` that holds a lifeline.
+    fn nearest_in(&self, ancestors: &[i32]) -> Option<i32> {
+        let held = self.held();
+        ancestors.iter().copied().find(|pid| held.contains_key(pid))
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<i32, usize>> {
+        // A panic elsewhere while holding the lock leaves the map whole: keep using it.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A lifeline's holder, recorded until the lifeline ends.
+struct HeldLifeline {
+    holders: Arc<LifelineHolders>,
+    pid: i32,
+}
+
+impl Drop for HeldLifeline {
+    fn drop(&mut self) {
+        let mut held = self.holders.held();
+        if let Some(count) = held.get_mut(&self.pid) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.pid);
+            }
+        }
+    }
+}
+
+/// Why `peer` must be refused, if it must: it descends from a `keyswap exec`, or cannot be
+/// told apart from a process that does.
+fn refusal(peer: &SocketPeer, lifelines: &LifelineHolders) -> Option<String> {
+    match &peer.ancestry {
+        Ancestry::Unseen => None,
+        Ancestry::Unknown(why) => Some(format!("its ancestry could not be read ({why})")),
+        Ancestry::Walked(lineage) => {
+            if let Some(exec) = lineage.exec_ancestor {
+                return Some(format!("it descends from keyswap exec (pid {exec})"));
+            }
+            lifelines
+                .nearest_in(&lineage.ancestors)
+                .map(|holder| format!("it descends from the holder of a lifeline (pid {holder})"))
+        }
+    }
+}
+
+/// Refuses a peer that descends from a `keyswap exec`, on every route; tags the others with
+/// who they are (for the audit of approvals) and their pid (for lifelines).
+async fn check_socket_peer(
+    State(lifelines): State<Arc<LifelineHolders>>,
     ConnectInfo(peer): ConnectInfo<SocketPeer>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    let name = match peer.0 {
+    if let Some(why) = refusal(&peer, &lifelines) {
+        tracing::warn!(
+            peer_pid = peer.pid.unwrap_or(0),
+            peer_uid = peer.uid.map_or_else(|| "unknown".to_string(), |uid| uid.to_string()),
+            method = %req.method(),
+            path = req.uri().path(),
+            why = %why,
+            "admin API refused a peer that may be an agent (sandboxed_peer)"
+        );
+        let mut response = failure(
+            StatusCode::FORBIDDEN,
+            SANDBOXED_PEER,
+            "this process runs under keyswap exec (or keyswap cannot tell that it does not): \
+             the admin API does not take requests from an agent's command; the operator \
+             issues, approves and revokes from outside it",
+        );
+        response.headers_mut().insert(
+            "x-keyswap-reason",
+            header::HeaderValue::from_static(SANDBOXED_PEER),
+        );
+        return response;
+    }
+    let name = match peer.uid {
         Some(uid) => format!("uid:{uid}"),
         None => "uid:unknown".to_string(),
     };
     req.extensions_mut().insert(Caller(name));
+    if let Some(pid) = peer.pid.filter(|pid| *pid > 0) {
+        req.extensions_mut().insert(PeerPid(pid));
+    }
     next.run(req).await
 }
+
+/// The reason of a refusal of an agent's process on the admin socket.
+pub const SANDBOXED_PEER: &str = "sandboxed_peer";
 
 async fn serve_unix(listener: UnixListener, app: Router, mut stop: watch::Receiver<bool>) {
     let app = app.into_make_service_with_connect_info::<SocketPeer>();
@@ -306,11 +473,29 @@ pub fn issued_task(
                 agent.runtime_dir.as_deref(),
             )
         }),
+        withheld_env: credential_variables(&snapshot.config),
     }
+}
+
+/// The variables `config` reads a credential from: secrets' `from_env`, tasks' `token_env`
+/// and `admin.token_env` (sorted, once each). Names are not secret; `keyswap exec` keeps
+/// them out of its command's environment.
+pub fn credential_variables(config: &Config) -> Vec<String> {
+    let secrets = config.secrets.iter().filter_map(|s| match &s.source {
+        SecretSource::Env(name) => Some(name.clone()),
+        SecretSource::File(_) | SecretSource::Command(_) => None,
+    });
+    let tasks = config.tasks.values().filter_map(|t| t.token_env.clone());
+    let names: BTreeSet<String> = secrets
+        .chain(tasks)
+        .chain(config.admin.token_env.clone())
+        .collect();
+    names.into_iter().collect()
 }
 
 async fn issue(
     State(state): State<AdminState>,
+    peer: Option<Extension<PeerPid>>,
     body: Result<Json<IssueRequest>, JsonRejection>,
 ) -> Response {
     let Json(request) = match body {
@@ -355,6 +540,7 @@ async fn issue(
         guard: Lifeline {
             shared: state.shared.clone(),
             task: issued.task.clone(),
+            holder: peer.map(|Extension(PeerPid(pid))| state.lifelines.hold(pid)),
         },
     };
     (
@@ -374,13 +560,18 @@ async fn wait_stop(mut stop: watch::Receiver<bool>) {
 }
 
 /// Revokes its task when dropped: the lifeline response ended (the client went away).
+/// Until then its holder's descendants are refused on the socket.
 struct Lifeline {
     shared: Arc<Shared>,
     task: Arc<LiveTask>,
+    holder: Option<HeldLifeline>,
 }
 
 impl Drop for Lifeline {
     fn drop(&mut self) {
+        // The holder first: once the task is seen gone, its holder is no longer anyone's
+        // lifeline (only exec's own descendants were ever refused for it).
+        self.holder.take();
         tasks::end(&self.shared, &self.task, RevokeWhy::Exit, true);
     }
 }

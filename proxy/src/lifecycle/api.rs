@@ -67,6 +67,11 @@ pub struct IssuedTask {
     /// ([`IssueRequest::sandbox`]). Paths only, absolute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<keyswap_config::SandboxPaths>,
+    /// The names of the variables the proxy's config reads a credential from (secrets'
+    /// `from_env`, tasks' `token_env`, `admin.token_env`): `keyswap exec` removes them from
+    /// the command's environment. Names only, never a value; absent from an older proxy.
+    #[serde(default)]
+    pub withheld_env: Vec<String>,
 }
 
 impl std::fmt::Debug for IssuedTask {
@@ -76,6 +81,7 @@ impl std::fmt::Debug for IssuedTask {
             .field("id", &self.id)
             .field("policy", &self.policy)
             .field("expires", &self.expires)
+            .field("withheld_env", &self.withheld_env)
             .finish_non_exhaustive()
     }
 }
