@@ -267,7 +267,6 @@ fn secrets_dir(given: Option<&Path>, file: &Path) -> anyhow::Result<PathBuf> {
             Usage("neither XDG_STATE_HOME nor HOME is set: pass --secrets-dir DIR".into())
         })?,
     };
-    let dir = ensure_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let parent = match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -276,7 +275,8 @@ fn secrets_dir(given: Option<&Path>, file: &Path) -> anyhow::Result<PathBuf> {
         .canonicalize()
         .with_context(|| format!("resolving {}", parent.display()))?;
     let tree = git_toplevel(&parent).unwrap_or(parent);
-    if dir.starts_with(&tree) {
+    // Checked before the directory is created: a refusal leaves nothing in the tree.
+    if resolved(&dir)?.starts_with(&tree) {
         return Err(Usage(format!(
             "the secrets directory {} is inside the working tree {}, where the agent would read \
              the values: pass --secrets-dir with a directory outside it",
@@ -285,7 +285,29 @@ fn secrets_dir(given: Option<&Path>, file: &Path) -> anyhow::Result<PathBuf> {
         ))
         .into());
     }
-    Ok(dir)
+    ensure_dir(&dir).with_context(|| format!("creating {}", dir.display()))
+}
+
+/// `path` made absolute with its longest existing ancestor resolved (links followed), for a
+/// path that may not exist yet.
+fn resolved(path: &Path) -> anyhow::Result<PathBuf> {
+    let absolute = std::env::current_dir()
+        .context("reading the working directory")?
+        .join(path);
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(canonical) = existing.canonicalize() {
+            return Ok(rest.iter().rev().fold(canonical, |p, c| p.join(c)));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return Ok(absolute),
+        }
+    }
 }
 
 /// `base`, or `base_2`, `base_3`… : a name neither the config nor the directory has yet.

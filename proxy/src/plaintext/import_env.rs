@@ -208,7 +208,10 @@ pub fn replace_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 /// Whether git tracks `file` (`git ls-files --error-unmatch`); `None` when git cannot tell
 /// (not installed, or not inside a repository).
 pub fn tracked_by_git(file: &Path) -> Option<bool> {
-    let dir = file.parent().filter(|p| !p.as_os_str().is_empty())?;
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     let name = file.file_name()?;
     let inside = git(dir, &["rev-parse", "--is-inside-work-tree"])?;
     if !inside.status.success() {
