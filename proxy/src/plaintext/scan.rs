@@ -136,16 +136,22 @@ pub enum Ended {
     TooLarge,
 }
 
-/// Searches `reader` to its end (or `deadline`, or `max_bytes`), reading each byte once.
+/// Searches `reader` to its end (or `deadline`, or `max_bytes`), reading each byte once;
+/// `size_hint` (the file's size) bounds the buffer for small files.
 /// Hits are in order, one per (line, secret, form), at most [`MAX_HITS_PER_FILE`].
 pub fn scan_reader(
     set: &ScanSet,
     mut reader: impl Read,
+    size_hint: u64,
     deadline: Instant,
     max_bytes: u64,
 ) -> std::io::Result<(Vec<FileHit>, Ended, u64)> {
     let keep = set.matcher.longest().saturating_sub(1);
-    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + keep);
+    let chunk = usize::try_from(size_hint.saturating_add(1))
+        .unwrap_or(CHUNK)
+        .clamp(keep.max(1), CHUNK);
+    // Allocated (and zeroed) once: the carried tail is moved to the front, never re-zeroed.
+    let mut buf = vec![0u8; keep + chunk];
     let mut hits: Vec<FileHit> = Vec::new();
     // Bytes at the start of `buf` carried over from the previous read (already searched).
     let mut carried = 0usize;
@@ -153,17 +159,16 @@ pub fn scan_reader(
     let mut line = 1u64;
     let mut total = 0u64;
     loop {
-        let start = buf.len();
-        buf.resize(start + CHUNK, 0);
-        let n = read_some(&mut reader, &mut buf[start..])?;
-        buf.truncate(start + n);
+        let n = read_some(&mut reader, &mut buf[carried..carried + chunk])?;
         if n == 0 {
             return Ok((hits, Ended::Done, total));
         }
         total += n as u64;
+        let end = carried + n;
+        let window = &buf[..end];
         let mut counted_to = 0usize;
         let mut line_at = line;
-        for (range, label) in set.matcher.find_spans(&buf) {
+        for (range, label) in set.matcher.find_spans(window) {
             // A match that ends inside the carried bytes lay wholly in the previous read.
             if range.end <= carried || hits.len() >= MAX_HITS_PER_FILE {
                 continue;
@@ -171,7 +176,7 @@ pub fn scan_reader(
             let Some((secret, form)) = set.label(label) else {
                 continue;
             };
-            line_at += newlines(&buf[counted_to..range.start]);
+            line_at += newlines(&window[counted_to..range.start]);
             counted_to = range.start;
             let hit = FileHit {
                 line: line_at,
@@ -182,10 +187,10 @@ pub fn scan_reader(
                 hits.push(hit);
             }
         }
-        let cut = buf.len().saturating_sub(keep);
+        let cut = end.saturating_sub(keep);
         line += newlines(&buf[..cut]);
-        buf.drain(..cut);
-        carried = buf.len();
+        buf.copy_within(cut..end, 0);
+        carried = end - cut;
         if total >= max_bytes {
             return Ok((hits, Ended::TooLarge, total));
         }
@@ -235,7 +240,8 @@ mod tests {
 
     fn scan(data: &[u8]) -> Vec<FileHit> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let (hits, ended, total) = scan_reader(&set(), data, deadline, u64::MAX).expect("read");
+        let (hits, ended, total) =
+            scan_reader(&set(), data, data.len() as u64, deadline, u64::MAX).expect("read");
         assert_eq!(ended, Ended::Done);
         assert_eq!(total, data.len() as u64);
         hits
@@ -274,7 +280,7 @@ mod tests {
         let text = format!("a\nb {VALUE}\nc\n{}\n", VALUE.to_uppercase());
         let deadline = Instant::now() + Duration::from_secs(60);
         let (hits, _, _) =
-            scan_reader(&set(), Dribble(text.as_bytes(), 3), deadline, u64::MAX).expect("read");
+            scan_reader(&set(), Dribble(text.as_bytes(), 3), 4, deadline, u64::MAX).expect("read");
         let lines: Vec<u64> = hits.iter().map(|h| h.line).collect();
         assert_eq!(lines, [2, 4]);
     }

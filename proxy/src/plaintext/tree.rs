@@ -213,7 +213,7 @@ fn scan_file(
         return;
     }
     // One byte over the limit tells a file that grew while being read.
-    match scan_reader(values, file, deadline, budget.max_file_size + 1) {
+    match scan_reader(values, file, meta.len(), deadline, budget.max_file_size + 1) {
         Ok((hits, ended, bytes)) => {
             report.bytes_scanned += bytes;
             report.files_scanned += 1;
