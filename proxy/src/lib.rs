@@ -33,6 +33,7 @@ pub mod intercept;
 pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
+pub mod plaintext;
 pub mod process_guard;
 pub mod refusal;
 pub mod replace;

@@ -127,6 +127,19 @@ impl Replacer {
             .map(|m| m.pattern().as_usize())
     }
 
+    /// Every match in `haystack` (leftmost-longest, non-overlapping): where it is and what
+    /// replaces it. For callers that label patterns through their replacement (the plaintext
+    /// scan) rather than rewrite the haystack.
+    pub fn find_spans<'h>(
+        &'h self,
+        haystack: &'h [u8],
+    ) -> impl Iterator<Item = (std::ops::Range<usize>, &'h [u8])> + 'h {
+        self.automaton
+            .iter()
+            .flat_map(move |ac| ac.find_iter(haystack))
+            .map(|m| (m.range(), self.replacement(&m)))
+    }
+
     pub fn contains_any(&self, haystack: &[u8]) -> bool {
         self.automaton
             .as_ref()

@@ -8,7 +8,9 @@ pub mod audit;
 mod check;
 mod exec;
 mod health;
+mod import_env;
 mod sandbox;
+mod scan;
 mod task;
 
 use std::path::{Path, PathBuf};
@@ -93,6 +95,13 @@ pub enum Command {
     /// Exit 0 if the metrics listener answers `GET /healthz` with 200 (a container health
     /// check that needs no shell or curl in the image).
     Health(health::HealthArgs),
+    /// Search working trees for the config's real secret values in plain text (every form
+    /// the scrubber knows): exit 1 on a hit, 0 clean, 2 on a usage or config error, 3 if the
+    /// time budget cut a clean search short.
+    Scan(scan::ScanArgs),
+    /// Move a .env's credentials into 0600 files outside the working tree, leave placeholders
+    /// of the same shape in their place, and print (or --write) the config entries.
+    ImportEnv(import_env::ImportEnvArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,6 +156,8 @@ pub fn main_with(cli: Cli) -> ExitCode {
         Command::Run { config } => run(&config),
         Command::Exec(args) => return exec::exec(args),
         Command::Audit { command } => return audit::audit(command),
+        Command::Scan(args) => return scan::scan(args),
+        Command::ImportEnv(args) => return import_env::import_env(args),
         Command::Task { command } => task::task(command),
         Command::Env(args) => task::env(args),
         Command::Reload { admin } => task::reload(admin),
