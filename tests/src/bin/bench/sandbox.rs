@@ -286,12 +286,12 @@ fn wait_limited(child: std::process::Child) -> anyhow::Result<std::process::Outp
         output
     });
     if waited.recv_timeout(EXEC_LIMIT).is_err() {
-        // Our own child, by its id.
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(pid.to_string())
-            .status();
-        let _ = waiter.join();
+        // Our own child, by its id. The waiter is left behind: the sandbox's processes may
+        // still hold exec's pipes open.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         anyhow::bail!("keyswap exec did not end within {EXEC_LIMIT:?}");
     }
     waiter
