@@ -1,6 +1,7 @@
 //! `bench`: measures keyswap side by side with a direct connection, hudsucker and mitmproxy in
-//! one run, and reports ratios; then keyswap's task lifecycle alone (scenario 7) and its
-//! transparent listener against its explicit one (scenario 8, root only).
+//! one run, and reports ratios; then keyswap's task lifecycle alone (scenario 7), its
+//! transparent listener against its explicit one (scenario 8, root only), and what
+//! `keyswap exec`'s sandbox costs against `--no-sandbox` (scenario 9).
 //!
 //! ```text
 //! cargo run --release -p keyswap-tests --bin bench -- [--quick] [--out results.json]
@@ -18,6 +19,7 @@ mod load;
 mod peer;
 mod procfs;
 mod report;
+mod sandbox;
 mod scenarios;
 mod setup;
 mod soak;
@@ -59,7 +61,7 @@ struct Args {
     #[arg(long)]
     no_pin: bool,
     /// Run only these scenarios (0 is the machine floor, 7 keyswap's task lifecycle, 8 the
-    /// transparent listener against the explicit one, as root), e.g.
+    /// transparent listener against the explicit one, as root, 9 `keyswap exec`'s sandbox), e.g.
     /// `--only 1,6`; 3 takes its rate from 1 unless `--latency-rate` is given.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -100,6 +102,9 @@ enum ChildProcess {
     #[cfg(feature = "hudsucker")]
     #[command(hide = true, name = "serve-hudsucker")]
     Hudsucker(hudsucker_peer::ServeArgs),
+    /// Scenario 9's load generator, run as `keyswap exec`'s command.
+    #[command(hide = true, name = "sandbox-load")]
+    SandboxLoad(sandbox::LoadArgs),
     /// Not a child: keyswap for `--duration` under resets, aborts, slow readers and config
     /// reloads, checking that nothing is lost, garbled or leaked and that RSS and fds stay flat.
     Soak(soak::SoakArgs),
@@ -112,12 +117,20 @@ const CLIENT_CPU: usize = 0;
 const PROXY_CPU: usize = 1;
 
 fn main() -> ExitCode {
+    // `bench sandbox-started`, scenario 9's command: before anything else, even parsing.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == sandbox::STARTED)
+    {
+        return sandbox::started();
+    }
     let args = Args::parse();
     let result = match args.serve {
         Some(ChildProcess::Upstream { ca_dir }) => setup::serve_upstream(&ca_dir),
         Some(ChildProcess::Echo) => floor::serve_echo(),
         #[cfg(feature = "hudsucker")]
         Some(ChildProcess::Hudsucker(serve)) => hudsucker_peer::serve(serve),
+        Some(ChildProcess::SandboxLoad(load_args)) => sandbox::load_main(&load_args),
         Some(ChildProcess::Soak(soak_args)) => soak::main(&soak_args),
         None => match pin_self(&args) {
             Ok(Some(code)) => return code,
@@ -362,6 +375,21 @@ async fn run(args: &Args, secret: String, token: String) -> anyhow::Result<()> {
                 skipped.push(why);
             }
         }
+    }
+    if args.runs("9") && args.measures("keyswap") {
+        let keyswap = contenders.iter().find(|c| c.column == KEYSWAP);
+        let inputs = sandbox::Inputs {
+            quick: args.quick,
+            setup: world.peer_setup("keyswap-exec", cpu)?,
+            proxy_ca_dir: &world.proxy_ca_dir,
+            proxy_ca: world.trust[1].clone(),
+            upstream,
+            admin_socket: &admin_socket,
+            keyswap_pid: keyswap.and_then(|k| k.pid),
+            binary: args.keyswap.as_deref(),
+            client_cpu: cpu.map(|_| CLIENT_CPU),
+        };
+        rows.extend(tokio::task::block_in_place(|| sandbox::run(inputs)));
     }
     drop(limit_server);
 
