@@ -62,6 +62,10 @@ pub struct ExecArgs {
     /// As root: the user the command runs as (a name from the password database).
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
+    /// Start the command even when real secret values are in files under its working
+    /// directory (exec, running keyswap itself, searches them first and refuses).
+    #[arg(long)]
+    pub allow_plaintext: bool,
     #[command(flatten)]
     pub admin: AdminArgs,
     /// The command and its arguments.
@@ -160,7 +164,7 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         withheld.extend(issued.withheld_env.iter().cloned());
         (Issuer::Remote(client), issued, Some(lifeline))
     } else {
-        let embedded = start_embedded(&args.admin.config).await?;
+        let embedded = start_embedded(&args.admin.config, args.allow_plaintext).await?;
         withheld.extend(embedded.withheld);
         let issued = embedded
             .handle
@@ -251,7 +255,7 @@ struct Embedded {
 
 /// keyswap in this process: the config's rules and secrets, an ephemeral loopback port, no
 /// admin socket (nothing outside this process needs one).
-async fn start_embedded(config_path: &Path) -> anyhow::Result<Embedded> {
+async fn start_embedded(config_path: &Path, allow_plaintext: bool) -> anyhow::Result<Embedded> {
     let path = config_path.to_path_buf();
     let (config, read) = tokio::task::spawn_blocking(move || {
         let read = ReadVars::default();
@@ -268,6 +272,7 @@ async fn start_embedded(config_path: &Path) -> anyhow::Result<Embedded> {
     for warning in &config.warnings {
         tracing::warn!(%warning, "config");
     }
+    let config = refuse_plaintext_in_reach(config, allow_plaintext).await?;
     let mut withheld = read;
     withheld.extend(variables_holding_secrets(&config));
     let ca = CertificateAuthority::load_or_create(&config.ca_dir)?;
@@ -281,6 +286,36 @@ async fn start_embedded(config_path: &Path) -> anyhow::Result<Embedded> {
         handle: ProxyHandle::start(config, ca, options).await?,
         withheld,
     })
+}
+
+/// Searches the command's working directory for the config's real values (in every form the
+/// scrubber knows) and refuses to go on when one is there, unless `allow_plaintext`: the agent
+/// would read it without keyswap. Only where exec holds the values (keyswap embedded).
+async fn refuse_plaintext_in_reach(
+    config: keyswap_config::Config,
+    allow_plaintext: bool,
+) -> anyhow::Result<keyswap_config::Config> {
+    use crate::plaintext::{self, ScanBudget, ScanSet};
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    let (config, report) = tokio::task::spawn_blocking(move || {
+        let report = ScanSet::from_config(&config)
+            .map(|set| plaintext::check_working_tree(&set, &cwd, ScanBudget::EXEC));
+        (config, report)
+    })
+    .await?;
+    let report = report.context("building the search for plaintext secrets")?;
+    if let Some(note) = plaintext::incomplete_note(&report, ScanBudget::EXEC) {
+        eprintln!("keyswap exec: {}", note.trim_end());
+    }
+    if report.is_clean() {
+        return Ok(config);
+    }
+    if allow_plaintext {
+        eprintln!("{}", plaintext::allow_plaintext_warning(&report));
+        return Ok(config);
+    }
+    let refusal = plaintext::exec_refusal(&report);
+    anyhow::bail!("{}", refusal.trim_start_matches("keyswap exec: "))
 }
 
 /// Names of this process's variables whose value contains a real secret value.
