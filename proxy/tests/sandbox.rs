@@ -449,6 +449,11 @@ struct Setup {
 
 impl Setup {
     async fn new() -> Setup {
+        Setup::with_config("").await
+    }
+
+    /// `extra` (YAML, `{dir}` filled in) is appended to [`CONFIG`].
+    async fn with_config(extra: &str) -> Setup {
         let user = agent_user();
         let dir = tempfile::tempdir().expect("tempdir");
         let upstream_ca = keyswap_certs::CertificateAuthority::generate("sandbox test upstream CA")
@@ -470,7 +475,8 @@ impl Setup {
             tunnel_port: 0,
         };
         let config = dir.path().join("keyswap.yaml");
-        std::fs::write(&config, render(CONFIG, &vars)).expect("write config");
+        let template = format!("{CONFIG}{extra}");
+        std::fs::write(&config, render(&template, &vars)).expect("write config");
         std::fs::create_dir_all(dir.path().join("secrets")).expect("secrets dir");
         std::fs::create_dir_all(dir.path().join("tasks")).expect("tasks dir");
         write_private(&dir.path().join("secrets/openai"), OPENAI_REAL);
@@ -1385,6 +1391,58 @@ async fn agent_cannot_edit_the_config_or_write_into_tasks_dir() {
         assert!(
             !Path::new(&task_file).exists(),
             "{mode:?}: a task file appeared in tasks_dir"
+        );
+        setup.check_leaks(running.as_ref());
+    }
+}
+
+/// `sandbox:` in the config: `hide` hides more paths, `read_only` protects more, and `expose`
+/// keeps a directory under /tmp visible although the rest of /tmp is private.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_config_hides_protects_and_exposes_paths() {
+    let exposed = tempfile::Builder::new()
+        .prefix("keyswap-exposed-")
+        .tempdir()
+        .expect("a directory under the temp dir");
+    let extra = format!(
+        "sandbox:\n  hide: [\"{{dir}}/notes\"]\n  read_only: [\"{{dir}}/docs\"]\n  expose: [\"{}\"]\n",
+        exposed.path().display()
+    );
+    let setup = Setup::with_config(&extra).await;
+    if !python_usable(setup.user) {
+        return;
+    }
+    std::fs::create_dir_all(setup.path("notes")).expect("notes");
+    std::fs::create_dir_all(setup.path("docs")).expect("docs");
+    std::fs::write(setup.path("notes/plan.txt"), "KSCRED-notes\n").expect("notes file");
+    std::fs::write(exposed.path().join("shared.txt"), "KSCRED-exposed\n").expect("exposed file");
+    setup.user.own(setup.dir.path());
+    setup.user.own(exposed.path());
+    let shared = exposed.path().join("shared.txt").display().to_string();
+    for mode in BOTH {
+        let running = setup.proxy_for(mode);
+        let (_, records) = setup
+            .attack(mode, &[], &["files", &setup.path_str("notes"), &shared])
+            .await;
+        let files = of_kind(&records, "file");
+        assert_eq!(files.len(), 2, "{records:?}");
+        assert!(
+            marks(files[0], "marks").is_empty() && files[0]["entries"] == 0,
+            "{mode:?}: sandbox.hide did not hide a directory: {}",
+            files[0]
+        );
+        assert!(
+            marks(files[1], "marks").contains(&CRED),
+            "{mode:?}: sandbox.expose did not keep a /tmp directory visible: {}",
+            files[1]
+        );
+        let new_doc = setup.path_str(&format!("docs/new-{mode:?}.txt"));
+        let (_, records) = setup
+            .attack(mode, &[], &["write", "create", &new_doc])
+            .await;
+        assert!(
+            of_kind(&records, "write")[0]["result"] != "ok",
+            "{mode:?}: the agent wrote into a sandbox.read_only directory"
         );
         setup.check_leaks(running.as_ref());
     }
