@@ -4,6 +4,13 @@
 //! embedded (no proxy answers on the admin socket) and against a running `keyswap run`, where
 //! the task must die with exec — on a normal exit, and within a second of a SIGKILL.
 //!
+//! `exec` sandboxes the command by default, and as root (CI) it runs it only as `--user NAME`:
+//! the client tests and the signal test run sandboxed (as the tests' unprivileged user
+//! `ksagent` when they run as root, see `keyswap_tests::agent_user`), which proves the clients
+//! work inside the sandbox. Tests about the task's lifecycle on a running proxy use the proxy
+//! URL from outside, where the sandbox's own listener is not reachable: they pass
+//! `--no-sandbox`.
+//!
 //! Everything each process printed, the proxy's log and the audit file are checked for real
 //! secret values and for the task tokens the test learned; no assertion message shows a token.
 
@@ -15,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use keyswap::lifecycle::api::TaskInfo;
 use keyswap::lifecycle::client::{AdminClient, AdminTarget};
+use keyswap_tests::agent_user::agent_user;
 use keyswap_tests::harness::{render, test_env_values, ConfigVars, AGENT_TOKEN};
 use keyswap_tests::secrets::{assert_no_real_secret, GITHUB_PLACEHOLDER, GITHUB_REAL};
 use keyswap_tests::upstream::{Upstream, UpstreamOptions};
@@ -26,6 +34,20 @@ const ADMIN_TOKEN: &str = "ks-admin-token-5e1f0c2a9b7d4e36";
 const ADMIN_TCP: &str = "\n  listen: 127.0.0.1:0\n  token_env: KS_TEST_ADMIN";
 const POLICY: &str = "agent-rw";
 const API: &str = "https://api.upstream.test";
+/// Runs the command outside the sandbox, as exec's own user: for tests whose point is the
+/// task's lifecycle, which use the proxy URL from outside the sandbox.
+const NO_SANDBOX: &str = "--no-sandbox";
+
+/// The options that run the command sandboxed: as root, `--user` the tests' unprivileged
+/// user (exec refuses to run a sandboxed command as root); otherwise none (the command runs
+/// sandboxed as the current user).
+fn sandboxed() -> Vec<&'static str> {
+    let user = agent_user();
+    match user.dedicated {
+        true => vec!["--user", user.name.as_str()],
+        false => Vec::new(),
+    }
+}
 
 /// A policy runtime tasks are issued from, the github secret with its `env:` variable, a
 /// static task `agent` for `keyswap env`, and the admin socket in the test's directory.
@@ -194,6 +216,9 @@ impl Setup {
             .replace("{listen}", listen)
             .replace("{admin_tcp}", admin_tcp);
         std::fs::write(&config, render(&template, &vars)).expect("write config");
+        // A sandboxed command runs as the agent user in this directory (its working
+        // directory) and reads keyswap's CA bundle from it.
+        agent_user().own(dir.path());
         Setup {
             dir,
             config,
@@ -495,7 +520,9 @@ async fn embedded_exec_runs_curl_with_the_placeholder_and_exits_with_its_status(
     let script = format!(
         "curl -sS --max-time 20 -H \"Authorization: Bearer $GITHUB_TOKEN\" {API}/echo/exec-curl; exit 7"
     );
-    let out = setup.exec_embedded(&[], &["sh", "-c", &script]).await;
+    let out = setup
+        .exec_embedded(&sandboxed(), &["sh", "-c", &script])
+        .await;
     setup.leaks.keep_output("keyswap exec (curl)", &out);
     setup.check_leaks(None);
     assert_eq!(
@@ -536,7 +563,7 @@ async fn embedded_exec_runs_curl_with_the_placeholder_and_exits_with_its_status(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_child_environment_holds_no_real_secret_or_task_credential() {
     let setup = Setup::new().await;
-    let out = setup.exec_embedded(&[], &["env"]).await;
+    let out = setup.exec_embedded(&sandboxed(), &["env"]).await;
     assert!(
         out.status.success(),
         "exec env failed:\n{}",
@@ -600,7 +627,9 @@ with urllib.request.urlopen(req, timeout=20) as resp:
     print(resp.read().decode())
 "#
     );
-    let out = setup.exec_embedded(&[], &["python3", "-c", &script]).await;
+    let out = setup
+        .exec_embedded(&sandboxed(), &["python3", "-c", &script])
+        .await;
     setup.leaks.keep_output("keyswap exec (python)", &out);
     setup.check_leaks(None);
     let stdout = text(&out.stdout);
@@ -644,7 +673,7 @@ async fn embedded_exec_runs_java_httpclient_with_the_placeholder() {
     let url = format!("{API}/echo/exec-java");
     let out = setup
         .exec_embedded(
-            &[],
+            &sandboxed(),
             &["java", "-cp", classes, "ProxyProbe", &url, "GITHUB_TOKEN"],
         )
         .await;
@@ -688,14 +717,18 @@ async fn exec_ttl_above_max_ttl_is_refused_before_the_command_runs() {
         );
         assert!(!marker.exists(), "{how}: the command ran");
     };
-    let out = setup.exec_embedded(&["--ttl", "5h"], &command).await;
+    let out = setup
+        .exec_embedded(&[NO_SANDBOX, "--ttl", "5h"], &command)
+        .await;
     setup
         .leaks
         .keep_output("keyswap exec --ttl (embedded)", &out);
     check("embedded", &out);
 
     let running = setup.start_proxy();
-    let out = setup.exec_remote(&["--ttl", "5h"], &command).await;
+    let out = setup
+        .exec_remote(&[NO_SANDBOX, "--ttl", "5h"], &command)
+        .await;
     setup
         .leaks
         .keep_output("keyswap exec --ttl (running)", &out);
@@ -714,7 +747,9 @@ async fn exec_ttl_above_max_ttl_is_refused_before_the_command_runs() {
         "a refused issue left a task"
     );
     // Within max_ttl it runs.
-    let out = setup.exec_remote(&["--ttl", "1h"], &command).await;
+    let out = setup
+        .exec_remote(&[NO_SANDBOX, "--ttl", "1h"], &command)
+        .await;
     setup.leaks.keep_output("keyswap exec --ttl 1h", &out);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(marker.exists(), "the command did not run with --ttl 1h");
@@ -734,7 +769,10 @@ async fn exec_task_on_a_running_proxy_is_revoked_when_the_command_exits() {
          curl -sS --max-time 20 -H \"Authorization: Bearer $GITHUB_TOKEN\" {API}/echo/exec-remote",
         url_file.display()
     );
-    let out = setup.exec_remote(&[], &["sh", "-c", &script]).await;
+    // The test uses the task's proxy URL from outside: no sandbox.
+    let out = setup
+        .exec_remote(&[NO_SANDBOX], &["sh", "-c", &script])
+        .await;
     setup
         .leaks
         .keep_output("keyswap exec (running proxy)", &out);
@@ -805,7 +843,8 @@ async fn exec_over_the_tcp_admin_api_withholds_the_admin_token() {
         .expect("admin TCP address in the log")
         .to_string();
     let admin_url = format!("http://{admin}");
-    let args = setup.exec_args(&["--admin", &admin_url], &["env"]);
+    // The test compares the proxy URL with the running proxy's own address: no sandbox.
+    let args = setup.exec_args(&[NO_SANDBOX, "--admin", &admin_url], &["env"]);
     let mut exec = setup.keyswap(&args);
     exec.env("KEYSWAP_ADMIN_TOKEN", ADMIN_TOKEN);
     let out = run(exec, Duration::from_secs(60)).await;
@@ -839,7 +878,8 @@ async fn sigkilled_exec_loses_its_task_within_a_second() {
         url_file.display(),
         pid_file.display()
     );
-    let args = setup.exec_args(&[], &["sh", "-c", &script]);
+    // The test uses the task's proxy URL from outside: no sandbox.
+    let args = setup.exec_args(&[NO_SANDBOX], &["sh", "-c", &script]);
     // Files, not pipes: the orphaned command keeps exec's stdout and stderr open.
     let (stdout_file, stderr_file) = (setup.path("exec.stdout"), setup.path("exec.stderr"));
     let mut exec = setup.keyswap(&args);
@@ -1083,7 +1123,8 @@ async fn exec_forwards_sigterm_to_the_command() {
         "trap 'exit 42' TERM; echo up > {}; while :; do sleep 0.05; done",
         ready.display()
     );
-    let args = setup.exec_args(&[], &["sh", "-c", &script]);
+    let sandboxed = sandboxed();
+    let args = setup.exec_args(&sandboxed, &["sh", "-c", &script]);
     let mut cmd = setup.keyswap_with_secrets(&args);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = cmd.spawn().expect("keyswap exec starts");

@@ -7,6 +7,7 @@
 //! ends (or panics) leaves nothing running behind it.
 #![forbid(unsafe_code)]
 
+pub mod agent_user;
 pub mod client;
 pub mod files;
 pub mod harness;
