@@ -123,6 +123,8 @@ const HOME_STORES: &[(&str, &str)] = &[
         ".terraform.d/credentials.tfrc.json",
         "Terraform Cloud token",
     ),
+    // Where `keyswap import-env` moves values by default (with XDG_STATE_HOME unset).
+    (".local/state/keyswap", "keyswap's imported secrets"),
 ];
 
 /// System sockets that hand out root (a container runtime's API), each with why.
