@@ -4,16 +4,25 @@
 //! `keyswap import-env` moves a `.env`'s credentials into 0600 files outside the tree, leaving
 //! same-prefix placeholders whose config entries `keyswap check` accepts.
 //!
-//! Real processes of the built binary and of git; the suite's test secrets (`KSREAL…`), so
-//! every output is checked for them.
+//! End to end, `keyswap exec` (embedded, sandboxed, as the agent user) refuses such a tree
+//! with exit 125, starts it with `--allow-plaintext` and a warning, and once the other places
+//! are cleaned and the `.env` imported, starts the command, which sends the `.env`'s new
+//! placeholder with curl and the upstream receives the real value, while the imported secret
+//! files read as empty inside the sandbox.
+//!
+//! Real processes of the built binary, of git and curl; the suite's test secrets (`KSREAL…`),
+//! so every output is checked for them.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use base64::Engine;
-use keyswap_tests::harness::test_env_values;
-use keyswap_tests::secrets::{assert_no_real_secret, GITHUB_REAL};
+use keyswap_tests::agent_user::agent_user;
+use keyswap_tests::harness::{render, test_env_values, ConfigVars};
+use keyswap_tests::secrets::{assert_no_real_secret, GITHUB_PLACEHOLDER, GITHUB_REAL};
+use keyswap_tests::upstream::{Upstream, UpstreamOptions};
 
 const KEYSWAP: &str = env!("CARGO_BIN_EXE_keyswap");
 
@@ -451,4 +460,276 @@ fn import_env_refuses_a_secrets_dir_inside_the_working_tree() {
     assert!(unchanged == original, "the .env was changed");
     let moved = s.tree().join("secrets/github_token").exists();
     assert!(!moved, "a secret file was written inside the tree");
+}
+
+// ---- end to end: exec refuses the tree, then runs after import-env ----
+
+/// An embedded exec's config: `github` read from the environment and granted to the
+/// in-process upstream by the policy exec issues its task from.
+const EXEC_CONFIG: &str = r#"version: 1
+listen: 127.0.0.1:0
+ca_dir: {dir}/ca
+audit_log: {dir}/audit.jsonl
+admin:
+  socket: {dir}/admin.sock
+upstream:
+  extra_roots: {dir}/upstream-ca.pem
+  resolve:
+    "api.upstream.test:443": "127.0.0.1:{https_port}"
+policies:
+  agent-rw:
+    ttl: 10m
+    allow:
+      - host: api.upstream.test
+        methods: [GET]
+        paths: ["/echo/**"]
+        secrets: [github]
+secrets:
+  github:
+    from_env: KS_TEST_GITHUB
+    placeholder: ghp_keyswap_github_0000000000000000000000
+"#;
+
+/// What an end-to-end test saw: every output, for the leak check at its end.
+#[derive(Default)]
+struct Seen(Vec<(String, Vec<u8>)>);
+
+impl Seen {
+    fn keep(&mut self, what: &str, out: &Output) {
+        self.0.push((format!("{what} stdout"), out.stdout.clone()));
+        self.0.push((format!("{what} stderr"), out.stderr.clone()));
+    }
+
+    /// No real value (in any form [`assert_no_real_secret`] knows) and no `token` anywhere.
+    fn check(&self, tokens: &[&str]) {
+        for (what, bytes) in &self.0 {
+            assert_no_real_secret(what, bytes);
+            for token in tokens {
+                let found = bytes.windows(token.len()).any(|w| w == token.as_bytes());
+                assert!(!found, "the task token appeared in {what}");
+            }
+        }
+    }
+}
+
+/// `keyswap exec --config CONFIG --policy agent-rw EXTRA -- COMMAND` in `cwd`, embedded (no
+/// proxy answers on the admin socket), sandboxed: as root `--user` the tests' unprivileged
+/// user. Only the variable the config reads the value from is passed on.
+async fn exec_embedded(cwd: &Path, config: &Path, extra: &[&str], command: &[&str]) -> Output {
+    let user = agent_user();
+    let mut cmd = tokio::process::Command::new(KEYSWAP);
+    cmd.arg("exec")
+        .arg("--config")
+        .arg(config)
+        .args(["--policy", "agent-rw"]);
+    if user.dedicated {
+        cmd.args(["--user", user.name.as_str()]);
+    }
+    cmd.args(extra)
+        .arg("--")
+        .args(command)
+        .current_dir(cwd)
+        .env("KS_TEST_GITHUB", GITHUB_REAL)
+        .env("KEYSWAP_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let limit = Duration::from_secs(120);
+    tokio::time::timeout(limit, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("keyswap exec did not finish within {limit:?}"))
+        .expect("run keyswap exec")
+}
+
+/// Whether curl runs here; under `CI=true` its absence fails the test.
+fn curl_available() -> bool {
+    let found = Command::new("curl")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("curl must be on PATH in CI");
+        }
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** NOTICE: curl is not on PATH: a plaintext test did NOT run ***\n"
+        );
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_refuses_a_tree_with_plaintext_secrets_and_runs_after_import_env() {
+    if !git_available() || !curl_available() {
+        return;
+    }
+    let s = Scratch::new();
+    let upstream_ca = keyswap_certs::CertificateAuthority::generate("plaintext test upstream CA")
+        .expect("upstream CA");
+    std::fs::write(s.root.join("upstream-ca.pem"), upstream_ca.cert_pem()).expect("upstream CA");
+    let upstream = Upstream::start(
+        &upstream_ca,
+        UpstreamOptions {
+            names: vec!["api.upstream.test".to_string()],
+            ..UpstreamOptions::default()
+        },
+    )
+    .await;
+    let vars = ConfigVars {
+        dir: &s.root,
+        https_port: upstream.port(),
+        plain_port: 0,
+        tunnel_port: 0,
+    };
+    let config = s.root.join("keyswap.yaml");
+    std::fs::write(&config, render(EXEC_CONFIG, &vars)).expect("config");
+    planted_tree(&s);
+    let tree = s.tree();
+    let shown = tree.display().to_string();
+    let remote_line = line_of(&tree.join(".git/config"), "url = ");
+    // The sandboxed command runs as the agent user in the tree and reads keyswap's CA from here.
+    agent_user().own(&s.root);
+    let mut seen = Seen::default();
+
+    // 1. Refused: exit 125, every place named, no value; the command never ran.
+    let started = tree.join("started");
+    let out = exec_embedded(&tree, &config, &[], &["sh", "-c", "echo yes > started"]).await;
+    seen.keep("keyswap exec (refused)", &out);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(!started.exists(), "the command ran although exec refused");
+    for place in [
+        format!("{shown}/.env:3: secret github"),
+        format!("{shown}/.git/config:{remote_line}: secret github"),
+        format!("{shown}/config/app.yaml:4: secret github"),
+    ] {
+        assert!(
+            stderr.contains(&place),
+            "{place} missing from:
+{stderr}"
+        );
+    }
+    assert!(stderr.contains("keyswap import-env") && stderr.contains("--allow-plaintext"));
+
+    // 2. --allow-plaintext: the command runs (its status is exec's), after a warning.
+    let out = exec_embedded(
+        &tree,
+        &config,
+        &["--allow-plaintext"],
+        &["sh", "-c", "exit 3"],
+    )
+    .await;
+    seen.keep("keyswap exec --allow-plaintext", &out);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("WARNING: --allow-plaintext"), "{stderr}");
+    for place in [".env:3:", ".git/config:", "config/app.yaml:4:"] {
+        assert!(
+            stderr.contains(&format!("{shown}/{place}")),
+            "{place} missing from the warning:\n{stderr}"
+        );
+    }
+
+    // 3. The YAML file and the remote URL cleaned by hand, the .env imported with --write.
+    std::fs::remove_file(tree.join("config/app.yaml")).expect("remove app.yaml");
+    // `--file` reads no repository, so git's ownership check does not apply (as root the tree
+    // now belongs to the agent user).
+    let status = Command::new("git")
+        .arg("config")
+        .arg("--file")
+        .arg(tree.join(".git/config"))
+        .args(["--remove-section", "remote.origin"])
+        .status()
+        .expect("run git config");
+    assert!(status.success(), "git config --remove-section");
+    // Outside the tree, where the agent could reach it but for the sandbox: in its home, like
+    // keyswap's default state directory (the sandbox's /tmp is private, so the scratch
+    // directory would prove nothing).
+    let home_dir = tempfile::Builder::new()
+        .prefix(".keyswap-test-secrets-")
+        .tempdir_in(&agent_user().home)
+        .expect("a directory in the agent user's home");
+    let secrets_dir = home_dir.path().join("secrets");
+    let out = keyswap(
+        &tree,
+        &[
+            "import-env",
+            ".env",
+            "--secrets-dir",
+            secrets_dir.to_str().unwrap(),
+            "--write",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    seen.keep("keyswap import-env", &out);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let placeholder = dotenv_value(&tree.join(".env"), "GITHUB_TOKEN");
+    assert_eq!(placeholder.len(), GITHUB_REAL.len());
+    assert!(placeholder != GITHUB_PLACEHOLDER);
+    let secret_file = secrets_dir.join("github_token");
+    let outside = std::fs::metadata(&secret_file).expect("the imported secret's file");
+    assert!(outside.len() > 0, "the imported secret's file is empty");
+    // The operator grants the imported secret, as the printed rule skeleton suggests.
+    let merged = std::fs::read_to_string(&config).expect("read config");
+    assert!(
+        merged.contains("  github_token:\n    from_file: "),
+        "{merged}"
+    );
+    let granted = merged.replace("secrets: [github]\n", "secrets: [github, github_token]\n");
+    assert!(granted != merged, "the policy's rule was not found");
+    std::fs::write(&config, granted).expect("write config");
+    // Written by root: the agent could read them but for the sandbox.
+    agent_user().own(&s.root);
+    agent_user().own(home_dir.path());
+
+    // 4. exec starts; the command reads the placeholder from the .env itself and sends it.
+    let script = format!(
+        "unset GITHUB_TOKEN; . ./.env; printf '%s\\n' \"$HTTPS_PROXY\" > .task-proxy; \
+         curl -sS --max-time 20 -w '\\nstatus=%{{http_code}}\\n' \
+         -H \"Authorization: Bearer $GITHUB_TOKEN\" https://api.upstream.test/echo/imported; \
+         test -e {file} && printf 'secret-file-bytes=%s\\n' \"$(cat {file} | wc -c)\"",
+        file = secret_file.display()
+    );
+    let out = exec_embedded(&tree, &config, &[], &["sh", "-c", &script]).await;
+    seen.keep("keyswap exec (after import-env)", &out);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(stdout.contains("status=200"), "{stdout}");
+    let authorization = upstream
+        .authorization_for("/echo/imported")
+        .expect("no request with Authorization reached the upstream");
+    assert!(
+        authorization == format!("Bearer {GITHUB_REAL}"),
+        "the upstream did not receive the real value"
+    );
+    // Hidden by the sandbox: the agent owns the file, yet reads nothing.
+    assert!(
+        stdout.lines().any(|l| l.trim() == "secret-file-bytes=0"),
+        "the command read the imported secret's file:\n{stdout}"
+    );
+
+    // No value and no task token in any output, log or audit line.
+    let proxy_url =
+        std::fs::read_to_string(tree.join(".task-proxy")).expect("the command wrote its proxy URL");
+    let token = proxy_url
+        .trim()
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, token)| token.to_string())
+        .expect("a token in the command's HTTPS_PROXY");
+    assert!(!token.is_empty(), "an empty task token");
+    let audit = std::fs::read(s.root.join("audit.jsonl")).expect("audit log");
+    assert!(
+        text(&audit).contains("/echo/imported"),
+        "the request is not in the audit log"
+    );
+    seen.0.push(("audit log".to_string(), audit));
+    seen.check(&[token.as_str()]);
 }

@@ -1,7 +1,8 @@
 //! `bench`: measures keyswap side by side with a direct connection, hudsucker and mitmproxy in
 //! one run, and reports ratios; then keyswap's task lifecycle alone (scenario 7), its
 //! transparent listener against its explicit one (scenario 8, root only), and what
-//! `keyswap exec`'s sandbox costs against `--no-sandbox` (scenario 9).
+//! `keyswap exec`'s sandbox costs against `--no-sandbox` (scenario 9), and how fast
+//! `keyswap scan` searches a large working tree for plaintext secrets (scenario 10).
 //!
 //! ```text
 //! cargo run --release -p keyswap-tests --bin bench -- [--quick] [--out results.json]
@@ -20,6 +21,7 @@ mod peer;
 mod procfs;
 mod report;
 mod sandbox;
+mod scan;
 mod scenarios;
 mod setup;
 mod soak;
@@ -61,8 +63,9 @@ struct Args {
     #[arg(long)]
     no_pin: bool,
     /// Run only these scenarios (0 is the machine floor, 7 keyswap's task lifecycle, 8 the
-    /// transparent listener against the explicit one, as root, 9 `keyswap exec`'s sandbox), e.g.
-    /// `--only 1,6`; 3 takes its rate from 1 unless `--latency-rate` is given.
+    /// transparent listener against the explicit one, as root, 9 `keyswap exec`'s sandbox, 10
+    /// `keyswap scan` over a large tree), e.g. `--only 1,6`; 3 takes its rate from 1 unless
+    /// `--latency-rate` is given.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Measure this keyswap binary instead of the one beside the bench (before/after runs).
@@ -390,6 +393,12 @@ async fn run(args: &Args, secret: String, token: String) -> anyhow::Result<()> {
             client_cpu: cpu.map(|_| CLIENT_CPU),
         };
         rows.extend(tokio::task::block_in_place(|| sandbox::run(inputs)));
+    }
+    if args.runs("10") && args.measures("keyswap") {
+        let binary = args.keyswap.as_deref();
+        rows.extend(tokio::task::block_in_place(|| {
+            scan::run(args.quick, binary)
+        }));
     }
     drop(limit_server);
 
