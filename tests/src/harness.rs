@@ -393,6 +393,24 @@ impl TestEnv {
         }
     }
 
+    /// Waits until at least `count` audit records match `pred` (a record of a failed
+    /// handshake is written when keyswap sees the failure, which can trail the client's exit),
+    /// then returns every matching record.
+    pub async fn audit_at_least(
+        &self,
+        count: usize,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let found: Vec<_> = self.audit().into_iter().filter(|r| pred(r)).collect();
+            if found.len() >= count || tokio::time::Instant::now() >= deadline {
+                return found;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     pub fn log(&self) -> Vec<u8> {
         self.log.contents()
     }

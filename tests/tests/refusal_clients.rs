@@ -325,11 +325,9 @@ async fn an_agent_that_does_not_trust_the_ca_is_audited_and_warned_about_once() 
         let out = run(&env, cmd).await;
         assert!(!out.success, "curl trusted a CA it was not given");
     }
-    let records: Vec<_> = env
-        .audit()
-        .into_iter()
-        .filter(|r| r["reason"] == "agent_tls_failed")
-        .collect();
+    let records = env
+        .audit_at_least(2, |r| r["reason"] == "agent_tls_failed")
+        .await;
     assert_eq!(records.len(), 2, "one record per failed handshake");
     for record in &records {
         assert_eq!(record["task"], "agent");
