@@ -144,7 +144,9 @@ fn scan_tree(
             // Inside `.git` only its config (remote URLs with userinfo): objects and packs
             // are compressed history, and can be huge.
             if kind.is_dir() && !in_git {
-                dirs.push_back(child);
+                if !kernel_view(&root.join(&child)) {
+                    dirs.push_back(child);
+                }
             } else if kind.is_file() && (!in_git || name == "config") {
                 files.push(child);
             }
@@ -173,6 +175,18 @@ fn scan_tree(
             }
         }
     }
+}
+
+/// The kernel's views of processes, devices and itself (`/proc`, `/sys`, `/dev`): not files a
+/// project keeps, and `/proc/PID/environ` of keyswap's own process would always match. They
+/// are reached only when the working directory is `/`.
+fn kernel_view(dir: &Path) -> bool {
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return false;
+    };
+    ["/proc", "/sys", "/dev"]
+        .iter()
+        .any(|view| dir.starts_with(view))
 }
 
 /// A directory's entries (name, type as `lstat` sees it: a link is a link), sorted by name.
@@ -243,4 +257,20 @@ fn open_regular(path: &Path) -> std::io::Result<File> {
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_view;
+    use std::path::Path;
+
+    #[test]
+    fn proc_sys_and_dev_are_not_searched_but_a_project_is() {
+        assert!(kernel_view(Path::new("/proc/self")));
+        assert!(kernel_view(Path::new("/sys")));
+        assert!(kernel_view(Path::new("/dev")));
+        let project = std::env::temp_dir();
+        assert!(!kernel_view(&project));
+        assert!(!kernel_view(Path::new("/nonexistent-keyswap-test-dir")));
+    }
 }

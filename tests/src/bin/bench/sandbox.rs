@@ -96,6 +96,15 @@ struct ExecSetup {
     embedded_config: PathBuf,
     /// Why sandboxed runs cannot happen, found before trying.
     no_sandbox_why: Option<String>,
+    /// exec's working directory: empty (an embedded exec searches it for plaintext secrets
+    /// before it starts the command) and enterable by `nobody`.
+    workdir: PathBuf,
+}
+
+impl Drop for ExecSetup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.workdir);
+    }
 }
 
 impl ExecSetup {
@@ -125,17 +134,22 @@ impl ExecSetup {
                 no_sandbox_why = Some(format!("{e:#}"));
             }
         }
+        let workdir =
+            std::env::temp_dir().join(format!("keyswap-bench-exec-{}", std::process::id()));
+        std::fs::create_dir_all(&workdir)?;
+        std::fs::set_permissions(&workdir, std::fs::Permissions::from_mode(0o755))?;
         Ok(ExecSetup {
             keyswap,
             bench,
             user,
             embedded_config,
             no_sandbox_why,
+            workdir,
         })
     }
 
     /// `keyswap exec` (pinned to `cpu`) against the running keyswap or embedded, sandboxed or
-    /// not, running the bench with `command`, in `/` (which `nobody` may enter).
+    /// not, running the bench with `command`, in an empty directory `nobody` may enter.
     fn exec(
         &self,
         inputs: &Inputs<'_>,
@@ -169,7 +183,7 @@ impl ExecSetup {
         exec.arg("--")
             .arg(&self.bench)
             .args(command)
-            .current_dir("/")
+            .current_dir(&self.workdir)
             .env("KEYSWAP_LOG", "warn")
             .env(
                 TRUST_ENV,
