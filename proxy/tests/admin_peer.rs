@@ -20,12 +20,13 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use keyswap::lifecycle::api::{IssueRequest, IssuedTask};
 use keyswap::lifecycle::client::{AdminClient, AdminTarget};
 use keyswap_tests::harness::{render, test_env_values, ConfigVars};
+use keyswap_tests::logged_child::LoggedChild as Running;
 use keyswap_tests::secrets::{assert_no_real_secret, GITHUB_REAL, OPENAI_REAL};
 
 const KEYSWAP: &str = env!("CARGO_BIN_EXE_keyswap");
@@ -211,7 +212,7 @@ impl Setup {
             .envs(test_env_values())
             .env("KS_TEST_ADMIN", ADMIN_TOKEN)
             .env("KEYSWAP_LOG", "debug");
-        let running = Running::start(cmd);
+        let running = Running::spawn(cmd);
         running.wait_for("keyswap listening");
         running
     }
@@ -286,65 +287,6 @@ fn assert_sandboxed_peer(what: &str, status: &str, body: &str, headers: Option<&
 }
 
 /// A `keyswap run` child whose stderr is collected line by line; killed when dropped.
-struct Running {
-    child: std::process::Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    new_line: Mutex<mpsc::Receiver<String>>,
-}
-
-impl Running {
-    fn start(mut cmd: std::process::Command) -> Running {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn keyswap run");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut lines) = sink.lock() {
-                    lines.push(line.clone());
-                }
-                let _ = tx.send(line);
-            }
-        });
-        Running {
-            child,
-            lines,
-            new_line: Mutex::new(rx),
-        }
-    }
-
-    /// Waits for a stderr line containing `needle`.
-    fn wait_for(&self, needle: &str) -> String {
-        let rx = self.new_line.lock().expect("log receiver");
-        loop {
-            match rx.recv_timeout(SAFETY) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("keyswap never logged {needle:?}; log:\n{}", self.log()),
-            }
-        }
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().map(|l| l.join("\n")).unwrap_or_default()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn policy(name: &str) -> IssueRequest {
     IssueRequest {
         policy: name.to_string(),

@@ -14,16 +14,16 @@
 //! Everything each process printed, the proxy's log and the audit file are checked for real
 //! secret values and for the task tokens the test learned; no assertion message shows a token.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use keyswap::lifecycle::api::TaskInfo;
 use keyswap::lifecycle::client::{AdminClient, AdminTarget};
 use keyswap_tests::agent_user::agent_user;
 use keyswap_tests::harness::{render, test_env_values, ConfigVars, AGENT_TOKEN};
+use keyswap_tests::logged_child::{wait_for_file, LoggedChild as Running};
 use keyswap_tests::secrets::{assert_no_real_secret, GITHUB_PLACEHOLDER, GITHUB_REAL};
 use keyswap_tests::upstream::{Upstream, UpstreamOptions};
 
@@ -302,7 +302,7 @@ impl Setup {
     }
 
     fn start_proxy(&self) -> Running {
-        let running = Running::start(&self.config, self.dir.path());
+        let running = start_running(&self.config, self.dir.path());
         running.wait_for("keyswap listening");
         running
     }
@@ -405,77 +405,16 @@ async fn curl_via(setup: &Setup, proxy_url: &str, url: &str) -> (String, Output)
 }
 
 /// A `keyswap run` child whose stderr is collected line by line; killed when dropped.
-struct Running {
-    child: std::process::Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    new_line: Mutex<mpsc::Receiver<String>>,
-}
-
-impl Running {
-    fn start(config: &Path, cwd: &Path) -> Running {
-        let mut cmd = std::process::Command::new(KEYSWAP);
-        cmd.args(["run", "--config"])
-            .arg(config)
-            .current_dir(cwd)
-            .envs(test_env_values())
-            .env("KS_TEST_ADMIN", ADMIN_TOKEN)
-            .env("KEYSWAP_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn keyswap run");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut lines) = sink.lock() {
-                    lines.push(line.clone());
-                }
-                let _ = tx.send(line);
-            }
-        });
-        Running {
-            child,
-            lines,
-            new_line: Mutex::new(rx),
-        }
-    }
-
-    /// Waits for a stderr line containing `needle`: the proxy says when it is ready.
-    fn wait_for(&self, needle: &str) -> String {
-        let rx = self.new_line.lock().expect("log receiver");
-        loop {
-            match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("keyswap never logged {needle:?}; log:\n{}", self.log()),
-            }
-        }
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().map(|l| l.join("\n")).unwrap_or_default()
-    }
-
-    /// The proxy's listening address, from its log.
-    fn addr(&self) -> String {
-        let log = self.log();
-        log.lines()
-            .filter(|l| l.contains("keyswap listening"))
-            .find_map(|l| l.split("addr=").nth(1))
-            .and_then(|s| s.split_whitespace().next())
-            .expect("address in the log")
-            .to_string()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `keyswap run` of `config`, in `cwd`, with the tests' variables.
+fn start_running(config: &Path, cwd: &Path) -> Running {
+    let mut cmd = std::process::Command::new(KEYSWAP);
+    cmd.args(["run", "--config"])
+        .arg(config)
+        .current_dir(cwd)
+        .envs(test_env_values())
+        .env("KS_TEST_ADMIN", ADMIN_TOKEN)
+        .env("KEYSWAP_LOG", "debug");
+    Running::spawn(cmd)
 }
 
 /// Kills a process the test left orphaned (the command of a SIGKILLed exec) when dropped.
@@ -489,24 +428,6 @@ impl Drop for KillPid {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-    }
-}
-
-/// Waits until `path` holds a line (a child wrote it: the command is running).
-async fn wait_for_file(path: &Path, limit: Duration) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if text.ends_with('\n') {
-                return text.trim_end().to_string();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} was never written",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -789,7 +710,7 @@ async fn exec_task_on_a_running_proxy_is_revoked_when_the_command_exits() {
     setup.leaks.token(&token);
     assert_eq!(
         addr,
-        running.addr(),
+        running.listen_addr(),
         "the task was not issued by the running proxy"
     );
     assert!(id.starts_with("agent-rw-"), "task id {id}");
@@ -856,7 +777,11 @@ async fn exec_over_the_tcp_admin_api_withholds_the_admin_token() {
         .expect("HTTPS_PROXY set");
     let (_, token, addr) = split_proxy_url(proxy);
     setup.leaks.token(&token);
-    assert_eq!(addr, running.addr(), "not issued by the running proxy");
+    assert_eq!(
+        addr,
+        running.listen_addr(),
+        "not issued by the running proxy"
+    );
     assert!(
         !env.contains(ADMIN_TOKEN),
         "the command inherited the admin API's bearer token"
@@ -963,7 +888,7 @@ async fn task_cli_issues_revokes_and_env_prints_the_static_task() {
         .port();
     let setup = Setup::with_config(&format!("127.0.0.1:{port}"), "").await;
     let running = setup.start_proxy();
-    assert_eq!(running.addr(), format!("127.0.0.1:{port}"));
+    assert_eq!(running.listen_addr(), format!("127.0.0.1:{port}"));
 
     // issue --json: the one output that carries the token.
     let out = setup
@@ -1006,7 +931,7 @@ async fn task_cli_issues_revokes_and_env_prints_the_static_task() {
         "issued task refused: {status}"
     );
     assert_upstream_got_the_real_value(&setup.upstream, "/echo/issued");
-    let mut tunnel = open_tunnel(&running.addr(), &id, &token).await;
+    let mut tunnel = open_tunnel(&running.listen_addr(), &id, &token).await;
 
     let out = setup.task_cli(&["revoke", &id]).await;
     setup.leaks.keep_output("keyswap task revoke", &out);

@@ -16,17 +16,17 @@
 //! Everything each process printed, the running proxy's log and the audit file are checked for
 //! the real test secrets and for the task tokens the test learned.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use keyswap::lifecycle::client::{AdminClient, AdminTarget};
 use keyswap_tests::agent_user::{agent_user, AgentUser};
 use keyswap_tests::harness::{render, test_env_values, ConfigVars, AGENT_TOKEN};
+use keyswap_tests::logged_child::{wait_for_file, LoggedChild as Running};
 use keyswap_tests::secrets::{assert_no_real_secret, GITHUB_PLACEHOLDER, GITHUB_REAL, OPENAI_REAL};
 use keyswap_tests::upstream::{Upstream, UpstreamOptions};
 use serde_json::Value;
@@ -560,7 +560,7 @@ impl Setup {
     /// The running proxy of `mode` (none embedded), as the agent user.
     fn proxy_for(&self, mode: Mode) -> Option<Running> {
         (mode == Mode::Remote).then(|| {
-            let running = Running::start(self);
+            let running = start_running(self);
             running.wait_for("keyswap listening");
             running
         })
@@ -633,87 +633,17 @@ async fn run(mut cmd: tokio::process::Command) -> Output {
 
 /// A `keyswap run` of the agent user whose stderr is collected line by line; killed when
 /// dropped.
-struct Running {
-    child: std::process::Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    new_line: Mutex<mpsc::Receiver<String>>,
-}
-
-impl Running {
-    fn start(setup: &Setup) -> Running {
-        // setpriv execs keyswap: the child's pid is keyswap's.
-        let mut cmd = setup.user.command(&setup.keyswap);
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&setup.config)
-            .current_dir(setup.dir.path())
-            .envs(Setup::secret_vars())
-            .env("KEYSWAP_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn keyswap run");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut lines) = sink.lock() {
-                    lines.push(line.clone());
-                }
-                let _ = tx.send(line);
-            }
-        });
-        Running {
-            child,
-            lines,
-            new_line: Mutex::new(rx),
-        }
-    }
-
-    fn wait_for(&self, needle: &str) {
-        let rx = self.new_line.lock().expect("log receiver");
-        loop {
-            match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(line) if line.contains(needle) => return,
-                Ok(_) => {}
-                Err(_) => panic!("keyswap never logged {needle:?}; log:\n{}", self.log()),
-            }
-        }
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().map(|l| l.join("\n")).unwrap_or_default()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits until `path` holds a line (a child wrote it).
-async fn wait_for_file(path: &Path, limit: Duration) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if text.ends_with('\n') {
-                return text.trim_end().to_string();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} was never written",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// A `keyswap run` of the setup's config as the agent user.
+fn start_running(setup: &Setup) -> Running {
+    // setpriv execs keyswap: the child's pid is keyswap's.
+    let mut cmd = setup.user.command(&setup.keyswap);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&setup.config)
+        .current_dir(setup.dir.path())
+        .envs(Setup::secret_vars())
+        .env("KEYSWAP_LOG", "info");
+    Running::spawn(cmd)
 }
 
 fn python_usable(user: &AgentUser) -> bool {

@@ -11,6 +11,7 @@ pub mod agent_user;
 pub mod client;
 pub mod files;
 pub mod harness;
+pub mod logged_child;
 pub mod netns;
 pub mod secrets;
 pub mod upstream;
