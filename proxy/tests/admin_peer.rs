@@ -28,6 +28,7 @@ use keyswap::lifecycle::client::{AdminClient, AdminTarget};
 use keyswap_tests::harness::{render, test_env_values, ConfigVars};
 use keyswap_tests::logged_child::LoggedChild as Running;
 use keyswap_tests::secrets::{assert_no_real_secret, GITHUB_REAL, OPENAI_REAL};
+use keyswap_tests::tools::available as tool_available;
 
 const KEYSWAP: &str = env!("CARGO_BIN_EXE_keyswap");
 const ADMIN_TOKEN: &str = "ks-admin-token-0b9e4d7c2a1f5e38";
@@ -119,28 +120,6 @@ grandchild)
   ;;
 esac
 "#;
-
-/// Whether `tool` runs here; under `CI=true` its absence fails the test, elsewhere the test
-/// prints a notice that cannot be missed and passes.
-fn tool_available(tool: &str, probe: &str) -> bool {
-    let found = std::process::Command::new(tool)
-        .arg(probe)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{tool} must be on PATH in CI");
-        }
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n*** NOTICE: {tool} is not on PATH: an admin_peer test did NOT run ***\n"
-        );
-    }
-    found
-}
 
 /// Root and setpriv, to run keyswap and its attacker as an unprivileged user; under CI=true
 /// their absence fails.

@@ -25,6 +25,7 @@ use keyswap_tests::agent_user::agent_user;
 use keyswap_tests::harness::{render, test_env_values, ConfigVars, AGENT_TOKEN};
 use keyswap_tests::logged_child::{wait_for_file, LoggedChild as Running};
 use keyswap_tests::secrets::{assert_no_real_secret, GITHUB_PLACEHOLDER, GITHUB_REAL};
+use keyswap_tests::tools::available as tool_available;
 use keyswap_tests::upstream::{Upstream, UpstreamOptions};
 
 const KEYSWAP: &str = env!("CARGO_BIN_EXE_keyswap");
@@ -85,29 +86,6 @@ tasks:
         paths: ["/echo/**"]
         secrets: [github]
 "#;
-
-/// Whether `tool` runs here; under `CI=true` its absence fails the test, elsewhere the test
-/// prints a notice that cannot be missed and passes.
-fn tool_available(tool: &str, probe: &str) -> bool {
-    let found = std::process::Command::new(tool)
-        .arg(probe)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{tool} must be on PATH in CI");
-        }
-        // Straight to stderr: libtest captures eprintln! of passing tests.
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n*** NOTICE: {tool} is not on PATH: a keyswap exec test did NOT run ***\n"
-        );
-    }
-    found
-}
 
 /// What the test saw, for the leak check at its end.
 #[derive(Default)]

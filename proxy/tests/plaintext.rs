@@ -22,6 +22,7 @@ use base64::Engine;
 use keyswap_tests::agent_user::agent_user;
 use keyswap_tests::harness::{render, test_env_values, ConfigVars};
 use keyswap_tests::secrets::{assert_no_real_secret, GITHUB_PLACEHOLDER, GITHUB_REAL};
+use keyswap_tests::tools::available;
 use keyswap_tests::upstream::{Upstream, UpstreamOptions};
 
 const KEYSWAP: &str = env!("CARGO_BIN_EXE_keyswap");
@@ -47,28 +48,6 @@ secrets:
     from_env: KS_TEST_OPENAI
     placeholder: sk-keyswap-openai-placeholder
 ";
-
-/// Whether git runs here; under `CI=true` its absence fails the test, elsewhere the test
-/// prints a notice that cannot be missed and passes.
-fn git_available() -> bool {
-    let found = Command::new("git")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("git must be on PATH in CI");
-        }
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n*** NOTICE: git is not on PATH: a plaintext test did NOT run ***\n"
-        );
-    }
-    found
-}
 
 fn git(dir: &Path, args: &[&str]) {
     let status = Command::new("git")
@@ -163,7 +142,7 @@ fn planted_tree(s: &Scratch) {
 
 #[test]
 fn scan_finds_a_value_raw_in_dotenv_base64_in_yaml_and_in_a_git_remote_url() {
-    if !git_available() {
+    if !available("git", "--version") {
         return;
     }
     let s = Scratch::new();
@@ -218,7 +197,7 @@ fn scan_finds_a_value_raw_in_dotenv_base64_in_yaml_and_in_a_git_remote_url() {
 
 #[test]
 fn the_exec_check_names_every_location_and_no_value() {
-    if !git_available() {
+    if !available("git", "--version") {
         return;
     }
     let s = Scratch::new();
@@ -291,7 +270,7 @@ fn dotenv_value(file: &Path, var: &str) -> String {
 
 #[test]
 fn import_env_moves_values_out_of_the_tree_behind_same_prefix_placeholders() {
-    if !git_available() {
+    if !available("git", "--version") {
         return;
     }
     let s = Scratch::new();
@@ -542,30 +521,9 @@ async fn exec_embedded(cwd: &Path, config: &Path, extra: &[&str], command: &[&st
         .expect("run keyswap exec")
 }
 
-/// Whether curl runs here; under `CI=true` its absence fails the test.
-fn curl_available() -> bool {
-    let found = Command::new("curl")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("curl must be on PATH in CI");
-        }
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n*** NOTICE: curl is not on PATH: a plaintext test did NOT run ***\n"
-        );
-    }
-    found
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_refuses_a_tree_with_plaintext_secrets_and_runs_after_import_env() {
-    if !git_available() || !curl_available() {
+    if !available("git", "--version") || !available("curl", "--version") {
         return;
     }
     let s = Scratch::new();

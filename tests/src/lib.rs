@@ -14,6 +14,7 @@ pub mod harness;
 pub mod logged_child;
 pub mod netns;
 pub mod secrets;
+pub mod tools;
 pub mod upstream;
 
 use std::future::Future;
