@@ -1,53 +1,54 @@
 //! keyswap: an egress proxy that lets untrusted automation use real APIs while holding only
 //! placeholder tokens.
 //!
-//! The request path reads top to bottom as in DESIGN.md:
-//! [`identify`] → [`target`] → [`intercept`] (or [`tunnel`]) → [`route`] (decide) →
-//! [`approval`] (a human, where the task asks for one) → [`swap`] → [`budget`] (limits) →
-//! [`upstream`] → [`scrub`] → [`audit`]. [`forward`] strings the per-request steps together;
-//! [`listener`] (explicit) and [`transparent`] (redirected) accept connections; [`server`]
-//! owns the running proxy.
+//! The modules below are declared in layer order, top to bottom: each may import only the
+//! modules declared after it (and the crates keyswap is built on). This list is the one place
+//! the order is written; `tests/it/tidy.rs` fails naming the import that breaks it, and any
+//! import circle. ARCHITECTURE.md walks through each layer.
+//!
+//! The request path, from the layers' point of view: a door ([`doors`]) accepts a connection,
+//! identifies its task and decides its target ([`doors::decide_target`]); the [`pipeline`]
+//! serves each request on it as named steps (decide → approve → swap → charge → send → scrub
+//! → record) over the live state ([`state`]) that the [`lifecycle`] keeps (tasks, approvals,
+//! budgets, refreshed secrets); [`upstream`] is the only module that dials; every request ends
+//! in one [`audit::decision::Decision`], written once to the audit log, the log and the
+//! metrics.
 //!
 //! Nothing in this crate formats a real secret value: values are exposed only inside
-//! [`swap`] (to write them on the wire) and [`snapshot`] (to build the scrubber).
+//! [`pipeline::swap`] (to write them on the wire) and [`state::snapshot`] (to build the
+//! scrubber).
 #![forbid(unsafe_code)]
 
-pub mod approval;
-pub mod audit;
-pub mod audit_chain;
-pub mod audit_verify;
-pub mod body;
-pub mod budget;
-pub mod child_env;
+// Layer: commands.
 pub mod cli;
-pub mod client_hello;
-pub mod config_diff;
-pub mod decision;
-pub mod decode;
-pub mod encodings;
-pub mod error;
-pub mod forward;
-pub mod headers;
-pub mod identify;
-pub mod intercept;
-pub mod lifecycle;
-pub mod listener;
-pub mod metrics;
-pub mod plaintext;
-pub mod process_guard;
-pub mod refusal;
-pub mod replace;
-pub mod route;
-pub mod scrub;
+// Layer: the running proxy — starts the doors, the admin API and the metrics listener.
 pub mod server;
-pub mod snapshot;
-pub mod swap;
-pub mod target;
-pub mod transparent;
-pub mod tunnel;
+// Layer: operator-facing — the admin API server and its client; metrics and health over HTTP.
+pub mod admin;
+pub mod telemetry;
+// Layer: the machine keyswap runs on — the agent's environment and trust files, keyswap's own
+// process hardening, the search for plaintext secrets.
+pub mod host;
+// Layer: the two doors (explicit, transparent) and refusals delivered inside a tunnel.
+pub mod doors;
+// Layer: one request as named steps; the intercept, tunnel and WebSocket connection handlers.
+pub mod pipeline;
+// Layer: what changes the live state — issuing, revoking and expiring tasks, budgets, secret
+// refresh, reloads.
+pub mod lifecycle;
+// Layer: the live state every connection shares, and the config snapshot.
+pub mod state;
+// Layer: the JSON bodies of the admin API, shared by its server, its client, and the state
+// that fills them.
+pub mod api;
+// Layer: the upstream leg — the only module that dials.
 pub mod upstream;
-pub mod websocket;
+// Layer: decisions and their audit records, the sink, the hash chain, verification.
+pub mod audit;
+// Layer: what bytes on the wire mean — targets, headers, the ClientHello.
+pub mod error;
+pub mod wire;
 
-pub use decision::{Decision, Reason};
+pub use audit::decision::{Decision, Reason};
 pub use error::ProxyError;
 pub use server::{ProxyHandle, ProxyOptions};

@@ -1,104 +1,81 @@
-//! The running proxy: shared state (config snapshot, leaf cache, audit sink) and the handle
-//! that starts, reloads and stops it. No globals: everything a connection needs is reached
-//! through [`Shared`].
+//! The running proxy: [`ProxyHandle`] builds the shared state ([`Shared`]), starts the doors,
+//! the admin API, the metrics listener and the secret refresh, and reloads and stops them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use keyswap_certs::{CertificateAuthority, LeafCache};
 use keyswap_config::Config;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::audit::{AuditRecord, AuditSink};
-use crate::child_env::{write_trust_files, TrustFiles};
+use crate::api;
+use crate::audit::sink::AuditSink;
+use crate::doors::accept::{accept_loop, Door};
 use crate::error::ProxyError;
-use crate::lifecycle::api;
-use crate::lifecycle::approvals::Approvals;
-use crate::lifecycle::registry::TaskRegistry;
+use crate::host::child_env::{write_trust_files, TrustFiles};
 use crate::lifecycle::tasks::{self, TaskError};
-use crate::listener::accept_loop;
-use crate::metrics::{MetricSources, Metrics};
-use crate::snapshot::Snapshot;
+use crate::state::metrics::{MetricSources, Metrics};
+use crate::state::shared::Shared;
+use crate::state::snapshot::Snapshot;
 
-/// What every connection shares.
-pub struct Shared {
-    snapshot: ArcSwap<Snapshot>,
-    pub leaves: Arc<LeafCache>,
-    pub audit: Arc<AuditSink>,
-    pub tasks: TaskRegistry,
-    /// Requests waiting for a human, and what humans granted.
-    pub approvals: Approvals,
-    pub metrics: Arc<Metrics>,
-    next_conn: AtomicU64,
-    pub(crate) provider: Arc<rustls::crypto::CryptoProvider>,
-    /// Where agents reach the explicit listener (for the proxy URLs of issued tasks).
-    pub listen: SocketAddr,
-    /// The CA bundle and trust store an agent's environment points at.
-    pub trust: TrustFiles,
-    /// Which (task, host) pairs were warned about an agent refusing keyswap's certificate.
-    pub(crate) agent_tls_warnings: crate::intercept::AgentTlsWarnings,
-    /// `transparent.listen` as the transparent listener was bound at start (a reload cannot
-    /// move it).
-    pub transparent_listen: Option<SocketAddr>,
+/// The shared state of a proxy starting with `config`: the audit log opened, the first
+/// snapshot built, the static tasks started, the metrics reading the leaf cache, the audit
+/// sink and the budgets.
+fn build_shared(
+    config: Config,
+    ca: CertificateAuthority,
+    listen: SocketAddr,
+) -> Result<Arc<Shared>, ProxyError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let audit = Arc::new(AuditSink::open_chained(
+        &config.audit_log,
+        crate::audit::chain::LineHasher::from_config(config.audit.key.as_ref()),
+    )?);
+    let snapshot = Snapshot::build(config, provider.clone())?;
+    let leaves = Arc::new(LeafCache::new(Arc::new(ca), provider.clone())?);
+    let metrics = Arc::new(Metrics::new(MetricSources {
+        leaves_minted: {
+            let leaves = leaves.clone();
+            Box::new(move || leaves.minted())
+        },
+        audit_records_dropped: {
+            let audit = audit.clone();
+            Box::new(move || audit.dropped())
+        },
+    }));
+    let shared = Arc::new(Shared::new(
+        snapshot, leaves, audit, metrics, provider, listen,
+    ));
+    tasks::sync(&shared, &shared.snapshot().config);
+    shared.metrics.set_budget_source({
+        let shared = Arc::downgrade(&shared);
+        Box::new(move || match shared.upgrade() {
+            Some(s) => crate::lifecycle::budget::samples(&s.snapshot().config, &s.tasks.all()),
+            None => Vec::new(),
+        })
+    });
+    Ok(shared)
 }
 
-impl Shared {
-    /// The current config snapshot. Hold it for one request, not for a connection's life,
-    /// so a reload (for example one that revokes a rule) applies to open connections too.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
-    }
-
-    pub fn next_conn_id(&self) -> u64 {
-        self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// Swaps in `next` only if `current` is still the snapshot in force (a refresh must not
-    /// undo a reload that happened while it read).
-    pub(crate) fn replace_snapshot(&self, current: &Arc<Snapshot>, next: Snapshot) -> bool {
-        let previous = self.snapshot.compare_and_swap(current, Arc::new(next));
-        Arc::ptr_eq(&previous, current)
-    }
-
-    /// Audits one request (or CONNECT) and counts it in the metrics.
-    pub fn record_request(&self, record: AuditRecord) {
-        let policy = match (&record.policy, &record.task) {
-            (Some(policy), _) => policy.as_str(),
-            (None, Some(_)) => "static",
-            (None, None) => "none",
-        };
-        self.metrics
-            .request(record.reason, policy, record.ms / 1000.0);
-        self.audit.record(record);
-    }
-}
-
-/// Builds a snapshot from `config` and swaps it in, then brings the tasks in line with it
-/// (static tasks added or ended, runtime tasks whose policy is gone revoked). On error the
-/// old snapshot stays and no task changes.
-pub fn reload(shared: &Arc<Shared>, config: Config) -> Result<api::Reloaded, ProxyError> {
-    let key_id = config
-        .audit
-        .key
-        .as_ref()
-        .map(|k| crate::audit_chain::key_id(secrecy::ExposeSecret::expose_secret(&k.value)));
-    if key_id.as_deref() != shared.audit.key_id() {
-        tracing::warn!(
-            "audit.key_file changed: the audit chain keeps its key until keyswap restarts"
-        );
-    }
-    let next = Snapshot::build(config, shared.provider.clone())?;
-    crate::transparent::warn_if_restart_needed(shared.transparent_listen, &next.config);
-    let next = Arc::new(next);
-    let previous = shared.snapshot.swap(next.clone());
-    let summary = tasks::sync(shared, &next.config);
-    crate::config_diff::ConfigDiff::between(&previous.config, &next.config, &summary).log();
-    Ok(summary)
+/// Binds `addr` for the listener named `what`; the error names both.
+async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<(TcpListener, SocketAddr), ProxyError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ProxyError::Io {
+            what: format!("{what}: listen on {addr}"),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| ProxyError::Io {
+        what: format!("{what}: listener address"),
+        source,
+    })?;
+    Ok((listener, local))
 }
 
 /// Settings that are not part of the config file.
@@ -118,6 +95,8 @@ pub struct ProxyOptions {
 pub struct ProxyHandle {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    /// The CA bundle and trust store an issued task's environment points at.
+    trust: TrustFiles,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     admin_socket: Option<PathBuf>,
@@ -135,122 +114,60 @@ impl ProxyHandle {
         ca: CertificateAuthority,
         options: ProxyOptions,
     ) -> Result<ProxyHandle, ProxyError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let audit = Arc::new(AuditSink::open_chained(
-            &config.audit_log,
-            crate::audit_chain::LineHasher::from_config(config.audit.key.as_ref()),
-        )?);
         let listen = options.listen.unwrap_or(config.listen);
         let trust = write_trust_files(&config.ca_dir, ca.cert_pem())?;
-        let snapshot = Snapshot::build(config, provider.clone())?;
-        let leaves = Arc::new(LeafCache::new(Arc::new(ca), provider.clone())?);
-        let bind = |addr: SocketAddr, what: &'static str| async move {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| ProxyError::Io {
-                    what: format!("{what}: listen on {addr}"),
-                    source,
-                })?;
-            let local = listener.local_addr().map_err(|source| ProxyError::Io {
-                what: format!("{what}: listener address"),
-                source,
-            })?;
-            Ok::<_, ProxyError>((listener, local))
-        };
+        let admin_config = config.admin.clone();
+        let metrics_config = config.metrics.clone().filter(|_| options.metrics);
         let (listener, addr) = bind(listen, "proxy").await?;
-        let metrics = Arc::new(Metrics::new(MetricSources {
-            leaves_minted: {
-                let leaves = leaves.clone();
-                Box::new(move || leaves.minted())
-            },
-            audit_records_dropped: {
-                let audit = audit.clone();
-                Box::new(move || audit.dropped())
-            },
-        }));
-        let admin_config = snapshot.config.admin.clone();
-        let metrics_config = snapshot.config.metrics.clone();
-        let transparent_listen = snapshot.config.transparent.as_ref().map(|t| t.listen);
-        let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            leaves,
-            audit,
-            tasks: TaskRegistry::default(),
-            approvals: Approvals::default(),
-            metrics,
-            next_conn: AtomicU64::new(0),
-            provider,
-            listen: addr,
-            trust,
-            agent_tls_warnings: Default::default(),
-            transparent_listen,
-        });
-        tasks::sync(&shared, &shared.snapshot().config);
-        shared.metrics.set_budget_source({
-            let shared = Arc::downgrade(&shared);
-            Box::new(move || match shared.upgrade() {
-                Some(s) => crate::budget::samples(&s.snapshot().config, &s.tasks.all()),
-                None => Vec::new(),
-            })
-        });
+        let shared = build_shared(config, ca, addr)?;
         let (shutdown, stop) = watch::channel(false);
-        let mut handles = vec![tokio::spawn(accept_loop(
-            shared.clone(),
-            listener,
-            stop.clone(),
-        ))];
+        let mut handle = ProxyHandle {
+            addr,
+            shared: shared.clone(),
+            trust,
+            shutdown,
+            tasks: Vec::new(),
+            admin_socket: None,
+            config_path: options.config_path.clone(),
+            metrics_addr: None,
+            admin_addr: None,
+            transparent_addr: None,
+        };
+        handle.serve(Door::Explicit, listener, &stop);
         crate::lifecycle::refresh::start(&shared, stop.clone());
-        let mut metrics_addr = None;
-        if let Some(metrics_config) = metrics_config.filter(|_| options.metrics) {
+        if let Some(metrics_config) = metrics_config {
             let (listener, local) = bind(metrics_config.listen, "metrics").await?;
-            metrics_addr = Some(local);
+            handle.metrics_addr = Some(local);
             let mut stop = stop.clone();
-            handles.push(tokio::spawn(crate::metrics::serve(
-                listener,
-                shared.metrics.clone(),
-                async move {
-                    let _ = stop.changed().await;
-                },
-            )));
+            let stopped = async move {
+                let _ = stop.changed().await;
+            };
+            let serve = crate::telemetry::serve(listener, shared.metrics.clone(), stopped);
+            handle.tasks.push(tokio::spawn(serve));
             tracing::info!(addr = %local, "metrics listening");
         }
-        let mut transparent_addr = None;
-        if let Some(listen) = transparent_listen {
+        if let Some(listen) = shared.transparent_listen {
             let (listener, local) = bind(listen, "transparent").await?;
-            transparent_addr = Some(local);
-            handles.push(tokio::spawn(crate::transparent::accept_loop(
-                shared.clone(),
-                listener,
-                stop.clone(),
-            )));
+            handle.transparent_addr = Some(local);
+            handle.serve(Door::Transparent, listener, &stop);
             tracing::info!(addr = %local, "transparent listener listening");
         }
-        let mut admin_socket = None;
-        let mut admin_addr = None;
         if options.admin {
-            let served = crate::lifecycle::admin::start(
-                shared.clone(),
-                &admin_config,
-                options.config_path.clone(),
-                stop.clone(),
-            )
-            .await?;
-            admin_socket = Some(admin_config.socket.clone());
-            admin_addr = served.tcp_addr;
-            handles.extend(served.handles);
+            let (trust, path) = (handle.trust.clone(), options.config_path);
+            let served =
+                crate::admin::start(shared.clone(), trust, &admin_config, path, stop).await?;
+            handle.admin_socket = Some(admin_config.socket.clone());
+            handle.admin_addr = served.tcp_addr;
+            handle.tasks.extend(served.handles);
         }
         tracing::info!(%addr, "keyswap listening");
-        Ok(ProxyHandle {
-            addr,
-            shared,
-            shutdown,
-            tasks: handles,
-            admin_socket,
-            config_path: options.config_path,
-            metrics_addr,
-            admin_addr,
-            transparent_addr,
-        })
+        Ok(handle)
+    }
+
+    /// Runs `door`'s accept loop on `listener` until the proxy stops.
+    fn serve(&mut self, door: Door, listener: TcpListener, stop: &watch::Receiver<bool>) {
+        let accepting = accept_loop(door, self.shared.clone(), listener, stop.clone());
+        self.tasks.push(tokio::spawn(accepting));
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -284,14 +201,15 @@ impl ProxyHandle {
 
     /// Swaps in a new config; a config that cannot be used leaves the running one in place.
     pub fn reload(&self, config: Config) -> Result<api::Reloaded, ProxyError> {
-        reload(&self.shared, config)
+        crate::lifecycle::reload::reload(&self.shared, config)
     }
 
     /// Issues a runtime task in-process (what `POST /v1/tasks` does).
     pub fn issue(&self, request: &api::IssueRequest) -> Result<api::IssuedTask, TaskError> {
         let issued = tasks::issue(&self.shared, request)?;
-        Ok(crate::lifecycle::admin::issued_task(
+        Ok(crate::admin::issued_task(
             &self.shared,
+            &self.trust,
             &issued,
             request,
             self.config_path.as_deref(),
@@ -308,6 +226,7 @@ impl ProxyHandle {
         listener.set_nonblocking(true).map_err(io)?;
         let listener = TcpListener::from_std(listener).map_err(io)?;
         self.tasks.push(tokio::spawn(accept_loop(
+            Door::Explicit,
             self.shared.clone(),
             listener,
             self.shutdown.subscribe(),
@@ -319,7 +238,7 @@ impl ProxyHandle {
     pub fn revoke(
         &self,
         id: &str,
-        why: crate::lifecycle::registry::RevokeWhy,
+        why: crate::state::tasks::RevokeWhy,
     ) -> Result<api::Revoked, TaskError> {
         tasks::revoke(&self.shared, id, why)
     }

@@ -23,9 +23,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::target::Target;
+use crate::wire::target::Target;
+use keyswap_scrub::body::ProxyBody;
 
 /// How long one TCP connect (or TLS handshake) to an upstream may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -23,8 +23,8 @@ use std::process::{Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use keyswap::lifecycle::api::{IssueRequest, IssuedTask};
-use keyswap::lifecycle::client::{AdminClient, AdminTarget};
+use keyswap::admin::client::{AdminClient, AdminTarget};
+use keyswap::api::{IssueRequest, IssuedTask};
 use keyswap_tests::harness::{render, test_env_values, ConfigVars};
 use keyswap_tests::logged_child::LoggedChild as Running;
 use keyswap_tests::secrets::{assert_no_real_secret, GITHUB_REAL, OPENAI_REAL};
@@ -395,7 +395,7 @@ async fn exec_command_and_its_daemonised_grandchild_are_refused_on_every_admin_r
     let answered = admin
         .answer(
             &approval,
-            &keyswap::lifecycle::api::AnswerRequest {
+            &keyswap::api::AnswerRequest {
                 answer: "deny".into(),
                 ..Default::default()
             },

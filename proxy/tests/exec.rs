@@ -19,8 +19,8 @@ use std::process::{Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use keyswap::lifecycle::api::TaskInfo;
-use keyswap::lifecycle::client::{AdminClient, AdminTarget};
+use keyswap::admin::client::{AdminClient, AdminTarget};
+use keyswap::api::TaskInfo;
 use keyswap_tests::agent_user::agent_user;
 use keyswap_tests::harness::{render, test_env_values, ConfigVars, AGENT_TOKEN};
 use keyswap_tests::logged_child::{wait_for_file, LoggedChild as Running};

@@ -204,14 +204,14 @@ fn the_exec_check_names_every_location_and_no_value() {
     planted_tree(&s);
     let config = s.config("keyswap.yaml", SECRETS);
     let loaded = keyswap_config::load_with(&config, &test_env_values()).expect("config loads");
-    let set = keyswap::plaintext::ScanSet::from_config(&loaded).expect("matcher");
-    let report = keyswap::plaintext::check_working_tree(
+    let set = keyswap::host::plaintext::ScanSet::from_config(&loaded).expect("matcher");
+    let report = keyswap::host::plaintext::check_working_tree(
         &set,
         &s.tree(),
-        keyswap::plaintext::ScanBudget::EXEC,
+        keyswap::host::plaintext::ScanBudget::EXEC,
     );
     assert!(!report.cut_short);
-    let refusal = keyswap::plaintext::exec_refusal(&report);
+    let refusal = keyswap::host::plaintext::exec_refusal(&report);
     assert_no_real_secret("exec refusal", refusal.as_bytes());
     let tree = s.tree().display().to_string();
     for place in [".env:3:", ".git/config:", "config/app.yaml:4:"] {
@@ -222,7 +222,7 @@ fn the_exec_check_names_every_location_and_no_value() {
     }
     assert!(refusal.contains("secret github"));
     assert!(refusal.contains("keyswap import-env") && refusal.contains("--allow-plaintext"));
-    let warning = keyswap::plaintext::allow_plaintext_warning(&report);
+    let warning = keyswap::host::plaintext::allow_plaintext_warning(&report);
     assert_no_real_secret("allow-plaintext warning", warning.as_bytes());
     assert!(warning.contains("WARNING") && warning.contains(".env:3:"));
 }

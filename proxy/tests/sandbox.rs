@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use keyswap::lifecycle::client::{AdminClient, AdminTarget};
+use keyswap::admin::client::{AdminClient, AdminTarget};
 use keyswap_tests::agent_user::{agent_user, AgentUser};
 use keyswap_tests::harness::{render, test_env_values, ConfigVars, AGENT_TOKEN};
 use keyswap_tests::logged_child::{wait_for_file, LoggedChild as Running};

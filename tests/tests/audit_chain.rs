@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 
-use keyswap::audit_chain::{hex, Chain, LineHasher};
-use keyswap::audit_verify::{self, Break, Summary};
-use keyswap::lifecycle::client::{AdminClient, AdminTarget};
+use keyswap::admin::client::{AdminClient, AdminTarget};
+use keyswap::audit::chain::{hex, Chain, LineHasher};
+use keyswap::audit::verify::{self as audit_verify, Break, Summary};
 use keyswap::ProxyOptions;
 use keyswap_tests::client::Alpn;
 use keyswap_tests::harness::{bearer, TestEnv, API_HOST, DEFAULT_CONFIG, OTHER_HOST};
@@ -510,7 +510,7 @@ async fn a_keyed_chain_recomputed_without_the_key_fails() {
     let file = env.audit_path();
     let original = lines_of(&file);
     let header: serde_json::Value = serde_json::from_str(&original[0]).unwrap();
-    let key_id = keyswap::audit_chain::key_id(key.as_bytes());
+    let key_id = keyswap::audit::chain::key_id(key.as_bytes());
     assert_eq!(header["chain"], "hmac-sha256");
     assert_eq!(header["key_id"], key_id.as_str());
 

@@ -1,5 +1,5 @@
 //! A real JVM through keyswap: `tests/java/ProxyProbe.java` (JDK `java.net.http.HttpClient`)
-//! run with exactly the environment `keyswap exec` builds ([`keyswap::child_env`]). The agent
+//! run with exactly the environment `keyswap exec` builds ([`keyswap::host::child_env`]). The agent
 //! holds a placeholder; the upstream must receive the real value, and nothing the JVM prints
 //! may hold it.
 //!
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use keyswap::child_env::{self, ProxyEndpoint, TrustFiles};
+use keyswap::host::child_env::{self, ProxyEndpoint, TrustFiles};
 use keyswap_tests::harness::{TestEnv, AGENT_TOKEN, API_HOST};
 use keyswap_tests::secrets::{assert_no_real_secret, GITHUB_PLACEHOLDER, GITHUB_REAL};
 
@@ -269,7 +269,7 @@ async fn java_tool_options_carry_a_trust_store_path_with_spaces_and_quotes() {
 }
 
 // ---- What the JDK does without each piece ProxyProbe and keyswap's environment provide ----
-// These pin down OpenJDK 17's behaviour, which `keyswap::child_env`'s docs record. Other
+// These pin down OpenJDK 17's behaviour, which `keyswap::host::child_env`'s docs record. Other
 // versions may differ (see the notices they print); the assertions apply to 17 only.
 
 /// The running JDK's feature version (`17` for `17.0.15`), from `java -version`.

@@ -14,8 +14,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use keyswap::lifecycle::api::{IssueRequest, IssuedTask, Reloaded};
-use keyswap::lifecycle::registry::RevokeWhy;
+use keyswap::api::{IssueRequest, IssuedTask, Reloaded};
+use keyswap::state::tasks::RevokeWhy;
 use keyswap::ProxyOptions;
 use keyswap_tests::client::{self, Alpn, BoxBody, RawProxyStream, Tunnel};
 use keyswap_tests::harness::{

@@ -511,3 +511,108 @@ async fn revoking_the_task_closes_its_transparent_connections() {
     let _ = child.wait().await;
     s.env.assert_no_leaks();
 }
+
+/// The default config with task `agent` asking a human about hosts it does not list
+/// (`on_unlisted: ask`), and `other.upstream.test` no longer listed.
+fn asking_config(net: &AgentNet) -> String {
+    let listed_other = "      - host: other.upstream.test\n        secrets: [openai]\n";
+    let asks = "  agent:\n    token_env: KS_TEST_TOKEN\n    on_unlisted: ask\n    allow:";
+    let base = DEFAULT_CONFIG
+        .replace(listed_other, "")
+        .replace("  agent:\n    token_env: KS_TEST_TOKEN\n    allow:", asks);
+    assert!(base.contains("on_unlisted: ask") && !base.contains(listed_other));
+    config(net).replacen(DEFAULT_CONFIG, &base, 1)
+}
+
+/// Approves, one at a time, what task `agent` waits for, until `done` resolves; returns the
+/// methods approved, in order.
+async fn approve_while(
+    env: &TestEnv,
+    done: impl std::future::Future<Output = Curl>,
+) -> (Curl, Vec<(String, String)>) {
+    use keyswap::state::approvals::{Answer, Scope};
+    let shared = env.proxy.shared().clone();
+    let mut approved = Vec::new();
+    tokio::pin!(done);
+    loop {
+        tokio::select! {
+            reply = &mut done => return (reply, approved),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+        for waiting in shared.approvals.list(Some("agent")) {
+            let answer = Answer::Approve {
+                scope: Scope::Once,
+                by: "test".into(),
+            };
+            if shared
+                .approvals
+                .answer(&shared.audit, &waiting.id, answer)
+                .is_ok()
+            {
+                approved.push((waiting.method.clone(), waiting.host.clone()));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn unlisted_tls_host_waits_for_a_human_exactly_as_a_connect_does() {
+    if !netns_available() {
+        return;
+    }
+    let mut net = AgentNet::create();
+    let env =
+        TestEnv::start_with_options(&asking_config(&net), Alpn::Both, ProxyOptions::default())
+            .await;
+    let port = env.proxy.transparent_addr().expect("transparent").port();
+    net.redirect(&[443], port);
+    let s = Setup {
+        proxy_ca: {
+            let path = env.dir.path().join("proxy-ca.pem");
+            std::fs::write(&path, &env.proxy_ca_pem).expect("write proxy CA");
+            path.display().to_string()
+        },
+        upstream_ca: String::new(),
+        env,
+        net,
+    };
+    let url = format!("https://{OTHER_HOST}/echo/asked");
+    let resolve = s.resolve(OTHER_HOST, 443);
+    let args = ["--cacert", &s.proxy_ca, "--resolve", &resolve, &url];
+    let curl = s.curl(&args);
+    let (reply, approved) = approve_while(&s.env, curl).await;
+    // The connection waited for a human (as a CONNECT to an unlisted host does), then the
+    // request inside it, unlisted too, waited again.
+    assert_eq!(
+        approved,
+        vec![
+            ("CONNECT".to_string(), OTHER_HOST.to_string()),
+            ("GET".to_string(), OTHER_HOST.to_string())
+        ],
+        "{reply:?}"
+    );
+    assert_eq!(reply.status(), Some(200), "{reply:?}");
+    let record = s.audited(OTHER_HOST, "allowed").await;
+    assert_eq!(record["path"], "/echo/asked");
+    assert_eq!(
+        record["rule"],
+        serde_json::Value::Null,
+        "an approval names no rule"
+    );
+    s.env.assert_no_leaks();
+}
+
+#[tokio::test]
+async fn an_agent_refusing_the_certificate_is_recorded_as_transparent() {
+    let Some(s) = setup().await else { return };
+    let url = format!("https://{API_HOST}/echo");
+    // No --cacert: curl does not trust keyswap's CA and aborts the handshake.
+    let reply = s
+        .curl(&["--resolve", &s.resolve(API_HOST, 443), &url])
+        .await;
+    assert_ne!(reply.code, 0, "{reply:?}");
+    // `audited` asserts the record's via.
+    let record = s.audited(API_HOST, "agent_tls_failed").await;
+    assert_eq!(record["task"], "agent");
+    s.env.assert_no_leaks();
+}

@@ -6,8 +6,8 @@
 use clap::{Args, ValueEnum};
 
 use super::task::AdminArgs;
-use crate::lifecycle::api::{AnswerRequest, ApprovalInfo};
-use crate::lifecycle::client::AdminClient;
+use crate::admin::client::AdminClient;
+use crate::api::{AnswerRequest, ApprovalInfo};
 
 #[derive(Debug, Args)]
 pub struct ListArgs {

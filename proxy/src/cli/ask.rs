@@ -10,10 +10,10 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::approval::describe;
-use crate::lifecycle::api::{AnswerRequest, ApprovalInfo};
-use crate::lifecycle::approvals::{Answer, Scope};
-use crate::lifecycle::client::AdminClient;
-use crate::server::Shared;
+use crate::admin::client::AdminClient;
+use crate::api::{AnswerRequest, ApprovalInfo};
+use crate::state::approvals::{Answer, Scope};
+use crate::state::shared::Shared;
 
 /// How often the list of waiting requests is read.
 const POLL: Duration = Duration::from_millis(250);
@@ -128,7 +128,9 @@ async fn send(source: &Source, approval: &ApprovalInfo, reply: Reply) -> anyhow:
                     by,
                 },
             };
-            shared.approvals.answer(shared, &approval.id, answer)?;
+            shared
+                .approvals
+                .answer(&shared.audit, &approval.id, answer)?;
         }
     }
     Ok(format!("keyswap: {verb} {}", approval.id))

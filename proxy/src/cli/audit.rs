@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use crate::audit_chain::LineHasher;
-use crate::audit_verify;
+use crate::audit::chain::LineHasher;
+use crate::audit::verify as audit_verify;
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {

@@ -35,10 +35,10 @@ use super::sandbox::{
     agent_identity, no_sandbox_warning, sandbox_for, serve_listener, start_plan, AgentIdentity,
 };
 use super::task::{socket_answers, AdminArgs};
-use crate::lifecycle::api::IssueRequest;
-use crate::lifecycle::client::{AdminClient, AdminTarget};
-use crate::lifecycle::registry::RevokeWhy;
+use crate::admin::client::{AdminClient, AdminTarget};
+use crate::api::IssueRequest;
 use crate::server::{ProxyHandle, ProxyOptions};
+use crate::state::tasks::RevokeWhy;
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
@@ -76,7 +76,7 @@ pub struct ExecArgs {
 /// Where the task lives while the command runs.
 enum Issuer {
     Remote(AdminClient),
-    Embedded(ProxyHandle),
+    Embedded(Box<ProxyHandle>),
 }
 
 pub fn exec(args: ExecArgs) -> ExitCode {
@@ -170,7 +170,7 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
             .handle
             .issue(&request)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        (Issuer::Embedded(embedded.handle), issued, None)
+        (Issuer::Embedded(Box::new(embedded.handle)), issued, None)
     };
     tracing::info!(task = %issued.id, policy = %issued.policy, expires = %issued.expires, sandboxed, "running the command as a task");
     let prompter = tty.map(|tty| {
@@ -184,7 +184,7 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let status = match prepared {
         Some(prepared) => {
             let embedded = match &mut issuer {
-                Issuer::Embedded(handle) => Some(handle),
+                Issuer::Embedded(handle) => Some(&mut **handle),
                 Issuer::Remote(_) => None,
             };
             serve_listener(embedded, &issued, &prepared.listener)?;
@@ -217,7 +217,7 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         tracing::debug!(task = %issued.id, error = %e, "task already ended");
     }
     if let Issuer::Embedded(handle) = issuer {
-        handle.shutdown().await;
+        (*handle).shutdown().await;
     }
     status
 }
@@ -226,8 +226,8 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
 /// `/proc/PID/mem`, ptrace), a crash writes no core file, and the command's orphans re-parent
 /// to exec, so they stay in the ancestry the admin API refuses.
 fn harden_self() -> anyhow::Result<()> {
-    crate::process_guard::harden_self()?;
-    crate::process_guard::become_subreaper()?;
+    crate::host::process_guard::harden_self()?;
+    crate::host::process_guard::become_subreaper()?;
     Ok(())
 }
 
@@ -295,7 +295,7 @@ async fn refuse_plaintext_in_reach(
     config: keyswap_config::Config,
     allow_plaintext: bool,
 ) -> anyhow::Result<keyswap_config::Config> {
-    use crate::plaintext::{self, ScanBudget, ScanSet};
+    use crate::host::plaintext::{self, ScanBudget, ScanSet};
     let cwd = std::env::current_dir().context("reading the working directory")?;
     let (config, report) = tokio::task::spawn_blocking(move || {
         let report = ScanSet::from_config(&config)

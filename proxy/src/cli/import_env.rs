@@ -16,12 +16,12 @@ use clap::Args;
 use secrecy::zeroize::Zeroizing;
 use secrecy::SecretString;
 
-use crate::plaintext::dotenv::DotEnv;
-use crate::plaintext::import_env::{
+use crate::host::plaintext::dotenv::DotEnv;
+use crate::host::plaintext::import_env::{
     default_secrets_dir, ensure_dir, git_toplevel, host_for_prefix, looks_like_credential,
     placeholder_for, replace_file, secret_name, tracked_by_git, write_secret_file, Looks,
 };
-use crate::plaintext::merge::{self, Entry};
+use crate::host::plaintext::merge::{self, Entry};
 
 #[derive(Debug, Args)]
 pub struct ImportEnvArgs {

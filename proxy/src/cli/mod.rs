@@ -355,7 +355,7 @@ fn ca_export(config: &Path, ca_dir: Option<PathBuf>, out: Option<&Path>) -> anyh
 
 fn run(path: &Path) -> anyhow::Result<()> {
     // Before the config (and so any secret) is read; a refusal stops keyswap (fail closed).
-    crate::process_guard::harden_self()?;
+    crate::host::process_guard::harden_self()?;
     let config = keyswap_config::load(path).map_err(|e| not_valid(path, &e))?;
     for warning in &config.warnings {
         tracing::warn!(%warning, "config");

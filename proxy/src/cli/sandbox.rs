@@ -12,7 +12,7 @@ use keyswap_config::SandboxPaths;
 use keyswap_sandbox::{Identity, StartPlan};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::lifecycle::api::{IssuedTask, SandboxFor};
+use crate::api::{IssuedTask, SandboxFor};
 use crate::server::ProxyHandle;
 
 /// The user the command runs as when exec runs as root (`--user NAME`).

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::Args;
 use serde::Serialize;
 
-use crate::plaintext::{self, ScanBudget, ScanReport, ScanSet};
+use crate::host::plaintext::{self, ScanBudget, ScanReport, ScanSet};
 
 #[derive(Debug, Args)]
 pub struct ScanArgs {

@@ -9,9 +9,9 @@ use clap::{Args, Subcommand};
 use keyswap_certs::CertificateAuthority;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::child_env::{shell_exports, task_env, write_trust_files, ProxyEndpoint};
-use crate::lifecycle::api::{IssueRequest, RuleUsageInfo, TaskInfo};
-use crate::lifecycle::client::{AdminClient, AdminTarget};
+use crate::admin::client::{AdminClient, AdminTarget};
+use crate::api::{IssueRequest, RuleUsageInfo, TaskInfo};
+use crate::host::child_env::{shell_exports, task_env, write_trust_files, ProxyEndpoint};
 
 /// How to find the admin API.
 #[derive(Debug, Clone, Args)]

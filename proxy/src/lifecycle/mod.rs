@@ -1,20 +1,13 @@
-//! The task lifecycle: tasks issued when an agent starts and revoked when it ends.
+//! What changes the live state over time: [`tasks`] issues, revokes, expires and reloads
+//! tasks; [`budget`] charges a rule's budget and rate and reports them; [`refresh`] re-reads
+//! secrets whose source can change; [`reload`] swaps in a new config and brings the tasks in
+//! line ([`config_diff`] logs what changed).
 //!
-//! [`registry`] holds the live tasks (static and runtime) and the cancellation each of their
-//! connections watches; [`tasks`] issues, revokes, expires and reloads them; [`closing`]
-//! serves a connection for as long as its task lives; [`approvals`] holds requests that
-//! wait for a human and what humans granted; [`refresh`] re-reads secrets whose
-//! source can change; [`admin`] is the admin API and [`api`] its JSON bodies; [`client`] is
-//! the CLI's client of it.
-//!
-//! Arrows go from here into the pipeline's shared state, never back: the request path only
-//! asks the registry who a task is and watches its cancellation.
+//! The data these change lives in [`crate::state`]; the request path reaches it only through
+//! the state, never through this module's operations (except [`budget::charge`]).
 
-pub mod admin;
-pub mod api;
-pub mod approvals;
-pub mod client;
-pub mod closing;
+pub mod budget;
+pub mod config_diff;
 pub mod refresh;
-pub mod registry;
+pub mod reload;
 pub mod tasks;

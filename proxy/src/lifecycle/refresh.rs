@@ -15,8 +15,8 @@ use keyswap_config::{ProcessEnv, SecretId, SecretSource};
 use secrecy::SecretString;
 use tokio::sync::{mpsc, watch};
 
-use crate::audit::{timestamp, LifecycleRecord};
-use crate::server::Shared;
+use crate::audit::record::{timestamp, LifecycleRecord};
+use crate::state::shared::Shared;
 
 /// How often the refresher looks at the secrets' ages.
 const TICK: Duration = Duration::from_millis(250);

@@ -12,10 +12,10 @@ use std::time::{Duration, SystemTime};
 use keyswap_config::{Config, TtlError};
 use secrecy::SecretString;
 
-use super::api;
-use super::registry::{IssuedBy, LiveTask, RevokeWhy, TaskSource};
-use crate::audit::{timestamp, LifecycleRecord};
-use crate::server::Shared;
+use crate::api;
+use crate::audit::record::{timestamp, LifecycleRecord};
+use crate::state::shared::Shared;
+use crate::state::tasks::{IssuedBy, LiveTask, RevokeWhy, TaskSource};
 
 /// Why a task could not be issued or revoked. The messages name policies and ids only.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -253,7 +253,7 @@ pub fn sync(shared: &Arc<Shared>, config: &Config) -> api::Reloaded {
         started(shared, &live);
         summary.tasks_added.push(task.id.clone());
     }
-    crate::budget::prune(config, &shared.tasks.all());
+    crate::lifecycle::budget::prune(config, &shared.tasks.all());
     summary
 }
 
@@ -282,7 +282,7 @@ pub fn info(config: &Config, task: &LiveTask) -> api::TaskInfo {
         expired: task.is_expired(now),
         open_connections: task.open_connections(),
         requests: task.requests(),
-        budgets: crate::budget::report(config, task),
+        budgets: crate::lifecycle::budget::report(config, task),
     }
 }
 

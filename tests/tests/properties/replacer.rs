@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame};
-use keyswap::replace::{Replacer, ReplacingBody};
+use keyswap_scrub::replace::{Replacer, ReplacingBody};
 
 /// Replace-all computed independently of aho-corasick: scan left to right; at each position
 /// take the longest pattern starting there (the first listed among equals), emit its

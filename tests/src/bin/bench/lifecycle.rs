@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use http::HeaderValue;
-use keyswap::lifecycle::api::{IssueRequest, IssuedTask};
-use keyswap::lifecycle::client::{AdminClient, AdminTarget};
+use keyswap::admin::client::{AdminClient, AdminTarget};
+use keyswap::api::{IssueRequest, IssuedTask};
 
 use crate::load::{self, Conn, Endpoint, Route};
 use crate::report::{Row, KEYSWAP};

@@ -1,0 +1,22 @@
+//! One request through an allowed connection, as named steps over one per-request context
+//! ([`exchange`]): decide ([`route`]) → approve ([`approve`]) → swap ([`swap`]) → charge
+//! ([`crate::lifecycle::budget`]) → send ([`crate::upstream`]) → scrub
+//! ([`keyswap_scrub::response`]) → record (one [`crate::audit::decision::Decision`]).
+//!
+//! The connection handlers a door hands a decided connection to: [`intercept`] (TLS
+//! terminated with a leaf for the target, each request through [`exchange`]), [`tunnel`]
+//! (spliced bytes for a `tunnel: true` rule), [`websocket`] (an upgraded exchange, every
+//! message scrubbed). [`conn`] holds what they share: the HTTP server settings toward agents,
+//! [`conn::Rewind`], and serving a connection for as long as its task lives.
+
+pub mod approve;
+pub mod conn;
+pub mod context;
+pub mod exchange;
+pub mod inbound;
+pub mod intercept;
+pub mod outbound;
+pub mod route;
+pub mod swap;
+pub mod tunnel;
+pub mod websocket;

@@ -1,0 +1,272 @@
+//! The request on its way upstream: the swap step ([`swap_in`]: every placeholder the request
+//! carries is checked against what its rule grants, and granted ones are replaced in headers
+//! and query) and the rewrite ([`rewrite`]: hop-by-hop headers, the URI rebuilt from the
+//! decided target and path, the body wrapped so placeholders in it are found or swapped as it
+//! streams).
+
+use std::collections::BTreeSet;
+
+use http::request::Parts;
+use http::{header, HeaderValue, Request, Uri, Version};
+use hyper::body::Incoming;
+use keyswap_config::{Rule, Secret, SecretId};
+use keyswap_scrub::body::{boxed, Counted, ProxyBody};
+use keyswap_scrub::decode;
+
+use crate::audit::decision::{Denial, Reason};
+use crate::pipeline::context::ConnContext;
+use crate::pipeline::exchange::Exchange;
+use crate::pipeline::route::Routed;
+use crate::pipeline::swap::{
+    check_uri, swap_headers, swap_query, BodyRefusal, Misplaced, NotGranted, ScanBody,
+    SnapshotPlaceholders,
+};
+use crate::state::snapshot::Snapshot;
+use crate::wire::headers::strip_hop_by_hop;
+
+/// What the swap step found and did.
+pub struct Swapped {
+    /// Secrets whose real values the request will carry.
+    used: BTreeSet<SecretId>,
+    /// The query with granted placeholders replaced.
+    query: Option<String>,
+    /// The body's placeholders are swapped as it streams.
+    swap_body: bool,
+}
+
+/// The request ready to send, and what the response side must know about it.
+pub struct Outgoing {
+    pub request: Request<ProxyBody>,
+    pub meta: Sending,
+}
+
+/// What the response side must know about the request that was sent.
+#[derive(Clone)]
+pub struct Sending {
+    /// A WebSocket upgrade was asked for.
+    pub upgrade: bool,
+    pub head_request: bool,
+    /// Range requests were removed: a 206 is refused (see [`could_hold_secret`]).
+    pub partial_refused: bool,
+    /// Set when the request body turned out to carry an ungranted placeholder.
+    pub body_refused: BodyRefusal,
+    /// Names of the secrets the request carries, audited once it is sent.
+    pub secrets: Vec<String>,
+}
+
+/// The swap step: placeholders in the URI, headers and query are checked against the rule's
+/// grants; granted ones in headers and query are replaced. A secret whose refresh has failed
+/// is not sent.
+pub fn swap_in(
+    snapshot: &Snapshot,
+    ctx: &ConnContext,
+    parts: &mut Parts,
+    routed: &Routed<'_>,
+) -> Result<Swapped, Denial> {
+    let rule = routed.matched.rule();
+    let misplaced = |m: Misplaced| misplaced_denial(snapshot, ctx, rule, &routed.path, m);
+    let not_granted = |n: NotGranted| misplaced(n.into());
+    let query = parts.uri.query();
+    check_uri(
+        &snapshot.placeholders,
+        parts.uri.path(),
+        &routed.path,
+        query,
+        rule,
+    )
+    .map_err(not_granted)?;
+    let header_swap = swap_headers(
+        &snapshot.placeholders,
+        &mut parts.headers,
+        rule,
+        &snapshot.config,
+        rule.swap_in.headers,
+    )
+    .map_err(misplaced)?;
+    let mut used: BTreeSet<SecretId> = header_swap.used;
+    let mut query = parts.uri.query().map(str::to_string);
+    if let (true, Some(q)) = (rule.swap_in.query, query.as_deref()) {
+        if let Some(swapped) =
+            swap_query(&snapshot.placeholders, q, Some(rule), &mut used).map_err(not_granted)?
+        {
+            query = Some(swapped);
+        }
+    }
+    let swap_body = rule.swap_in.body && !snapshot.placeholders.is_empty();
+    if swap_body {
+        // Which granted secrets the body carries is only known once it has streamed; every
+        // secret the rule grants is named so the audit never under-reports.
+        used.extend(rule.secrets.iter().copied());
+    }
+    if let Some(stale) = used.iter().find(|id| snapshot.stale[id.0]) {
+        return Err(Denial::new(
+            Reason::SecretUnavailable,
+            format!(
+                "secret {} could not be refreshed, so keyswap does not send it; ask the operator to check its source",
+                snapshot.config.secret(*stale).name
+            ),
+        ));
+    }
+    Ok(Swapped {
+        used,
+        query,
+        swap_body,
+    })
+}
+
+/// The refusal of a placeholder the rule does not grant where it was found.
+pub(crate) fn misplaced_denial(
+    snapshot: &Snapshot,
+    ctx: &ConnContext,
+    rule: &Rule,
+    path: &str,
+    misplaced: Misplaced,
+) -> Denial {
+    let message = match misplaced {
+        Misplaced::NotGranted(ids) => {
+            let names: Vec<&str> = ids
+                .iter()
+                .map(|id| snapshot.config.secret(*id).name.as_str())
+                .collect();
+            format!(
+                "the request carries the placeholder of secret {} which task {} may not send to {} {}; \
+                 remove it or ask the operator to grant it on this route",
+                names.join(", "),
+                ctx.task.id,
+                ctx.target.host,
+                path
+            )
+        }
+        Misplaced::OutOfScope { secret, header } => format!(
+            "the placeholder of secret {} may not be sent in header {header} to {}; \
+             send it only in the headers the operator named for it ({})",
+            snapshot.config.secret(secret).name,
+            ctx.target.host,
+            scope_of(rule, snapshot.config.secret(secret)),
+        ),
+    };
+    Denial::new(Reason::PlaceholderNotAllowed, message)
+}
+
+/// The request as it goes upstream: hop-by-hop headers and what could hide a secret from
+/// the scrubber removed, the URI rebuilt from the connection's target and the decided path,
+/// the body counted and scanned for placeholders.
+#[allow(clippy::too_many_arguments)]
+pub fn rewrite(
+    snapshot: &std::sync::Arc<Snapshot>,
+    ctx: &ConnContext,
+    mut parts: Parts,
+    body: Incoming,
+    routed: &Routed<'_>,
+    swapped: Swapped,
+    upgrade: bool,
+    ex: &Exchange,
+) -> Result<Outgoing, Denial> {
+    let rule = routed.matched.rule();
+    let partial_refused = could_hold_secret(snapshot, ctx);
+    clean_headers(
+        &mut parts,
+        upgrade,
+        partial_refused,
+        !swapped.used.is_empty(),
+    );
+    let mut path_and_query = routed.path.clone();
+    if let Some(q) = &swapped.query {
+        path_and_query.push('?');
+        path_and_query.push_str(q);
+    }
+    parts.uri = Uri::builder()
+        .scheme(ctx.scheme.as_str())
+        .authority(ctx.target.to_string())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| {
+            Denial::new(Reason::BadRequest, "the request URI could not be rebuilt").closing()
+        })?;
+    parts.version = Version::HTTP_11;
+    let head_request = parts.method == http::Method::HEAD;
+    let counted = Counted::new(body, ex.req_bytes.clone());
+    // Every body is scanned, whether or not the rule swaps in it: an ungranted placeholder
+    // refuses the request even after part of the body has gone upstream.
+    let body_refused = BodyRefusal::default();
+    let body: ProxyBody = if snapshot.placeholders.is_empty() {
+        boxed(counted)
+    } else {
+        if swapped.swap_body {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        boxed(ScanBody::new(
+            counted,
+            SnapshotPlaceholders(snapshot.clone()),
+            rule.secrets.clone(),
+            swapped.swap_body,
+            body_refused.clone(),
+        ))
+    };
+    let secrets = swapped
+        .used
+        .iter()
+        .map(|id| snapshot.config.secret(*id).name.clone())
+        .collect();
+    Ok(Outgoing {
+        request: Request::from_parts(parts, body),
+        meta: Sending {
+            upgrade,
+            head_request,
+            partial_refused,
+            body_refused,
+            secrets,
+        },
+    })
+}
+
+/// Removes hop-by-hop headers and what could let a secret past the scrubber.
+fn clean_headers(parts: &mut Parts, upgrade: bool, partial_refused: bool, sends_secret: bool) {
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if partial_refused {
+        // Two partial responses could each return half of a stored value, which no scrubber
+        // can recognise: where a secret can be sent, whole representations only.
+        parts.headers.remove(header::RANGE);
+        parts.headers.remove(header::IF_RANGE);
+    }
+    parts.headers.remove(header::HOST);
+    if upgrade {
+        // Compressed WebSocket frames could hide a secret from the scrubber in websocket.rs.
+        parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    }
+    if sends_secret {
+        // Keep the response scrubbable (see keyswap_scrub::response::body_policy).
+        parts.headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    } else if let Some(accepted) = decode::decodable_accept_encoding(&parts.headers) {
+        parts.headers.insert(header::ACCEPT_ENCODING, accepted);
+    }
+}
+
+/// Whether any of the task's rules for this host and port grants a secret: then a value may
+/// be stored there and read back, so partial responses are not allowed.
+fn could_hold_secret(snapshot: &Snapshot, ctx: &ConnContext) -> bool {
+    snapshot.rules_of(&ctx.task).is_some_and(|rules| {
+        rules.iter().any(|rule| {
+            !rule.secrets.is_empty()
+                && rule.matches_host(ctx.scheme, &ctx.target.host, ctx.target.port)
+        })
+    })
+}
+
+/// The headers a secret may be swapped into on a rule, for a refusal message.
+fn scope_of(rule: &Rule, secret: &Secret) -> String {
+    let mut names: Vec<&str> = match (&rule.headers, &secret.headers) {
+        (Some(r), Some(s)) => r
+            .iter()
+            .filter(|n| s.contains(n))
+            .map(String::as_str)
+            .collect(),
+        (Some(only), None) | (None, Some(only)) => only.iter().map(String::as_str).collect(),
+        (None, None) => Vec::new(),
+    };
+    names.dedup();
+    names.join(", ")
+}

@@ -1,0 +1,15 @@
+//! The live state every connection shares ([`shared::Shared`]), and the config
+//! [`snapshot::Snapshot`] it holds. The data lives here; what changes it over time (issuing
+//! and revoking tasks, budgets, refresh, reload) is [`crate::lifecycle`]'s.
+//!
+//! - [`tasks`]: the live tasks, their tokens and the cancellation each connection watches;
+//! - [`usage`]: per task and rule, what its budget and rate have used;
+//! - [`approvals`]: requests waiting for a human, and what humans granted;
+//! - [`metrics`]: the counters the metrics listener reads.
+
+pub mod approvals;
+pub mod metrics;
+pub mod shared;
+pub mod snapshot;
+pub mod tasks;
+pub mod usage;
