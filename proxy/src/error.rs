@@ -1,35 +1,75 @@
-//! keyswap's error type. Each variant says where the problem came from: the agent
-//! (downstream), the upstream, or keyswap itself (internal). No variant carries a secret value.
+//! keyswap's error type, and where an error came from ([`Origin`]: the agent, the upstream,
+//! or keyswap itself). No variant carries a secret value.
 
 use std::path::PathBuf;
 
+/// Where an error came from: what a log line or a refusal blames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The agent (downstream): what it sent, or how it handshook.
+    Agent,
+    /// An upstream server, or the path to it.
+    Upstream,
+    /// keyswap itself: its config, its files, its CA.
+    Internal,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Agent => "agent",
+            Origin::Upstream => "upstream",
+            Origin::Internal => "internal",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// Internal: the config could not be loaded or validated.
+    /// The config could not be loaded or validated.
     #[error("{0}")]
     Config(#[from] keyswap_config::ConfigErrors),
-    /// Internal: the local CA or a leaf certificate.
+    /// The local CA or a leaf certificate.
     #[error(transparent)]
     Certs(#[from] keyswap_certs::CertError),
-    /// Internal: `upstream.extra_roots` could not be used.
+    /// `upstream.extra_roots` could not be used.
     #[error("{path}: upstream.extra_roots: {problem}; point it at a PEM file of CA certificates", path = path.display())]
     ExtraRoots { path: PathBuf, problem: String },
-    /// Internal: building a TLS configuration.
+    /// Building the TLS configuration of the upstream leg.
     #[error("TLS setup failed: {0}")]
-    Tls(String),
-    /// Internal: a listener or file.
+    Tls(#[from] rustls::Error),
+    /// A listener or file.
     #[error("{what}: {source}")]
     Io {
         what: String,
         #[source]
         source: std::io::Error,
     },
-    /// Internal: the CA files and trust store for a child process (`keyswap exec`).
+    /// The CA files and trust store for a child process (`keyswap exec`).
     #[error("trust files for the child process: {0}")]
     TrustFiles(String),
-    /// Internal: the secret matchers could not be built.
+    /// The secret matchers could not be built.
     #[error("could not build the placeholder matcher: {0}")]
-    Matcher(String),
+    Matcher(#[from] aho_corasick::BuildError),
+}
+
+impl ProxyError {
+    /// Where the error came from. Every variant is keyswap's own set-up (config, files,
+    /// certificates, listeners): errors of one request are refusals with a
+    /// [`crate::audit::decision::Reason`], whose [`Reason::origin`] says the same.
+    ///
+    /// [`Reason::origin`]: crate::audit::decision::Reason::origin
+    pub fn origin(&self) -> Origin {
+        match self {
+            ProxyError::Config(_)
+            | ProxyError::Certs(_)
+            | ProxyError::ExtraRoots { .. }
+            | ProxyError::Tls(_)
+            | ProxyError::Io { .. }
+            | ProxyError::TrustFiles(_)
+            | ProxyError::Matcher(_) => Origin::Internal,
+        }
+    }
 }
 
 /// Displays an error with its sources, for logs.

@@ -55,7 +55,7 @@ impl UpstreamClients {
         let tls = |alpn: &[&[u8]]| -> Result<Arc<ClientConfig>, ProxyError> {
             let mut tls = ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
-                .map_err(|e| ProxyError::Tls(e.to_string()))?
+                .map_err(ProxyError::Tls)?
                 .with_root_certificates(roots.clone())
                 .with_no_client_auth();
             tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();

@@ -11,6 +11,8 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use keyswap_scrub::body::{full, ProxyBody};
 
+use crate::error::Origin;
+
 /// Name of the response header that carries the reason of a refusal.
 pub const REASON_HEADER: &str = "x-keyswap-reason";
 
@@ -99,6 +101,17 @@ impl Reason {
             | Reason::ApprovalQueueFull
             | Reason::BudgetExhausted
             | Reason::RateLimited => "denied",
+        }
+    }
+
+    /// Where the cause of this outcome lies: the agent's request (every refusal by policy,
+    /// and a malformed request or handshake), the upstream (it failed or could not be
+    /// reached), or keyswap (a secret it could not refresh).
+    pub fn origin(self) -> Origin {
+        match self {
+            Reason::UpstreamError | Reason::PrivateAddress => Origin::Upstream,
+            Reason::SecretUnavailable => Origin::Internal,
+            _ => Origin::Agent,
         }
     }
 

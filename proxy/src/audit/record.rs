@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 use keyswap_config::normalize_path;
 use serde::Serialize;
 
-use crate::audit::decision::Decision;
+use crate::audit::decision::{Decision, Reason};
 
 /// The two front doors: the explicit proxy listener and the transparent listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,11 +279,16 @@ impl AuditRecord {
     /// The one INFO line of this request: what was asked, by whom, and how it ended. `why`
     /// is the refusal's explanation (the one the agent read), naming hosts, paths, tasks and
     /// secret names only.
-    pub fn log(&self, why: Option<&str>) {
+    pub fn log(&self, reason: Reason, why: Option<&str>) {
         let message = match self.decision {
             "allowed" => "request allowed",
             "denied" => "request refused",
             _ => "request failed",
+        };
+        // Where a refusal's or failure's cause lies: the agent, the upstream, or keyswap.
+        let origin = match reason {
+            Reason::Allowed => "-",
+            other => other.origin().as_str(),
         };
         tracing::info!(
             conn = self.conn,
@@ -296,6 +301,7 @@ impl AuditRecord {
             path = %self.path.as_deref().unwrap_or("-"),
             rule = %OrDash(self.rule),
             reason = %self.reason,
+            origin,
             status = self.status,
             ms = self.ms,
             why = %why.unwrap_or("-"),
@@ -340,7 +346,6 @@ impl std::fmt::Display for OrDash {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::audit::decision::Reason;
 
     /// A refused CONNECT's record, for tests of the sink.
     pub(crate) fn record(conn: u64) -> AuditRecord {

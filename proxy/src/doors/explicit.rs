@@ -155,7 +155,7 @@ async fn connect(
     let mut subject =
         Subject::connection(conn_id, Via::Explicit, None, "https", host, port, started);
     let snapshot = shared.snapshot();
-    let task = match identify(&snapshot.config, &shared.tasks, req.headers(), local) {
+    let task = match identify(&snapshot.config, &*shared.tasks, req.headers(), local) {
         Ok(task) => task,
         Err(Unidentified {
             denial,
@@ -249,7 +249,7 @@ async fn plain(
 ) -> Response<ProxyBody> {
     let started = Started::now();
     let snapshot = shared.snapshot();
-    let task = match identify(&snapshot.config, &shared.tasks, req.headers(), local) {
+    let task = match identify(&snapshot.config, &*shared.tasks, req.headers(), local) {
         Ok(task) => task,
         Err(Unidentified {
             denial,

@@ -12,7 +12,7 @@ use http::HeaderMap;
 use keyswap_config::Config;
 
 use crate::audit::decision::{Denial, Reason};
-use crate::state::tasks::{LiveTask, TaskRegistry};
+use crate::state::tasks::{LiveTask, TaskStore};
 
 /// A request whose task could not be identified.
 #[derive(Debug)]
@@ -32,7 +32,7 @@ pub struct Unidentified {
 /// token identifies that task: the simplest laptop setup needs no credentials in the proxy URL.
 pub fn identify(
     config: &Config,
-    tasks: &TaskRegistry,
+    tasks: &dyn TaskStore,
     headers: &HeaderMap,
     proxy: SocketAddr,
 ) -> Result<Arc<LiveTask>, Unidentified> {

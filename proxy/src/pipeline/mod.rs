@@ -18,5 +18,6 @@ pub mod intercept;
 pub mod outbound;
 pub mod route;
 pub mod swap;
+pub mod swap_body;
 pub mod tunnel;
 pub mod websocket;

@@ -17,10 +17,8 @@ use crate::audit::decision::{Denial, Reason};
 use crate::pipeline::context::ConnContext;
 use crate::pipeline::exchange::Exchange;
 use crate::pipeline::route::Routed;
-use crate::pipeline::swap::{
-    check_uri, swap_headers, swap_query, BodyRefusal, Misplaced, NotGranted, ScanBody,
-    SnapshotPlaceholders,
-};
+use crate::pipeline::swap::{check_uri, swap_headers, swap_query, Misplaced, NotGranted};
+use crate::pipeline::swap_body::{BodyRefusal, ScanBody, SnapshotPlaceholders};
 use crate::state::snapshot::Snapshot;
 use crate::wire::headers::strip_hop_by_hop;
 

@@ -17,103 +17,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use keyswap_config::{Approval, Approve, Rule, Scheme};
+use keyswap_config::{Approval, Approve, Scheme};
 use tokio::sync::oneshot;
 
 use crate::api::ApprovalInfo;
 use crate::audit::record::{timestamp, LifecycleRecord};
 use crate::audit::sink::AuditSink;
-use crate::error::ErrorChain;
+pub use crate::state::held::{
+    rule_key, sanitise_note, Answer, AnswerError, Answered, Held, Outcome, Scope, Why,
+};
 use crate::state::snapshot::Snapshot;
 use crate::state::tasks::LiveTask;
-
-/// The longest human reason text passed on to the agent and the audit log.
-pub const MAX_NOTE_CHARS: usize = 200;
-/// How long the webhook receiver may take to answer before keyswap stops waiting.
-const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How far an approval reaches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// This request only.
-    Once,
-    /// This exact host, port, method and path, for the task's lifetime.
-    Task,
-    /// The matched rule on this host (or, for an unlisted request, this host), for the
-    /// task's lifetime. Never wider than the host the request went to.
-    Rule,
-}
-
-impl Scope {
-    pub fn parse(text: &str) -> Option<Scope> {
-        match text {
-            "once" => Some(Scope::Once),
-            "task" => Some(Scope::Task),
-            "rule" => Some(Scope::Rule),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Once => "once",
-            Scope::Task => "task",
-            Scope::Rule => "rule",
-        }
-    }
-}
-
-/// A human's answer.
-#[derive(Debug, Clone)]
-pub enum Answer {
-    Approve { scope: Scope, by: String },
-    Deny { note: Option<String>, by: String },
-}
-
-/// How a hold ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Approved,
-    /// With the human's (sanitised) reason, if they gave one.
-    Denied(Option<String>),
-    TimedOut,
-    TaskEnded,
-    QueueFull,
-}
-
-/// Why a request waits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Why {
-    /// No rule allows it and the task's `on_unlisted` is `ask`.
-    Unlisted,
-    /// The rule it matched has `approve:`.
-    Rule(Approve),
-}
-
-impl Why {
-    fn as_str(self) -> &'static str {
-        match self {
-            Why::Unlisted => "unlisted",
-            Why::Rule(approve) => approve.as_str(),
-        }
-    }
-}
-
-/// What a held request would do.
-#[derive(Debug, Clone)]
-pub struct Held {
-    pub conn: u64,
-    pub method: String,
-    pub scheme: Scheme,
-    pub host: String,
-    pub port: u16,
-    /// Normalised; `None` for a CONNECT.
-    pub path: Option<String>,
-    /// The matched rule (index and its grant key), for `approve:` rules.
-    pub rule: Option<(usize, String)>,
-    pub secrets: Vec<String>,
-    pub why: Why,
-}
+use crate::state::webhook::notify;
 
 struct Waiting {
     id: String,
@@ -148,36 +63,6 @@ pub struct Approvals {
     next: AtomicU64,
     waiting: Mutex<BTreeMap<String, Waiting>>,
     grants: Mutex<BTreeMap<String, TaskGrants>>,
-}
-
-/// Why an answer was not taken.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AnswerError {
-    #[error("no request \"{0}\" is waiting (it was answered, timed out, or its connection or task ended)")]
-    Unknown(String),
-}
-
-/// A key that names one rule of one config: its position and everything it matches and
-/// grants. A reload that changes the rule changes the key, so a grant never carries over to
-/// a different rule.
-pub fn rule_key(rule: &Rule) -> String {
-    format!(
-        "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
-        rule.index, rule.scheme, rule.host, rule.port, rule.methods, rule.paths, rule.secrets
-    )
-}
-
-/// At most [`MAX_NOTE_CHARS`] characters, control characters replaced by spaces, trimmed;
-/// `None` when nothing is left.
-pub fn sanitise_note(text: &str) -> Option<String> {
-    let cleaned: String = text
-        .chars()
-        .filter(|c| *c != '\u{feff}')
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_NOTE_CHARS)
-        .collect();
-    let trimmed = cleaned.trim();
-    (!trimmed.is_empty()).then(|| trimmed.to_string())
 }
 
 impl Approvals {
@@ -413,15 +298,6 @@ impl Approvals {
 }
 
 /// The answer to one `POST /v1/approvals/{id}`.
-#[derive(Debug, Clone)]
-pub struct Answered {
-    pub id: String,
-    pub task: String,
-    pub answer: &'static str,
-    pub scope: Option<&'static str>,
-    pub by: String,
-}
-
 fn outcome(answer: Option<Answer>) -> Outcome {
     match answer {
         Some(Answer::Approve { .. }) => Outcome::Approved,
@@ -490,65 +366,5 @@ fn record(
         by,
         note,
         waited_ms: waited.as_secs_f64() * 1000.0,
-    }
-}
-
-/// Posts the waiting request to `approval.webhook`, fire-and-forget, through the upstream
-/// client (same trust roots and address rules as upstreams). The body is the listing of
-/// the request: names, host, method and path, never a secret value or a token.
-fn notify(snapshot: &Snapshot, url: &str, info: &Option<ApprovalInfo>) {
-    let Some(info) = info else {
-        return;
-    };
-    let Ok(body) = serde_json::to_vec(info) else {
-        return;
-    };
-    let request = http::Request::post(url)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::USER_AGENT, "keyswap-approval")
-        .body(keyswap_scrub::body::full(body));
-    let Ok(request) = request else {
-        tracing::warn!(webhook = %url, "approval webhook URL cannot be used");
-        return;
-    };
-    let client = snapshot.upstream.any.clone();
-    let url = url.to_string();
-    let id = info.id.clone();
-    tokio::spawn(async move {
-        match tokio::time::timeout(WEBHOOK_TIMEOUT, client.request(request)).await {
-            Ok(Ok(response)) => {
-                tracing::debug!(approval = %id, webhook = %url, status = response.status().as_u16(), "approval webhook answered")
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(approval = %id, webhook = %url, error = %ErrorChain(&e), "approval webhook failed")
-            }
-            Err(_) => tracing::warn!(approval = %id, webhook = %url, "approval webhook timed out"),
-        }
-    });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn notes_are_bounded_and_printable() {
-        assert_eq!(
-            sanitise_note("  not now\r\nX-Injected: 1 "),
-            Some("not now  X-Injected: 1".into())
-        );
-        assert_eq!(sanitise_note("\u{7}\t"), None);
-        assert_eq!(
-            sanitise_note(&"é".repeat(500)).map(|n| n.chars().count()),
-            Some(MAX_NOTE_CHARS)
-        );
-    }
-
-    #[test]
-    fn scopes_parse() {
-        for scope in [Scope::Once, Scope::Task, Scope::Rule] {
-            assert_eq!(Scope::parse(scope.as_str()), Some(scope));
-        }
-        assert_eq!(Scope::parse("all"), None);
     }
 }

@@ -4,12 +4,15 @@
 //!
 //! - [`tasks`]: the live tasks, their tokens and the cancellation each connection watches;
 //! - [`usage`]: per task and rule, what its budget and rate have used;
-//! - [`approvals`]: requests waiting for a human, and what humans granted;
+//! - [`approvals`]: requests waiting for a human, and what humans granted ([`held`]: what
+//!   a held request is and how it can be answered);
 //! - [`metrics`]: the counters the metrics listener reads.
 
 pub mod approvals;
+pub mod held;
 pub mod metrics;
 pub mod shared;
 pub mod snapshot;
 pub mod tasks;
 pub mod usage;
+pub mod webhook;

@@ -16,7 +16,7 @@ use crate::audit::sink::AuditSink;
 use crate::state::approvals::Approvals;
 use crate::state::metrics::Metrics;
 use crate::state::snapshot::Snapshot;
-use crate::state::tasks::TaskRegistry;
+use crate::state::tasks::{MemoryTasks, TaskStore};
 
 /// Most (task, host) pairs remembered for [`AgentTlsWarnings`]; past it the memory starts
 /// afresh (an agent trying many hosts must not grow keyswap's memory).
@@ -50,7 +50,7 @@ pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
     pub leaves: Arc<LeafCache>,
     pub audit: Arc<AuditSink>,
-    pub tasks: TaskRegistry,
+    pub tasks: Box<dyn TaskStore>,
     /// Requests waiting for a human, and what humans granted.
     pub approvals: Approvals,
     pub metrics: Arc<Metrics>,
@@ -80,7 +80,7 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             leaves,
             audit,
-            tasks: TaskRegistry::default(),
+            tasks: Box::new(MemoryTasks::default()),
             approvals: Approvals::default(),
             metrics,
             next_conn: AtomicU64::new(0),
@@ -113,7 +113,7 @@ impl Shared {
     /// `why` is a refusal's explanation, for the log line.
     pub fn record(&self, subject: &Subject, decision: &Decision, sent: Sent, why: Option<&str>) {
         let record = AuditRecord::new(subject, decision, sent);
-        record.log(why);
+        record.log(decision.reason, why);
         self.metrics
             .request(record.reason, record.policy_label(), record.ms / 1000.0);
         self.audit.record(record);

@@ -106,7 +106,6 @@ impl Snapshot {
         stale: Vec<bool>,
         retired: Vec<(SecretId, SecretString)>,
     ) -> Result<Snapshot, ProxyError> {
-        let matcher_error = |e: aho_corasick::BuildError| ProxyError::Matcher(e.to_string());
         let placeholders = Replacer::new(
             config
                 .secrets
@@ -119,9 +118,9 @@ impl Snapshot {
                 })
                 .collect(),
         )
-        .map_err(matcher_error)?;
-        let scrubber =
-            Replacer::with_case_variants(scrub_pairs(&config, &retired)).map_err(matcher_error)?;
+        .map_err(ProxyError::Matcher)?;
+        let scrubber = Replacer::with_case_variants(scrub_pairs(&config, &retired))
+            .map_err(ProxyError::Matcher)?;
         Ok(Snapshot {
             config,
             placeholders,

@@ -260,19 +260,38 @@ impl Drop for TaskConnection {
     }
 }
 
-/// Every live task by id. Lookups are one hash-map read, whatever the number of tasks.
+/// Where the live tasks are kept: the seam a shared store (several keyswap replicas) plugs
+/// into. Every door and the lifecycle reach tasks through it; no caller knows the store.
+pub trait TaskStore: Send + Sync {
+    /// The live task named `id`.
+    fn get(&self, id: &str) -> Option<Arc<LiveTask>>;
+    /// Adds `task` unless its id is taken; returns it back if it was.
+    fn insert_new(&self, task: Arc<LiveTask>) -> Result<(), Arc<LiveTask>>;
+    /// Adds or replaces; returns the task it replaced.
+    fn replace(&self, task: Arc<LiveTask>) -> Option<Arc<LiveTask>>;
+    /// Removes `task` if it is still the one registered under its id.
+    fn remove_exact(&self, task: &Arc<LiveTask>) -> bool;
+    /// Every live task, by id.
+    fn all(&self) -> Vec<Arc<LiveTask>>;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The tasks of one keyswap process, in memory: a lookup is one hash-map read, whatever the
+/// number of tasks.
 #[derive(Default)]
-pub struct TaskRegistry {
+pub struct MemoryTasks {
     tasks: DashMap<String, Arc<LiveTask>>,
 }
 
-impl TaskRegistry {
-    pub fn get(&self, id: &str) -> Option<Arc<LiveTask>> {
+impl TaskStore for MemoryTasks {
+    fn get(&self, id: &str) -> Option<Arc<LiveTask>> {
         self.tasks.get(id).map(|t| t.value().clone())
     }
 
-    /// Adds `task` unless its id is taken; returns it back if it was.
-    pub fn insert_new(&self, task: Arc<LiveTask>) -> Result<(), Arc<LiveTask>> {
+    fn insert_new(&self, task: Arc<LiveTask>) -> Result<(), Arc<LiveTask>> {
         match self.tasks.entry(task.id.clone()) {
             dashmap::mapref::entry::Entry::Occupied(_) => Err(task),
             dashmap::mapref::entry::Entry::Vacant(slot) => {
@@ -282,30 +301,24 @@ impl TaskRegistry {
         }
     }
 
-    /// Adds or replaces; returns the task it replaced.
-    pub fn replace(&self, task: Arc<LiveTask>) -> Option<Arc<LiveTask>> {
+    fn replace(&self, task: Arc<LiveTask>) -> Option<Arc<LiveTask>> {
         self.tasks.insert(task.id.clone(), task)
     }
 
-    /// Removes `task` if it is still the one registered under its id.
-    pub fn remove_exact(&self, task: &Arc<LiveTask>) -> bool {
+    fn remove_exact(&self, task: &Arc<LiveTask>) -> bool {
         self.tasks
             .remove_if(&task.id, |_, current| Arc::ptr_eq(current, task))
             .is_some()
     }
 
-    pub fn all(&self) -> Vec<Arc<LiveTask>> {
+    fn all(&self) -> Vec<Arc<LiveTask>> {
         let mut tasks: Vec<Arc<LiveTask>> = self.tasks.iter().map(|t| t.value().clone()).collect();
         tasks.sort_by(|a, b| a.id.cmp(&b.id));
         tasks
     }
 
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.tasks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
     }
 }
 
@@ -366,7 +379,7 @@ mod tests {
 
     #[test]
     fn registry_refuses_duplicate_ids_and_removes_only_the_same_task() {
-        let registry = TaskRegistry::default();
+        let registry = MemoryTasks::default();
         let first = task("a", None);
         assert!(registry.insert_new(first.clone()).is_ok());
         assert!(registry.insert_new(task("a", None)).is_err());
