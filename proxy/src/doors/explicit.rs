@@ -22,7 +22,7 @@ use crate::doors::identify::{identify, Unidentified};
 use crate::doors::refusal;
 use crate::pipeline::conn::{http1_server, refuse_oversized_head, serve_until};
 use crate::pipeline::context::ConnContext;
-use crate::pipeline::exchange::exchange;
+use crate::pipeline::exchange;
 use crate::pipeline::{intercept, tunnel};
 use crate::state::metrics::Metrics;
 use crate::state::shared::Shared;
@@ -119,6 +119,21 @@ async fn proxy_request(
     }
 }
 
+/// The task of a request on the explicit door, from its `Proxy-Authorization`; `local` is
+/// where the agent reached keyswap (what a 407 tells it to put in its proxy URL).
+fn identify_agent<B>(
+    shared: &Shared,
+    req: &Request<B>,
+    local: SocketAddr,
+) -> Result<Arc<LiveTask>, Unidentified> {
+    identify(
+        &shared.snapshot().config,
+        &*shared.tasks,
+        req.headers(),
+        local,
+    )
+}
+
 /// A refusal answered on the proxy connection itself (407, 400, a tunnel host's 403),
 /// recorded with the target even when the task is not known.
 fn refuse_on_proxy(
@@ -154,15 +169,13 @@ async fn connect(
     };
     let mut subject =
         Subject::connection(conn_id, Via::Explicit, None, "https", host, port, started);
-    let snapshot = shared.snapshot();
-    let task = match identify(&snapshot.config, &*shared.tasks, req.headers(), local) {
+    let task = match identify_agent(&shared, &req, local) {
         Ok(task) => task,
         Err(Unidentified {
             denial,
             claimed_task,
         }) => return refuse_on_proxy(&shared, &subject, denial, claimed_task),
     };
-    drop(snapshot);
     subject.task = Some(task.name());
     let target = match parsed {
         Some(Ok(target)) => target,
@@ -248,8 +261,7 @@ async fn plain(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Started::now();
-    let snapshot = shared.snapshot();
-    let task = match identify(&snapshot.config, &*shared.tasks, req.headers(), local) {
+    let task = match identify_agent(&shared, &req, local) {
         Ok(task) => task,
         Err(Unidentified {
             denial,
@@ -279,15 +291,6 @@ async fn plain(
                 .response();
         }
     };
-    let ctx = Arc::new(ConnContext {
-        conn_id,
-        task,
-        scheme: Scheme::Http,
-        target,
-        via: Via::Explicit,
-    });
-    match exchange(shared, ctx, req).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    }
+    let ctx = ConnContext::plain(conn_id, task, target, Via::Explicit);
+    exchange::plain(shared, ctx, req).await
 }

@@ -40,7 +40,7 @@ use crate::doors::decide::{decide_target, Handling, TargetRefusal};
 use crate::doors::redirected::{compare, compare_resolution, original_destination};
 use crate::pipeline::conn::{http1_server, refuse_oversized_head, serve_until, Rewind};
 use crate::pipeline::context::ConnContext;
-use crate::pipeline::exchange::exchange;
+use crate::pipeline::exchange;
 use crate::pipeline::{intercept, tunnel};
 use crate::state::shared::Shared;
 use crate::state::tasks::{LiveTask, TaskConnection};
@@ -350,15 +350,6 @@ async fn plain_request(
         host,
         port: original.port(),
     };
-    let ctx = Arc::new(ConnContext {
-        conn_id,
-        task,
-        scheme: Scheme::Http,
-        target,
-        via: Via::Transparent,
-    });
-    match exchange(shared, ctx, req).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    }
+    let ctx = ConnContext::plain(conn_id, task, target, Via::Transparent);
+    exchange::plain(shared, ctx, req).await
 }

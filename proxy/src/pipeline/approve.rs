@@ -83,15 +83,9 @@ async fn approve_rule(
         return Ok(());
     };
     let held = Held {
-        conn: ctx.conn_id,
-        method: parts.method.as_str().to_string(),
-        scheme: ctx.scheme,
-        host: ctx.target.host.clone(),
-        port: ctx.target.port,
-        path: Some(path.to_string()),
         rule: Some((rule.index, rule_key(rule))),
         secrets: secrets_carried(snapshot, parts, rule),
-        why: Why::Rule(approve),
+        ..held_request(ctx, parts, path, Why::Rule(approve))
     };
     wait(shared, snapshot, &ctx.task, held, Some(rule.index)).await
 }
@@ -121,17 +115,7 @@ async fn ask_unlisted(
     let Ok(path) = normalize_path(parts.uri.path()) else {
         return Err(refused);
     };
-    let held = Held {
-        conn: ctx.conn_id,
-        method: parts.method.as_str().to_string(),
-        scheme: ctx.scheme,
-        host: ctx.target.host.clone(),
-        port: ctx.target.port,
-        path: Some(path.clone()),
-        rule: None,
-        secrets: Vec::new(),
-        why: Why::Unlisted,
-    };
+    let held = held_request(ctx, parts, &path, Why::Unlisted);
     wait(shared, snapshot, &ctx.task, held, None).await?;
     let rule = Rule::approved_exact(
         &ctx.target.host,
@@ -168,6 +152,21 @@ pub async fn ask_connect(
         why: Why::Unlisted,
     };
     wait(shared, snapshot, task, held, None).await
+}
+
+/// A request held for `why`, before any rule or secret is named.
+fn held_request(ctx: &ConnContext, parts: &Parts, path: &str, why: Why) -> Held {
+    Held {
+        conn: ctx.conn_id,
+        method: parts.method.as_str().to_string(),
+        scheme: ctx.scheme,
+        host: ctx.target.host.clone(),
+        port: ctx.target.port,
+        path: Some(path.to_string()),
+        rule: None,
+        secrets: Vec::new(),
+        why,
+    }
 }
 
 /// Lets the request through at once if an approval already covers it, else holds it.

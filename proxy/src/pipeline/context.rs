@@ -23,6 +23,17 @@ pub struct ConnContext {
 }
 
 impl ConnContext {
+    /// A plain-HTTP connection's context for one request: its target is the request's own.
+    pub fn plain(conn_id: u64, task: Arc<LiveTask>, target: Target, via: Via) -> ConnContext {
+        ConnContext {
+            conn_id,
+            task,
+            scheme: Scheme::Http,
+            target,
+            via,
+        }
+    }
+
     /// The subject of a record about the connection itself (a CONNECT, a handshake).
     pub fn connection_subject(&self, started: Started) -> Subject {
         Subject::connection(

@@ -102,6 +102,18 @@ pub async fn exchange(
     }
 }
 
+/// One plain-HTTP request of either door, its connection context made for it.
+pub async fn plain(
+    shared: Arc<Shared>,
+    ctx: ConnContext,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    match exchange(shared, Arc::new(ctx), req).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
 /// The steps, in order; the first refusal ends the exchange.
 async fn forward(
     shared: &Arc<Shared>,

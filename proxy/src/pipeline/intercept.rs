@@ -31,22 +31,13 @@ use crate::wire::target::normalize_host;
 /// How long the agent may take to complete the TLS handshake.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The explicit door's entry: the CONNECT's upgraded stream, the target already decided.
 pub async fn run(shared: Arc<Shared>, ctx: ConnContext, on_upgrade: OnUpgrade) {
-    let conn = ctx.conn_id;
     let task_conn = ctx.task.connection(&shared.metrics);
-    // Registered from here on, so a revocation must close the connection in every phase —
-    // also while it waits for the agent's ClientHello or handshake (up to HANDSHAKE_TIMEOUT).
-    let tls = tokio::select! {
-        tls = accept_tls(&shared, &ctx, on_upgrade) => match tls {
-            Some(tls) => tls,
-            None => return,
-        },
-        _ = task_conn.revoked() => {
-            tracing::debug!(conn, task = %ctx.task.id, "connection closed before TLS: task ended");
-            return;
-        }
-    };
-    serve(shared, ctx, task_conn, tls).await;
+    let tls = until_revoked(&ctx, &task_conn, accept_tls(&shared, &ctx, on_upgrade)).await;
+    if let Some(tls) = tls {
+        serve(shared, ctx, task_conn, tls).await;
+    }
 }
 
 /// The transparent door's entry: `io` is the agent's own TCP stream, its ClientHello not
@@ -55,19 +46,28 @@ pub async fn run_stream<IO>(shared: Arc<Shared>, ctx: ConnContext, io: IO)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = ctx.conn_id;
     let task_conn = ctx.task.connection(&shared.metrics);
-    let tls = tokio::select! {
-        tls = handshake(&shared, &ctx, io) => match tls {
-            Some(tls) => tls,
-            None => return,
-        },
+    let tls = until_revoked(&ctx, &task_conn, handshake(&shared, &ctx, io)).await;
+    if let Some(tls) = tls {
+        serve(shared, ctx, task_conn, tls).await;
+    }
+}
+
+/// `handshake`'s result, or `None` if the task ends first. The connection is registered
+/// with its task before the handshake, so a revocation closes it in every phase — also while
+/// it waits for the agent's ClientHello or handshake (up to [`HANDSHAKE_TIMEOUT`]).
+async fn until_revoked<T>(
+    ctx: &ConnContext,
+    task_conn: &TaskConnection,
+    handshake: impl std::future::Future<Output = Option<T>>,
+) -> Option<T> {
+    tokio::select! {
+        tls = handshake => tls,
         _ = task_conn.revoked() => {
-            tracing::debug!(conn, task = %ctx.task.id, "connection closed before TLS: task ended");
-            return;
+            tracing::debug!(conn = ctx.conn_id, task = %ctx.task.id, "connection closed before TLS: task ended");
+            None
         }
-    };
-    serve(shared, ctx, task_conn, tls).await;
+    }
 }
 
 /// Serves the requests of an intercepted connection until it ends or its task does.
