@@ -19,26 +19,26 @@
 //! and a child subreaper, so neither the command nor its orphans can read its memory or leave
 //! its process tree.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+mod child;
+mod embedded;
+
+use std::collections::BTreeSet;
 use std::process::ExitCode;
-use std::sync::Mutex;
 
 use anyhow::Context;
 use clap::Args;
-use keyswap_certs::CertificateAuthority;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use tokio::signal::unix::{signal, SignalKind};
+use keyswap_sandbox::Prepared;
 
 use super::sandbox::{
     agent_identity, no_sandbox_warning, sandbox_for, serve_listener, start_plan, AgentIdentity,
 };
 use super::task::{socket_answers, AdminArgs};
-use crate::admin::client::{AdminClient, AdminTarget};
-use crate::api::IssueRequest;
-use crate::server::{ProxyHandle, ProxyOptions};
+use crate::admin::client::{AdminClient, AdminTarget, LifelineHandle};
+use crate::api::{IssueRequest, IssuedTask};
+use crate::server::ProxyHandle;
 use crate::state::tasks::RevokeWhy;
+use child::{child_env, run_child, Signals};
+use embedded::start_embedded;
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
@@ -111,67 +111,26 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let signals = Signals::listen()?;
     let sandboxed = !args.no_sandbox;
     let identity = agent_identity(args.user.as_deref(), args.no_sandbox)?;
-    let mut request = IssueRequest {
-        policy: args.policy.clone(),
-        ttl: args.ttl.clone(),
-        id: args.id.clone(),
-        lifeline: true,
-        by: Some("exec".into()),
-        agent_addr: None,
-        sandbox: None,
-    };
+    let mut request = issue_request(&args);
     // Opened before anything is issued: --ask without a terminal must not start the agent.
     let tty = match args.ask {
         true => Some(super::ask::open_tty()?),
         false => None,
     };
     // The namespaces first: the agent's environment names the sandbox's listener.
-    let prepared = match sandboxed {
-        true => Some(
-            keyswap_sandbox::prepare(
-                std::path::Path::new("/proc/self/exe"),
-                identity.as_ref().map(|i| i.ids.clone()),
-            )
-            .await?,
-        ),
-        false => {
-            eprintln!("{}", no_sandbox_warning());
-            None
-        }
-    };
+    let prepared = prepare_sandbox(sandboxed, identity.as_ref()).await?;
     if let Some(prepared) = &prepared {
         request.agent_addr = Some(std::net::SocketAddr::from(([127, 0, 0, 1], prepared.port)));
         request.sandbox = Some(sandbox_for(identity.as_ref())?);
     }
     let target = args.admin.target()?;
-    // Variables holding credentials exec used: the command must not inherit them.
-    let mut withheld = BTreeSet::new();
-    if let AdminTarget::Tcp { .. } = &target {
-        withheld.insert(args.admin.admin_token_env.clone());
-    }
-    let use_running = match &target {
-        AdminTarget::Socket(path) => args.admin.admin.is_some() || socket_answers(path).await,
-        AdminTarget::Tcp { .. } => true,
-    };
     let ask_target = target.clone();
-    let (mut issuer, issued, lifeline) = if use_running {
-        let client = AdminClient::new(target);
-        let (issued, lifeline) = client
-            .issue_with_lifeline(&request)
-            .await
-            .with_context(|| format!("issuing a task at {}", client.target))?;
-        // The proxy's own credential variables: names only.
-        withheld.extend(issued.withheld_env.iter().cloned());
-        (Issuer::Remote(client), issued, Some(lifeline))
-    } else {
-        let embedded = start_embedded(&args.admin.config, args.allow_plaintext).await?;
-        withheld.extend(embedded.withheld);
-        let issued = embedded
-            .handle
-            .issue(&request)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        (Issuer::Embedded(Box::new(embedded.handle)), issued, None)
-    };
+    let Task {
+        mut issuer,
+        issued,
+        lifeline,
+        withheld,
+    } = issue(&args, target, &request).await?;
     tracing::info!(task = %issued.id, policy = %issued.policy, expires = %issued.expires, sandboxed, "running the command as a task");
     let prompter = tty.map(|tty| {
         let source = match &issuer {
@@ -200,26 +159,115 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     if let Some(prompter) = prompter {
         prompter.abort();
     }
+    end_task(issuer, &issued.id, lifeline).await;
+    status
+}
+
+/// The issue request: a lifeline, so a killed exec leaves no task behind.
+fn issue_request(args: &ExecArgs) -> IssueRequest {
+    IssueRequest {
+        policy: args.policy.clone(),
+        ttl: args.ttl.clone(),
+        id: args.id.clone(),
+        lifeline: true,
+        by: Some("exec".into()),
+        agent_addr: None,
+        sandbox: None,
+    }
+}
+
+/// The sandbox's namespaces and listener, or the warning of `--no-sandbox`.
+async fn prepare_sandbox(
+    sandboxed: bool,
+    identity: Option<&AgentIdentity>,
+) -> anyhow::Result<Option<Prepared>> {
+    if !sandboxed {
+        eprintln!("{}", no_sandbox_warning());
+        return Ok(None);
+    }
+    let prepared = keyswap_sandbox::prepare(
+        std::path::Path::new("/proc/self/exe"),
+        identity.map(|i| i.ids.clone()),
+    )
+    .await?;
+    Ok(Some(prepared))
+}
+
+/// The task the command runs as, where it lives, and the variables the command must not
+/// inherit.
+struct Task {
+    issuer: Issuer,
+    issued: IssuedTask,
+    lifeline: Option<LifelineHandle>,
+    withheld: BTreeSet<String>,
+}
+
+/// Issues the task at the running keyswap `target` names if one answers (with a lifeline),
+/// else at a keyswap started in this process.
+async fn issue(
+    args: &ExecArgs,
+    target: AdminTarget,
+    request: &IssueRequest,
+) -> anyhow::Result<Task> {
+    // Variables holding credentials exec used: the command must not inherit them.
+    let mut withheld = BTreeSet::new();
+    if let AdminTarget::Tcp { .. } = &target {
+        withheld.insert(args.admin.admin_token_env.clone());
+    }
+    let use_running = match &target {
+        AdminTarget::Socket(path) => args.admin.admin.is_some() || socket_answers(path).await,
+        AdminTarget::Tcp { .. } => true,
+    };
+    if use_running {
+        let client = AdminClient::new(target);
+        let (issued, lifeline) = client
+            .issue_with_lifeline(request)
+            .await
+            .with_context(|| format!("issuing a task at {}", client.target))?;
+        // The proxy's own credential variables: names only.
+        withheld.extend(issued.withheld_env.iter().cloned());
+        return Ok(Task {
+            issuer: Issuer::Remote(client),
+            issued,
+            lifeline: Some(lifeline),
+            withheld,
+        });
+    }
+    let embedded = start_embedded(&args.admin.config, args.allow_plaintext).await?;
+    withheld.extend(embedded.withheld);
+    let issued = embedded
+        .handle
+        .issue(request)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Task {
+        issuer: Issuer::Embedded(Box::new(embedded.handle)),
+        issued,
+        lifeline: None,
+        withheld,
+    })
+}
+
+/// Revokes the task (`why=exit`), then lets its lifeline go and stops an embedded keyswap.
+async fn end_task(issuer: Issuer, id: &str, lifeline: Option<LifelineHandle>) {
     let revoked = match &issuer {
         Issuer::Remote(client) => client
-            .revoke(&issued.id, "exit")
+            .revoke(id, "exit")
             .await
             .map(|_| ())
             .map_err(anyhow::Error::from),
         Issuer::Embedded(handle) => handle
-            .revoke(&issued.id, RevokeWhy::Exit)
+            .revoke(id, RevokeWhy::Exit)
             .map(|_| ())
             .map_err(|e| anyhow::anyhow!("{e}")),
     };
     drop(lifeline);
     if let Err(e) = revoked {
         // Already gone (expired, revoked by an operator) is not a failure of the command.
-        tracing::debug!(task = %issued.id, error = %e, "task already ended");
+        tracing::debug!(task = %id, error = %e, "task already ended");
     }
     if let Issuer::Embedded(handle) = issuer {
         (*handle).shutdown().await;
     }
-    status
 }
 
 /// Same-user processes cannot read exec's memory or environment (`/proc/PID/environ`,
@@ -229,195 +277,4 @@ fn harden_self() -> anyhow::Result<()> {
     crate::host::process_guard::harden_self()?;
     crate::host::process_guard::become_subreaper()?;
     Ok(())
-}
-
-/// The process environment, noting the name of every variable read: a config load reads
-/// only `from_env`, `token_env` and `admin.token_env`, each a credential.
-#[derive(Default)]
-struct ReadVars(Mutex<BTreeSet<String>>);
-
-impl keyswap_config::EnvSource for ReadVars {
-    fn var(&self, name: &str) -> Option<String> {
-        if let Ok(mut read) = self.0.lock() {
-            read.insert(name.to_string());
-        }
-        std::env::var(name).ok()
-    }
-}
-
-/// keyswap started inside exec, and what exec learnt from its config.
-struct Embedded {
-    handle: ProxyHandle,
-    /// Variables the config read credentials from, and any variable whose value holds a real
-    /// secret value (whatever its name).
-    withheld: BTreeSet<String>,
-}
-
-/// keyswap in this process: the config's rules and secrets, an ephemeral loopback port, no
-/// admin socket (nothing outside this process needs one).
-async fn start_embedded(config_path: &Path, allow_plaintext: bool) -> anyhow::Result<Embedded> {
-    let path = config_path.to_path_buf();
-    let (config, read) = tokio::task::spawn_blocking(move || {
-        let read = ReadVars::default();
-        let config = keyswap_config::load_with(&path, &read);
-        (config, read.0.into_inner().unwrap_or_default())
-    })
-    .await?;
-    let config = config.map_err(|e| {
-        anyhow::anyhow!(
-            "no running keyswap answered, and {} is not valid to start one:\n{e}",
-            config_path.display()
-        )
-    })?;
-    for warning in &config.warnings {
-        tracing::warn!(%warning, "config");
-    }
-    let config = refuse_plaintext_in_reach(config, allow_plaintext).await?;
-    let mut withheld = read;
-    withheld.extend(variables_holding_secrets(&config));
-    let ca = CertificateAuthority::load_or_create(&config.ca_dir)?;
-    let options = ProxyOptions {
-        listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
-        // Not served (no admin API): named so a sandboxed command's plan keeps it read-only.
-        config_path: Some(config_path.to_path_buf()),
-        ..ProxyOptions::default()
-    };
-    Ok(Embedded {
-        handle: ProxyHandle::start(config, ca, options).await?,
-        withheld,
-    })
-}
-
-/// Searches the command's working directory for the config's real values (in every form the
-/// scrubber knows) and refuses to go on when one is there, unless `allow_plaintext`: the agent
-/// would read it without keyswap. Only where exec holds the values (keyswap embedded).
-async fn refuse_plaintext_in_reach(
-    config: keyswap_config::Config,
-    allow_plaintext: bool,
-) -> anyhow::Result<keyswap_config::Config> {
-    use crate::host::plaintext::{self, ScanBudget, ScanSet};
-    let cwd = std::env::current_dir().context("reading the working directory")?;
-    let (config, report) = tokio::task::spawn_blocking(move || {
-        let report = ScanSet::from_config(&config)
-            .map(|set| plaintext::check_working_tree(&set, &cwd, ScanBudget::EXEC));
-        (config, report)
-    })
-    .await?;
-    let report = report.context("building the search for plaintext secrets")?;
-    if let Some(note) = plaintext::incomplete_note(&report, ScanBudget::EXEC) {
-        eprintln!("keyswap exec: {}", note.trim_end());
-    }
-    if report.is_clean() {
-        return Ok(config);
-    }
-    if allow_plaintext {
-        eprintln!("{}", plaintext::allow_plaintext_warning(&report));
-        return Ok(config);
-    }
-    let refusal = plaintext::exec_refusal(&report);
-    anyhow::bail!("{}", refusal.trim_start_matches("keyswap exec: "))
-}
-
-/// Names of this process's variables whose value contains a real secret value.
-fn variables_holding_secrets(config: &keyswap_config::Config) -> Vec<String> {
-    use secrecy::ExposeSecret;
-    std::env::vars_os()
-        .filter_map(|(name, value)| {
-            let value = value.to_string_lossy();
-            let holds = config.secrets.iter().any(|secret| {
-                let real = secret.value.expose_secret();
-                !real.is_empty() && value.contains(real)
-            });
-            holds.then(|| name.to_string_lossy().into_owned())
-        })
-        .collect()
-}
-
-/// Session variables that hand the command the user's agents (ssh-agent, gpg-agent, D-Bus).
-const SESSION_VARS: &[&str] = &[
-    "SSH_AUTH_SOCK",
-    "SSH_AGENT_PID",
-    "GPG_AGENT_INFO",
-    "DBUS_SESSION_BUS_ADDRESS",
-];
-
-/// The command's whole environment: exec's own, less the withheld and session variables,
-/// with the task's variables added (after the removals: a secret's `env:` may reuse the name
-/// its `from_env` reads, and the command gets the placeholder). As another user, that user's
-/// HOME, USER and LOGNAME.
-fn child_env(
-    task: &BTreeMap<String, String>,
-    withheld: &BTreeSet<String>,
-    identity: Option<&AgentIdentity>,
-) -> BTreeMap<String, String> {
-    let mut env: BTreeMap<String, String> = std::env::vars_os()
-        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
-        .filter(|(name, _)| !withheld.contains(name) && !SESSION_VARS.contains(&name.as_str()))
-        .collect();
-    if let Some(identity) = identity {
-        env.remove("XDG_RUNTIME_DIR");
-        env.remove("MAIL");
-        env.insert("HOME".into(), identity.home.display().to_string());
-        env.insert("USER".into(), identity.name.clone());
-        env.insert("LOGNAME".into(), identity.name.clone());
-    }
-    env.extend(task.iter().map(|(k, v)| (k.clone(), v.clone())));
-    env
-}
-
-/// Runs the command unsandboxed (`--no-sandbox`) with exactly `env`.
-async fn run_child(
-    signals: Signals,
-    command: &[String],
-    env: &BTreeMap<String, String>,
-) -> anyhow::Result<ExitCode> {
-    let (program, args) = command.split_first().context("no command given")?;
-    let child = tokio::process::Command::new(program)
-        .args(args)
-        .env_clear()
-        .envs(env)
-        .spawn()
-        .with_context(|| format!("starting {program}"))?;
-    signals.supervise(child).await
-}
-
-/// The signals exec forwards to its child: SIGINT, SIGTERM and SIGHUP.
-struct Signals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-    hangup: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn listen() -> anyhow::Result<Signals> {
-        Ok(Signals {
-            interrupt: signal(SignalKind::interrupt())?,
-            terminate: signal(SignalKind::terminate())?,
-            hangup: signal(SignalKind::hangup())?,
-        })
-    }
-
-    /// Forwards signals until the child exits; its exit status (128 + N when a signal N ended
-    /// it, as shells report).
-    async fn supervise(mut self, mut child: tokio::process::Child) -> anyhow::Result<ExitCode> {
-        let pid = child.id().map(|id| Pid::from_raw(id as i32));
-        let status = loop {
-            let forward = tokio::select! {
-                status = child.wait() => break status?,
-                _ = self.interrupt.recv() => Signal::SIGINT,
-                _ = self.terminate.recv() => Signal::SIGTERM,
-                _ = self.hangup.recv() => Signal::SIGHUP,
-            };
-            if let Some(pid) = pid {
-                let _ = kill(pid, forward);
-            }
-        };
-        use std::os::unix::process::ExitStatusExt;
-        let code = match (status.code(), status.signal()) {
-            (Some(code), _) => code,
-            (None, Some(signal)) => 128 + signal,
-            (None, None) => 1,
-        };
-        Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
-    }
 }
