@@ -5,23 +5,23 @@
 mod approval;
 mod ask;
 pub mod audit;
+mod ca;
 mod check;
 mod exec;
 mod health;
 mod import_env;
+mod run;
 mod sandbox;
 mod scan;
+mod summary;
 mod task;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use keyswap_certs::CertificateAuthority;
-use keyswap_config::{AuditLog, Config};
 
-use crate::server::{ProxyHandle, ProxyOptions};
+pub use summary::summary;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -153,7 +153,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Check { config } => return check(&config),
-        Command::Run { config } => run(&config),
+        Command::Run { config } => run::run(&config),
         Command::Exec(args) => return exec::exec(args),
         Command::Audit { command } => return audit::audit(command),
         Command::Scan(args) => return scan::scan(args),
@@ -176,7 +176,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
                     ca_dir,
                     out,
                 },
-        } => ca_export(&config, ca_dir, out.as_deref()),
+        } => ca::ca_export(&config, ca_dir, out.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -236,206 +236,4 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// A one-screen summary: tasks, their hosts, and secrets by name.
-pub fn summary(path: &Path, config: &Config) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let _ = writeln!(out, "{}: ok", path.display());
-    let _ = writeln!(out, "listen      {}", config.listen);
-    let _ = writeln!(out, "ca_dir      {}", config.ca_dir.display());
-    let audit = match &config.audit_log {
-        AuditLog::Stdout => "-".to_string(),
-        AuditLog::File(p) => p.display().to_string(),
-    };
-    let _ = writeln!(out, "audit_log   {audit}");
-    let names: Vec<&str> = config.secrets.iter().map(|s| s.name.as_str()).collect();
-    let _ = writeln!(
-        out,
-        "secrets     {}",
-        if names.is_empty() {
-            "(none)".to_string()
-        } else {
-            names.join(", ")
-        }
-    );
-    let _ = writeln!(out, "admin       {}", config.admin.socket.display());
-    if let Some(listen) = config.admin.listen {
-        let _ = writeln!(out, "            {listen} (TCP, bearer token)");
-    }
-    if let Some(metrics) = &config.metrics {
-        let _ = writeln!(out, "metrics     {}", metrics.listen);
-    }
-    let _ = writeln!(out, "policies    {}", config.policies.len());
-    for policy in config.policies.values() {
-        let _ = writeln!(
-            out,
-            "  {} (ttl {}, max {})",
-            policy.name,
-            humantime::format_duration(policy.ttl),
-            humantime::format_duration(policy.max_ttl)
-        );
-        write_rules(&mut out, config, &policy.rules);
-    }
-    let _ = writeln!(out, "tasks       {}", config.tasks.len());
-    for task in config.tasks.values() {
-        let token = if task.token.is_some() {
-            "token"
-        } else {
-            "no token"
-        };
-        let expires = task
-            .expires
-            .map(|t| format!(", expires {}", humantime::format_rfc3339_seconds(t)))
-            .unwrap_or_default();
-        let policy = task
-            .policy
-            .as_ref()
-            .map(|p| format!(", policy {p}"))
-            .unwrap_or_default();
-        let _ = writeln!(out, "  {} ({token}{expires}{policy})", task.id);
-        write_rules(&mut out, config, &task.rules);
-    }
-    out
-}
-
-fn write_rules(out: &mut String, config: &Config, rules: &[keyswap_config::Rule]) {
-    use std::fmt::Write;
-    {
-        for rule in rules {
-            let port = rule.port.map(|p| format!(":{p}")).unwrap_or_default();
-            let mut what = Vec::new();
-            if rule.tunnel {
-                what.push("tunnel".to_string());
-            }
-            if let Some(methods) = &rule.methods {
-                what.push(methods.join(","));
-            }
-            if let Some(paths) = &rule.paths {
-                what.push(paths.to_string());
-            }
-            if !rule.secrets.is_empty() {
-                let secrets: Vec<&str> = rule
-                    .secrets
-                    .iter()
-                    .map(|id| config.secret(*id).name.as_str())
-                    .collect();
-                what.push(format!("secrets: {}", secrets.join(",")));
-            }
-            let _ = writeln!(
-                out,
-                "    [{}] {}{port} {}",
-                rule.index,
-                rule.host,
-                what.join(" ")
-            );
-        }
-    }
-}
-
-fn ca_export(config: &Path, ca_dir: Option<PathBuf>, out: Option<&Path>) -> anyhow::Result<()> {
-    let dir = match ca_dir {
-        Some(dir) => dir,
-        // Only `ca_dir` is read: exporting the certificate needs no secret's variable.
-        None => keyswap_config::ca_dir_of(config)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| {
-                format!("reading {} for ca_dir (or pass --ca-dir)", config.display())
-            })?,
-    };
-    let ca = CertificateAuthority::load_or_create(&dir)?;
-    match out {
-        Some(path) => std::fs::write(path, ca.cert_pem())
-            .with_context(|| format!("writing {}", path.display()))?,
-        None => print!("{}", ca.cert_pem()),
-    }
-    Ok(())
-}
-
-fn run(path: &Path) -> anyhow::Result<()> {
-    // Before the config (and so any secret) is read; a refusal stops keyswap (fail closed).
-    crate::host::process_guard::harden_self()?;
-    let config = keyswap_config::load(path).map_err(|e| not_valid(path, &e))?;
-    for warning in &config.warnings {
-        tracing::warn!(%warning, "config");
-    }
-    let ca = CertificateAuthority::load_or_create(&config.ca_dir)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        let options = ProxyOptions {
-            admin: true,
-            metrics: true,
-            config_path: Some(path.to_path_buf()),
-            ..ProxyOptions::default()
-        };
-        // Listening for signals before the proxy starts: a SIGHUP sent as soon as it says it
-        // is listening must reload, not kill it.
-        let signals = Signals::new()?;
-        let handle = ProxyHandle::start(config, ca, options).await?;
-        wait_for_signals(&handle, path, signals).await?;
-        handle.shutdown().await;
-        Ok(())
-    })
-}
-
-struct Signals {
-    hangup: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-    interrupt: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> std::io::Result<Signals> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals {
-            hangup: signal(SignalKind::hangup())?,
-            terminate: signal(SignalKind::terminate())?,
-            interrupt: signal(SignalKind::interrupt())?,
-        })
-    }
-}
-
-/// SIGHUP reopens the audit log (log rotation) and reloads; SIGINT / SIGTERM stop.
-async fn wait_for_signals(
-    handle: &ProxyHandle,
-    path: &Path,
-    signals: Signals,
-) -> anyhow::Result<()> {
-    let Signals {
-        mut hangup,
-        mut terminate,
-        mut interrupt,
-    } = signals;
-    loop {
-        tokio::select! {
-            _ = hangup.recv() => match reopen_then_load(handle, path).await {
-                Ok(config) => match handle.reload(config) {
-                    // The reload logs its own one-line summary of what changed.
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "config not reloaded; keeping the running one"),
-                },
-                Err(errors) => tracing::error!(errors = %errors, "config not reloaded; keeping the running one"),
-            },
-            _ = terminate.recv() => return Ok(()),
-            _ = interrupt.recv() => return Ok(()),
-        }
-    }
-}
-
-/// Reopens the audit log (whatever the config's fate), then reads the config.
-async fn reopen_then_load(
-    handle: &ProxyHandle,
-    path: &Path,
-) -> Result<Config, keyswap_config::ConfigErrors> {
-    let shared = handle.shared().clone();
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        shared.audit.reopen_blocking();
-        keyswap_config::load(&path)
-    })
-    .await
-    .unwrap_or_else(|_| keyswap_config::load(Path::new("")))
 }

@@ -1,18 +1,25 @@
 //! The metrics listener: `GET /metrics` (the OpenMetrics text of [`Metrics`]) and
-//! `GET /healthz`, over HTTP/1.1 with the agent listener's header read timeout and head limits.
-//! Any other path is 404, any other method 405.
+//! `GET /healthz`, routed by an axum [`Router`] and served over HTTP/1.1 with the agent
+//! listener's header read timeout and head limits ([`http1_server`]). Any other path is 404,
+//! any other method (HEAD too) 405 with `Allow: GET`.
+//!
+//! The accept loop is keyswap's own rather than `axum::serve`: that one serves HTTP/1 and 2
+//! with hyper's defaults, without the header read timeout and head limits, and its graceful
+//! shutdown has no bound on how long a connection may drain. This module never sees a
+//! request body and never formats anything but counters.
 
-use std::convert::Infallible;
-use std::future::{ready, Future};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_TYPE};
-use http::{HeaderValue, Method, Response, StatusCode};
-use http_body_util::Full;
-use hyper::service::service_fn;
+use axum::extract::State;
+use axum::http::header::{ALLOW, CONTENT_TYPE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -23,22 +30,22 @@ use crate::state::metrics::{Metrics, CONTENT_TYPE_OPENMETRICS};
 /// How long scrapes in flight may take to finish after the listener stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves `GET /metrics` and `GET /healthz` on `listener` until `stop` resolves; any other
-/// path is 404, any other method 405. HTTP/1.1 only, with the agent listener's header read
-/// timeout and head limits. After `stop`, scrapes in flight get [`DRAIN_TIMEOUT`] to finish.
+/// Serves [`router`] on `listener` until `stop` resolves: HTTP/1.1 only, with the agent
+/// listener's header read timeout and head limits. After `stop`, scrapes in flight get [`DRAIN_TIMEOUT`] to finish.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     stop: impl Future<Output = ()> + Send,
 ) {
     tokio::pin!(stop);
+    let app = router(metrics);
     let (drain, draining) = watch::channel(false);
     let mut scrapes = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
-                    scrapes.spawn(serve_scraper(stream, metrics.clone(), draining.clone()));
+                    scrapes.spawn(serve_scraper(stream, app.clone(), draining.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and similar: back off instead of spinning.
@@ -66,18 +73,8 @@ pub async fn serve(
     }
 }
 
-async fn serve_scraper(
-    stream: TcpStream,
-    metrics: Arc<Metrics>,
-    mut draining: watch::Receiver<bool>,
-) {
-    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        ready(Ok::<_, Infallible>(respond(
-            &metrics,
-            req.method(),
-            req.uri().path(),
-        )))
-    });
+async fn serve_scraper(stream: TcpStream, app: Router, mut draining: watch::Receiver<bool>) {
+    let service = TowerToHyperService::new(app);
     let conn = http1_server().serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let served = tokio::select! {
@@ -98,27 +95,25 @@ async fn drained(draining: &mut watch::Receiver<bool>) {
     let _ = draining.wait_for(|d| *d).await;
 }
 
-fn respond(metrics: &Metrics, method: &Method, path: &str) -> Response<Full<Bytes>> {
-    let known = matches!(path, "/metrics" | "/healthz");
-    if !known {
-        return plain(
-            StatusCode::NOT_FOUND,
-            "not found; try /metrics or /healthz\n",
-        );
-    }
-    if method != Method::GET {
-        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
-        response
-            .headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("GET"));
-        return response;
-    }
-    if path == "/healthz" {
-        return plain(StatusCode::OK, "ok");
-    }
+/// The two routes. A path is matched before a method, so `POST /other` is 404, not 405.
+fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(scrape).head(not_allowed).fallback(not_allowed),
+        )
+        .route(
+            "/healthz",
+            get(healthy).head(not_allowed).fallback(not_allowed),
+        )
+        .fallback(not_found)
+        .with_state(metrics)
+}
+
+async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
     match metrics.try_encode() {
         Ok(text) => {
-            let mut response = Response::new(Full::new(Bytes::from(text)));
+            let mut response = text.into_response();
             response.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static(CONTENT_TYPE_OPENMETRICS),
@@ -135,9 +130,28 @@ fn respond(metrics: &Metrics, method: &Method, path: &str) -> Response<Full<Byte
     }
 }
 
-fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *response.status_mut() = status;
+async fn healthy() -> Response {
+    plain(StatusCode::OK, "ok")
+}
+
+/// Every method but GET, on a known path (HEAD too: axum would otherwise answer it as GET).
+async fn not_allowed() -> Response {
+    let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static("GET"));
+    response
+}
+
+async fn not_found() -> Response {
+    plain(
+        StatusCode::NOT_FOUND,
+        "not found; try /metrics or /healthz\n",
+    )
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response {
+    let mut response = (status, body).into_response();
     response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -241,11 +255,30 @@ mod tests {
         let reply = get(running.addr, "GET", "/healthz").await;
         assert_eq!((reply.status, reply.body.as_str()), (200, "ok"));
 
-        assert_eq!(get(running.addr, "GET", "/other").await.status, 404);
-        assert_eq!(get(running.addr, "GET", "/metrics/x").await.status, 404);
-        let reply = get(running.addr, "POST", "/metrics").await;
-        assert_eq!(reply.status, 405);
-        assert!(reply.headers.contains("allow: get"), "{}", reply.headers);
+        for (method, path) in [("GET", "/other"), ("GET", "/metrics/x"), ("POST", "/other")] {
+            let reply = get(running.addr, method, path).await;
+            assert_eq!(reply.status, 404, "{method} {path}");
+            assert_eq!(reply.body, "not found; try /metrics or /healthz\n");
+            assert!(reply
+                .headers
+                .contains("content-type: text/plain; charset=utf-8"));
+        }
+        for (method, path) in [
+            ("POST", "/metrics"),
+            ("DELETE", "/healthz"),
+            ("HEAD", "/metrics"),
+        ] {
+            let reply = get(running.addr, method, path).await;
+            assert_eq!(reply.status, 405, "{method} {path}");
+            assert!(
+                reply.headers.lines().any(|l| l == "allow: get"),
+                "{method} {path}: {}",
+                reply.headers
+            );
+            if method != "HEAD" {
+                assert_eq!(reply.body, "use GET\n");
+            }
+        }
 
         running.shut_down().await;
     }

@@ -18,10 +18,13 @@ use secrecy::SecretString;
 
 use crate::host::plaintext::dotenv::DotEnv;
 use crate::host::plaintext::import_env::{
-    default_secrets_dir, ensure_dir, git_toplevel, host_for_prefix, looks_like_credential,
-    placeholder_for, replace_file, secret_name, tracked_by_git, write_secret_file, Looks,
+    host_for_prefix, looks_like_credential, placeholder_for, replace_file, secret_name,
+    tracked_by_git, write_secret_file, Looks,
 };
 use crate::host::plaintext::merge::{self, Entry};
+use secrets_dir::{free_name, secrets_dir};
+
+mod secrets_dir;
 
 #[derive(Debug, Args)]
 pub struct ImportEnvArgs {
@@ -51,7 +54,7 @@ const USAGE: u8 = 2;
 /// A usage error (exit 2) rather than a failure (exit 1).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct Usage(String);
+pub(super) struct Usage(pub(super) String);
 
 pub fn import_env(args: ImportEnvArgs) -> ExitCode {
     match run(args) {
@@ -79,21 +82,72 @@ struct Move {
 fn run(args: ImportEnvArgs) -> anyhow::Result<()> {
     let hosts = parse_hosts(&args.hosts)?;
     let file = &args.file;
+    let dotenv = read_dotenv(file)?;
+    let config_text = read_config(&args.config, args.write)?;
+    let known_placeholders = placeholders_in(config_text.as_deref().unwrap_or(""));
+    let shown = file.display();
+    warn_unsupported(&dotenv, &shown.to_string());
+    let moves = moves_of(&dotenv, &known_placeholders, &hosts, &shown.to_string());
+    if moves.is_empty() {
+        eprintln!("keyswap import-env: {shown}: no credential-looking variable to import");
+        return Ok(());
+    }
+    let dir = secrets_dir(args.secrets_dir.as_deref(), file)?;
+    let used = config_text
+        .as_deref()
+        .map(merge::existing_names)
+        .unwrap_or_default();
+    let (entries, written) = write_secret_files(&moves, used, &dir)?;
+    // The merged config is checked before anything in the working tree changes: a merge that
+    // would not load leaves the .env and the config as they were.
+    let merged = match (&config_text, args.write) {
+        (Some(text), true) => match merged_config(text, &entries, &args.config) {
+            Ok(merged) => Some(merged),
+            Err(e) => {
+                undo(&written);
+                return Err(e);
+            }
+        },
+        _ => None,
+    };
+    rewrite_dotenv(file, &dotenv, &moves, &entries, &written)?;
+    report_moves(file, &moves, &entries);
+    match merged {
+        Some(merged) => {
+            replace_file(&args.config, merged.as_bytes())
+                .with_context(|| format!("writing {}", args.config.display()))?;
+            eprintln!(
+                "keyswap import-env: added {} secret(s) to {} (rules to add are at its end, commented)",
+                entries.len(),
+                args.config.display()
+            );
+        }
+        None => print!("{}", merge::printed(&entries)),
+    }
+    Ok(())
+}
+
+/// The `.env` file, parsed; its text is zeroed when dropped.
+fn read_dotenv(file: &Path) -> anyhow::Result<DotEnv> {
     let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let text = Zeroizing::new(
         String::from_utf8(text)
             .map_err(|_| Usage(format!("{} is not UTF-8 text", file.display())))?,
     );
-    let dotenv = DotEnv::parse(text);
-    let config_text = match std::fs::read_to_string(&args.config) {
-        Ok(text) => Some(text),
-        Err(_) if !args.write => None,
-        Err(e) => {
-            return Err(Usage(format!("--write: reading {}: {e}", args.config.display())).into())
-        }
-    };
-    let known_placeholders = placeholders_in(config_text.as_deref().unwrap_or(""));
-    let shown = file.display();
+    Ok(DotEnv::parse(text))
+}
+
+/// The config's text: it need not exist unless `--write` merges into it.
+fn read_config(config: &Path, write: bool) -> anyhow::Result<Option<String>> {
+    match std::fs::read_to_string(config) {
+        Ok(text) => Ok(Some(text)),
+        Err(_) if !write => Ok(None),
+        Err(e) => Err(Usage(format!("--write: reading {}: {e}", config.display())).into()),
+    }
+}
+
+/// Names the credential-looking lines the parser could not read, to be moved by hand.
+fn warn_unsupported(dotenv: &DotEnv, shown: &str) {
     for skipped in &dotenv.unsupported {
         if looks_like_credential(&skipped.name, "").is_some() {
             eprintln!(
@@ -102,6 +156,16 @@ fn run(args: ImportEnvArgs) -> anyhow::Result<()> {
             );
         }
     }
+}
+
+/// The credential-looking variables to move: not empty, not already a placeholder, long
+/// enough to scrub (a shorter one is named on stderr and left).
+fn moves_of(
+    dotenv: &DotEnv,
+    known_placeholders: &[String],
+    hosts: &BTreeMap<String, String>,
+    shown: &str,
+) -> Vec<Move> {
     let mut moves = Vec::new();
     for a in &dotenv.assignments {
         let value = dotenv.value(a);
@@ -133,24 +197,20 @@ fn run(args: ImportEnvArgs) -> anyhow::Result<()> {
             host,
         });
     }
-    if moves.is_empty() {
-        eprintln!("keyswap import-env: {shown}: no credential-looking variable to import");
-        return Ok(());
-    }
-    let dir = secrets_dir(args.secrets_dir.as_deref(), file)?;
-    let mut used = config_text
-        .as_deref()
-        .map(merge::existing_names)
-        .unwrap_or_default();
+    moves
+}
+
+/// Writes each value to its own 0600 file under `dir` and makes its placeholder: the
+/// `secrets:` entries, and the files written. On a failure nothing written is left behind.
+fn write_secret_files(
+    moves: &[Move],
+    mut used: Vec<String>,
+    dir: &Path,
+) -> anyhow::Result<(Vec<Entry>, Vec<PathBuf>)> {
     let mut entries = Vec::new();
     let mut written: Vec<PathBuf> = Vec::new();
-    let undo = |written: &[PathBuf]| {
-        for path in written {
-            let _ = std::fs::remove_file(path);
-        }
-    };
-    for m in &moves {
-        let name = free_name(&secret_name(&m.var), &used, &dir);
+    for m in moves {
+        let name = free_name(&secret_name(&m.var), &used, dir);
         used.push(name.clone());
         let path = dir.join(&name);
         if let Err(e) = write_secret_file(&path, &m.value) {
@@ -173,29 +233,42 @@ fn run(args: ImportEnvArgs) -> anyhow::Result<()> {
             host: m.host.clone(),
         });
     }
-    // The merged config is checked before anything in the working tree changes: a merge that
-    // would not load leaves the .env and the config as they were.
-    let merged = match (&config_text, args.write) {
-        (Some(text), true) => match merged_config(text, &entries, &args.config) {
-            Ok(merged) => Some(merged),
-            Err(e) => {
-                undo(&written);
-                return Err(e);
-            }
-        },
-        _ => None,
-    };
+    Ok((entries, written))
+}
+
+/// Removes the secret files written so far.
+fn undo(written: &[PathBuf]) {
+    for path in written {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The `.env` with each moved value replaced by its placeholder (the secret files are removed
+/// if it cannot be written).
+fn rewrite_dotenv(
+    file: &Path,
+    dotenv: &DotEnv,
+    moves: &[Move],
+    entries: &[Entry],
+    written: &[PathBuf],
+) -> anyhow::Result<()> {
     let replacements: Vec<_> = moves
         .iter()
-        .zip(&entries)
+        .zip(entries)
         .map(|(m, e)| (m.range.clone(), e.placeholder.clone()))
         .collect();
     let rewritten = dotenv.rewritten(&replacements);
     if let Err(e) = replace_file(file, rewritten.as_bytes()) {
-        undo(&written);
+        undo(written);
         return Err(e).with_context(|| format!("rewriting {}", file.display()));
     }
-    for (m, e) in moves.iter().zip(&entries) {
+    Ok(())
+}
+
+/// Where each value went, and a warning when the `.env` is in git's history.
+fn report_moves(file: &Path, moves: &[Move], entries: &[Entry]) {
+    let shown = file.display();
+    for (m, e) in moves.iter().zip(entries) {
         eprintln!(
             "keyswap import-env: {} ({shown}:{}) moved to {} (mode 0600); {shown} now holds a placeholder",
             m.var,
@@ -210,19 +283,6 @@ fn run(args: ImportEnvArgs) -> anyhow::Result<()> {
              new values in the files above."
         );
     }
-    match merged {
-        Some(merged) => {
-            replace_file(&args.config, merged.as_bytes())
-                .with_context(|| format!("writing {}", args.config.display()))?;
-            eprintln!(
-                "keyswap import-env: added {} secret(s) to {} (rules to add are at its end, commented)",
-                entries.len(),
-                args.config.display()
-            );
-        }
-        None => print!("{}", merge::printed(&entries)),
-    }
-    Ok(())
 }
 
 /// `NAME=HOST` pairs.
@@ -257,69 +317,6 @@ fn placeholders_in(config: &str) -> Vec<String> {
                 .to_string()
         })
         .collect()
-}
-
-/// The secrets directory, created, canonical, and outside the working tree of `file`.
-fn secrets_dir(given: Option<&Path>, file: &Path) -> anyhow::Result<PathBuf> {
-    let dir = match given {
-        Some(dir) => dir.to_path_buf(),
-        None => default_secrets_dir().ok_or_else(|| {
-            Usage("neither XDG_STATE_HOME nor HOME is set: pass --secrets-dir DIR".into())
-        })?,
-    };
-    let parent = match file.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let parent = parent
-        .canonicalize()
-        .with_context(|| format!("resolving {}", parent.display()))?;
-    let tree = git_toplevel(&parent).unwrap_or(parent);
-    // Checked before the directory is created: a refusal leaves nothing in the tree.
-    if resolved(&dir)?.starts_with(&tree) {
-        return Err(Usage(format!(
-            "the secrets directory {} is inside the working tree {}, where the agent would read \
-             the values: pass --secrets-dir with a directory outside it",
-            dir.display(),
-            tree.display()
-        ))
-        .into());
-    }
-    ensure_dir(&dir).with_context(|| format!("creating {}", dir.display()))
-}
-
-/// `path` made absolute with its longest existing ancestor resolved (links followed), for a
-/// path that may not exist yet.
-fn resolved(path: &Path) -> anyhow::Result<PathBuf> {
-    let absolute = std::env::current_dir()
-        .context("reading the working directory")?
-        .join(path);
-    let mut existing = absolute.as_path();
-    let mut rest = Vec::new();
-    loop {
-        if let Ok(canonical) = existing.canonicalize() {
-            return Ok(rest.iter().rev().fold(canonical, |p, c| p.join(c)));
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_os_string());
-                existing = parent;
-            }
-            _ => return Ok(absolute),
-        }
-    }
-}
-
-/// `base`, or `base_2`, `base_3`… : a name neither the config nor the directory has yet.
-fn free_name(base: &str, used: &[String], dir: &Path) -> String {
-    let taken = |n: &str| used.iter().any(|u| u == n) || dir.join(n).symlink_metadata().is_ok();
-    if !taken(base) {
-        return base.to_string();
-    }
-    (2..)
-        .map(|i| format!("{base}_{i}"))
-        .find(|n| !taken(n))
-        .unwrap_or_else(|| base.to_string())
 }
 
 /// The config text with the entries merged in; it must load if the original did.

@@ -1,0 +1,107 @@
+//! The routes of `/v1/tasks`: issue (with or without a lifeline), list, show and revoke.
+//! Only the issue answer carries a token; list and show never do.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Extension, Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+use super::failure::{failure, task_failure};
+use super::issued::issued_task;
+use super::lifeline;
+use super::state::{AdminState, PeerPid};
+use crate::api::{IssueRequest, TaskList};
+use crate::lifecycle::tasks::{self, TaskError};
+use crate::state::tasks::RevokeWhy;
+
+pub(super) async fn issue(
+    State(state): State<AdminState>,
+    peer: Option<Extension<PeerPid>>,
+    body: Result<Json<IssueRequest>, JsonRejection>,
+) -> Response {
+    let Json(request) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!(
+                    "the body must be JSON like {{\"policy\":\"github-rw\",\"ttl\":\"30m\"}}: {}",
+                    rejection.body_text()
+                ),
+            )
+        }
+    };
+    let issued = match tasks::issue(&state.shared, &request) {
+        Ok(issued) => issued,
+        Err(e) => return task_failure(e),
+    };
+    let answer = issued_task(
+        &state.shared,
+        &state.trust,
+        &issued,
+        &request,
+        state.config_path.as_deref(),
+    );
+    if !request.lifeline {
+        return (StatusCode::CREATED, Json(answer)).into_response();
+    }
+    lifeline::respond(
+        state.shared.clone(),
+        issued.task.clone(),
+        &answer,
+        state.stop.clone(),
+        peer.map(|Extension(PeerPid(pid))| state.lifelines.hold(pid)),
+    )
+}
+
+pub(super) async fn list(State(state): State<AdminState>) -> Response {
+    let snapshot = state.shared.snapshot();
+    let tasks = state
+        .shared
+        .tasks
+        .all()
+        .iter()
+        .map(|t| tasks::info(&snapshot.config, t))
+        .collect();
+    Json(TaskList { tasks }).into_response()
+}
+
+pub(super) async fn show(
+    State(state): State<AdminState>,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    match state.shared.tasks.get(&id) {
+        Some(task) => Json(tasks::info(&state.shared.snapshot().config, &task)).into_response(),
+        None => task_failure(TaskError::UnknownTask(id)),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct RevokeQuery {
+    why: Option<String>,
+}
+
+pub(super) async fn revoke(
+    State(state): State<AdminState>,
+    UrlPath(id): UrlPath<String>,
+    Query(query): Query<RevokeQuery>,
+) -> Response {
+    let why = match query.why.as_deref() {
+        None | Some("api") => RevokeWhy::Api,
+        Some("exit") => RevokeWhy::Exit,
+        Some(_) => {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "why must be \"api\" or \"exit\"",
+            )
+        }
+    };
+    match tasks::revoke(&state.shared, &id, why) {
+        Ok(revoked) => Json(revoked).into_response(),
+        Err(e) => task_failure(e),
+    }
+}
