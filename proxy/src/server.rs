@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api;
-use crate::audit::sink::AuditSink;
+use crate::audit::sink::{AuditSink, FileSink};
 use crate::doors::accept::{accept_loop, Door};
 use crate::error::ProxyError;
 use crate::host::child_env::{write_trust_files, TrustFiles};
@@ -30,7 +30,7 @@ fn build_shared(
     listen: SocketAddr,
 ) -> Result<Arc<Shared>, ProxyError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let audit = Arc::new(AuditSink::open_chained(
+    let audit = Arc::new(FileSink::open_chained(
         &config.audit_log,
         crate::audit::chain::LineHasher::from_config(config.audit.key.as_ref()),
     )?);

@@ -1,6 +1,7 @@
 //! Every request ends in one [`decision::Decision`]; [`record::AuditRecord::new`] is the only
-//! way a request record is made from it. [`sink`] writes records on their own thread,
-//! [`chain`] links each line to the one before it, [`verify`] checks a file's chain.
+//! way a request record is made from it. [`sink::AuditSink`] is where records go (its
+//! implementation, [`sink::FileSink`], writes them on their own thread), [`chain`] links each
+//! line to the one before it, [`verify`] checks a file's chain.
 //!
 //! Records hold secret *names* and query *keys*, never a value.
 

@@ -13,7 +13,6 @@
 //! deleted from the end of the newest file cannot be told from records never written; the
 //! summary names the last line's hash so it can be compared with a copy kept elsewhere.
 
-use std::fmt;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -22,66 +21,9 @@ use serde::Deserialize;
 
 use crate::audit::chain::{hex, LineHasher, CHAIN_HMAC, CHAIN_SHA256, HEADER_EVENT};
 
-/// Where a line is: file and 1-based line number.
-#[derive(Debug, Clone)]
-pub struct Loc {
-    pub file: PathBuf,
-    pub line: u64,
-}
+mod report;
 
-impl fmt::Display for Loc {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file.display(), self.line)
-    }
-}
-
-/// The first broken link (or a file that cannot be checked at all).
-#[derive(Debug, Clone)]
-pub struct Break {
-    pub at: Loc,
-    pub message: String,
-}
-
-impl fmt::Display for Break {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.at, self.message)
-    }
-}
-
-/// What a chain that verifies holds.
-#[derive(Debug, Clone)]
-pub struct Summary {
-    pub files: usize,
-    pub records: u64,
-    pub segments: u64,
-    /// The last whole line: where it is, its `seq` and its hash (under its segment's key).
-    pub last: Option<(Loc, u64, String)>,
-    /// Chains of the segments: `sha256` or `hmac-sha256 key KEYID`, without repeats.
-    pub chains: Vec<String>,
-    /// Things that are not breaks: a truncated tail, a recovered torn line, a first file
-    /// that continues an earlier one.
-    pub notes: Vec<String>,
-}
-
-impl fmt::Display for Summary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "ok: {} file(s), {} record(s) in {} segment(s), chain {}",
-            self.files,
-            self.records,
-            self.segments,
-            self.chains.join(" + ")
-        )?;
-        if let Some((at, seq, hash)) = &self.last {
-            write!(f, "; last line {at} seq {seq} hash {hash}")?;
-        }
-        for note in &self.notes {
-            write!(f, "; {note}")?;
-        }
-        Ok(())
-    }
-}
+pub use report::{Break, Loc, Summary};
 
 /// The fields of a line that the chain is about.
 #[derive(Deserialize)]
@@ -312,45 +254,14 @@ impl Walk<'_> {
             at: at.clone(),
             message,
         };
-        let hasher = match &fields.key_id {
-            Some(id) => self
-                .keys
-                .iter()
-                .find(|k| k.key_id() == Some(id.as_str()))
-                .cloned()
-                .ok_or_else(|| {
-                    fail(format!(
-                        "this segment is chained with HMAC key id {id}; pass that key with --key-file"
-                    ))
-                })?,
-            None if !self.keys.is_empty() => {
-                return Err(fail(
-                    "this segment is not keyed although --key-file was given: the chain was recomputed without the key, or written before audit.key_file was set".into(),
-                ))
-            }
-            None => LineHasher::unkeyed(),
-        };
-        let chain = fields.chain.as_deref().unwrap_or_default();
-        if chain != hasher.chain_name() || !matches!(chain, CHAIN_SHA256 | CHAIN_HMAC) {
-            return Err(fail(format!(
-                "the header names chain {chain:?}, expected {:?}",
-                hasher.chain_name()
-            )));
-        }
+        let hasher = self.segment_hasher(fields).map_err(fail)?;
         // A torn line that happened to hold a whole record (cut just before its newline)
         // was accepted; its header links past it.
-        let mut target = self.last.as_ref();
-        if may_be_torn_unheld {
-            if let (Some(n), Some(last)) = (fields.torn_tail, &self.last) {
-                if last.line.len() == n && last.at.file == at.file && last.at.line + 1 == at.line {
-                    self.summary.notes.push(format!(
-                        "torn line at {} ({n} bytes) ended by a restart, as its header says",
-                        last.at
-                    ));
-                    target = self.before_last.as_ref();
-                }
-            }
-        }
+        let target = if may_be_torn_unheld && self.last_was_torn(fields, &at) {
+            self.before_last.as_ref()
+        } else {
+            self.last.as_ref()
+        };
         let Some(Some(prev)) = &fields.prev else {
             if fields.prev.is_none() {
                 return Err(fail("the header has no prev".into()));
@@ -363,34 +274,69 @@ impl Walk<'_> {
             }
             return self.begin_segment(line, fields, at, hasher, 0);
         };
-        match target {
+        let expected = match target {
             None => {
                 self.summary.notes.push(format!(
                     "{at} continues a chain from a file that was not given (link not checked)"
                 ));
+                0
             }
             Some(target) => {
-                if *prev != hex(&hasher.hash(&target.line)) {
-                    let message = if target.at.file == at.file {
-                        format!(
-                            "the header does not link to {}: that line was edited, or lines were removed or inserted between them",
-                            target.at
-                        )
-                    } else {
-                        format!(
-                            "the header does not link to the last line of the file before ({}): a file is missing or out of order, or the end of that file was edited or cut",
-                            target.at
-                        )
-                    };
-                    return Err(fail(message));
+                check_link(target, prev, &hasher, &at).map_err(fail)?;
+                if target.at.file == at.file {
+                    target.seq + 1
+                } else {
+                    0
                 }
             }
-        }
-        let expected = match target {
-            Some(t) if t.at.file == at.file => t.seq + 1,
-            _ => 0,
         };
         self.begin_segment(line, fields, at, hasher, expected)
+    }
+
+    /// The hasher a segment's header calls for, among the keys given.
+    fn segment_hasher(&self, fields: &Fields) -> Result<LineHasher, String> {
+        let hasher = match &fields.key_id {
+            Some(id) => self
+                .keys
+                .iter()
+                .find(|k| k.key_id() == Some(id.as_str()))
+                .cloned()
+                .ok_or_else(|| {
+                    format!(
+                        "this segment is chained with HMAC key id {id}; pass that key with --key-file"
+                    )
+                })?,
+            None if !self.keys.is_empty() => {
+                return Err(
+                    "this segment is not keyed although --key-file was given: the chain was recomputed without the key, or written before audit.key_file was set".into(),
+                )
+            }
+            None => LineHasher::unkeyed(),
+        };
+        let chain = fields.chain.as_deref().unwrap_or_default();
+        if chain != hasher.chain_name() || !matches!(chain, CHAIN_SHA256 | CHAIN_HMAC) {
+            return Err(format!(
+                "the header names chain {chain:?}, expected {:?}",
+                hasher.chain_name()
+            ));
+        }
+        Ok(hasher)
+    }
+
+    /// Whether the header at `at` says the accepted line just before it was torn (and so
+    /// links to the line before that one); notes it when so.
+    fn last_was_torn(&mut self, fields: &Fields, at: &Loc) -> bool {
+        let (Some(n), Some(last)) = (fields.torn_tail, &self.last) else {
+            return false;
+        };
+        if last.line.len() == n && last.at.file == at.file && last.at.line + 1 == at.line {
+            self.summary.notes.push(format!(
+                "torn line at {} ({n} bytes) ended by a restart, as its header says",
+                last.at
+            ));
+            return true;
+        }
+        false
     }
 
     fn begin_segment(
@@ -432,4 +378,22 @@ impl Walk<'_> {
             at,
         });
     }
+}
+
+/// Whether a header's `prev` is the hash of `target`, the line it must link to.
+fn check_link(target: &Link, prev: &str, hasher: &LineHasher, at: &Loc) -> Result<(), String> {
+    if prev == hex(&hasher.hash(&target.line)) {
+        return Ok(());
+    }
+    Err(if target.at.file == at.file {
+        format!(
+            "the header does not link to {}: that line was edited, or lines were removed or inserted between them",
+            target.at
+        )
+    } else {
+        format!(
+            "the header does not link to the last line of the file before ({}): a file is missing or out of order, or the end of that file was edited or cut",
+            target.at
+        )
+    })
 }

@@ -102,7 +102,7 @@ impl Approvals {
     pub async fn hold(
         &self,
         snapshot: &Snapshot,
-        audit: &AuditSink,
+        audit: &Arc<dyn AuditSink>,
         task: &Arc<LiveTask>,
         held: Held,
     ) -> Outcome {
@@ -161,7 +161,7 @@ impl Approvals {
     /// answered, and wakes the request.
     pub fn answer(
         &self,
-        audit: &AuditSink,
+        audit: &Arc<dyn AuditSink>,
         id: &str,
         answer: Answer,
     ) -> Result<Answered, AnswerError> {
@@ -270,7 +270,7 @@ impl Approvals {
     /// Audits a hold that ended without an answer; `false` if it had been answered.
     fn audit_unanswered(
         &self,
-        audit: &AuditSink,
+        audit: &Arc<dyn AuditSink>,
         id: &str,
         verdict: &'static str,
         started: Instant,

@@ -49,7 +49,7 @@ impl AgentTlsWarnings {
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
     pub leaves: Arc<LeafCache>,
-    pub audit: Arc<AuditSink>,
+    pub audit: Arc<dyn AuditSink>,
     pub tasks: Box<dyn TaskStore>,
     /// Requests waiting for a human, and what humans granted.
     pub approvals: Approvals,
@@ -70,7 +70,7 @@ impl Shared {
     pub fn new(
         snapshot: Snapshot,
         leaves: Arc<LeafCache>,
-        audit: Arc<AuditSink>,
+        audit: Arc<dyn AuditSink>,
         metrics: Arc<Metrics>,
         provider: Arc<rustls::crypto::CryptoProvider>,
         listen: SocketAddr,
