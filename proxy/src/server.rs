@@ -16,6 +16,7 @@ use crate::audit::sink::{AuditSink, FileSink};
 use crate::doors::accept::{accept_loop, Door};
 use crate::error::ProxyError;
 use crate::host::child_env::{write_trust_files, TrustFiles};
+use crate::host::listen::bind;
 use crate::lifecycle::tasks::{self, TaskError};
 use crate::state::metrics::{MetricSources, Metrics};
 use crate::state::shared::Shared;
@@ -58,24 +59,6 @@ fn build_shared(
         })
     });
     Ok(shared)
-}
-
-/// Binds `addr` for the listener named `what`; the error names both.
-async fn bind(
-    addr: SocketAddr,
-    what: &'static str,
-) -> Result<(TcpListener, SocketAddr), ProxyError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| ProxyError::Io {
-            what: format!("{what}: listen on {addr}"),
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| ProxyError::Io {
-        what: format!("{what}: listener address"),
-        source,
-    })?;
-    Ok((listener, local))
 }
 
 /// Settings that are not part of the config file.

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use super::failure::failure;
+use super::failure::{failure, json_body};
 use super::state::{AdminState, Caller};
 use crate::api::{AnswerRequest, Answered, ApprovalList};
 use crate::state::approvals::{sanitise_note, Answer, Scope};
@@ -34,18 +34,12 @@ pub(super) async fn answer_approval(
     caller: Option<Extension<Caller>>,
     body: Result<Json<AnswerRequest>, JsonRejection>,
 ) -> Response {
-    let Json(request) = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            return failure(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!(
-                    "the body must be JSON like {{\"answer\":\"approve\",\"scope\":\"once\"}} or {{\"answer\":\"deny\",\"reason\":\"...\"}}: {}",
-                    rejection.body_text()
-                ),
-            )
-        }
+    let request = match json_body(
+        body,
+        "{\"answer\":\"approve\",\"scope\":\"once\"} or {\"answer\":\"deny\",\"reason\":\"...\"}",
+    ) {
+        Ok(request) => request,
+        Err(refused) => return *refused,
     };
     let by = caller.map_or_else(|| "unknown".to_string(), |Extension(c)| c.0);
     let answer = match answer_of(&request, by, &state.shared) {

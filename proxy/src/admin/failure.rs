@@ -2,6 +2,7 @@
 //! closed set and a message an operator can act on. Never puts a token or a secret value in
 //! a message.
 
+use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -25,4 +26,21 @@ pub(super) fn task_failure(e: TaskError) -> Response {
         _ => StatusCode::BAD_REQUEST,
     };
     failure(status, e.reason(), e.to_string())
+}
+
+/// The JSON body of a request, or the 400 that shows what a body looks like (`example`).
+pub(super) fn json_body<T>(
+    body: Result<Json<T>, JsonRejection>,
+    example: &str,
+) -> Result<T, Box<Response>> {
+    body.map(|Json(value)| value).map_err(|rejection| {
+        Box::new(failure(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "the body must be JSON like {example}: {}",
+                rejection.body_text()
+            ),
+        ))
+    })
 }

@@ -99,13 +99,8 @@ pub async fn start(
     ))];
     let mut tcp_addr = None;
     if let (Some(listen), Some(token)) = (admin.listen, admin.token.clone()) {
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|source| ProxyError::Io {
-                what: format!("admin API: listen on {listen}"),
-                source,
-            })?;
-        tcp_addr = listener.local_addr().ok();
+        let (listener, local) = crate::host::listen::bind(listen, "admin API").await?;
+        tcp_addr = Some(local);
         let token = Arc::new(token);
         let caller = Caller(format!(
             "token:{}",
@@ -147,27 +142,24 @@ async fn bind_socket(path: &Path) -> Result<UnixListener, ProxyError> {
     Ok(listener)
 }
 
-async fn serve_unix(listener: UnixListener, app: Router, mut stop: watch::Receiver<bool>) {
+async fn serve_unix(listener: UnixListener, app: Router, stop: watch::Receiver<bool>) {
     let app = app.into_make_service_with_connect_info::<peer::SocketPeer>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.changed().await;
-        })
-        .await;
-    if let Err(e) = served {
+    let served = axum::serve(listener, app).with_graceful_shutdown(stopped(stop));
+    if let Err(e) = served.await {
         tracing::error!(error = %e, "admin API (socket) stopped");
     }
 }
 
-async fn serve_tcp(listener: TcpListener, app: Router, mut stop: watch::Receiver<bool>) {
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.changed().await;
-        })
-        .await;
-    if let Err(e) = served {
+async fn serve_tcp(listener: TcpListener, app: Router, stop: watch::Receiver<bool>) {
+    let served = axum::serve(listener, app).with_graceful_shutdown(stopped(stop));
+    if let Err(e) = served.await {
         tracing::error!(error = %e, "admin API (TCP) stopped");
     }
+}
+
+/// Resolves when the proxy stops.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.changed().await;
 }
 
 fn router(state: AdminState) -> Router {

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use super::failure::{failure, task_failure};
+use super::failure::{failure, json_body, task_failure};
 use super::issued::issued_task;
 use super::lifeline;
 use super::state::{AdminState, PeerPid};
@@ -21,18 +21,9 @@ pub(super) async fn issue(
     peer: Option<Extension<PeerPid>>,
     body: Result<Json<IssueRequest>, JsonRejection>,
 ) -> Response {
-    let Json(request) = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            return failure(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!(
-                    "the body must be JSON like {{\"policy\":\"github-rw\",\"ttl\":\"30m\"}}: {}",
-                    rejection.body_text()
-                ),
-            )
-        }
+    let request = match json_body(body, "{\"policy\":\"github-rw\",\"ttl\":\"30m\"}") {
+        Ok(request) => request,
+        Err(refused) => return *refused,
     };
     let issued = match tasks::issue(&state.shared, &request) {
         Ok(issued) => issued,

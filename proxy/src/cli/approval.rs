@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 
 use super::task::AdminArgs;
 use crate::admin::client::AdminClient;
-use crate::api::{AnswerRequest, ApprovalInfo};
+use crate::api::{AnswerRequest, Answered, ApprovalInfo};
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
@@ -61,14 +61,14 @@ pub struct DenyArgs {
     pub admin: AdminArgs,
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
+/// Answers approval `id` through the admin API.
+async fn answer(admin: &AdminArgs, id: &str, request: AnswerRequest) -> anyhow::Result<Answered> {
+    let client = AdminClient::new(admin.target()?);
+    Ok(client.answer(id, &request).await?)
 }
 
 pub fn list(args: ListArgs) -> anyhow::Result<()> {
-    runtime()?.block_on(async move {
+    super::block_on(async move {
         let client = AdminClient::new(args.admin.target()?);
         let approvals = client.approvals(args.task.as_deref()).await?;
         if args.json {
@@ -81,14 +81,13 @@ pub fn list(args: ListArgs) -> anyhow::Result<()> {
 }
 
 pub fn approve(args: ApproveArgs) -> anyhow::Result<()> {
-    runtime()?.block_on(async move {
-        let client = AdminClient::new(args.admin.target()?);
+    super::block_on(async move {
         let request = AnswerRequest {
             answer: "approve".into(),
             scope: Some(args.scope.as_str().into()),
             reason: None,
         };
-        let answered = client.answer(&args.id, &request).await?;
+        let answered = answer(&args.admin, &args.id, request).await?;
         println!(
             "approved {} of task {} (scope {}), recorded as {}",
             answered.id,
@@ -101,14 +100,13 @@ pub fn approve(args: ApproveArgs) -> anyhow::Result<()> {
 }
 
 pub fn deny(args: DenyArgs) -> anyhow::Result<()> {
-    runtime()?.block_on(async move {
-        let client = AdminClient::new(args.admin.target()?);
+    super::block_on(async move {
         let request = AnswerRequest {
             answer: "deny".into(),
             scope: None,
             reason: args.reason,
         };
-        let answered = client.answer(&args.id, &request).await?;
+        let answered = answer(&args.admin, &args.id, request).await?;
         println!(
             "denied {} of task {}, recorded as {}",
             answered.id, answered.task, answered.by

@@ -237,3 +237,13 @@ fn check(path: &Path) -> ExitCode {
         }
     }
 }
+
+/// Runs one admin API call on a current-thread runtime, as the CLI's short commands do.
+pub(crate) fn block_on<T>(
+    call: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(call)
+}

@@ -109,14 +109,8 @@ pub struct EnvArgs {
     pub json: bool,
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
-
 pub fn task(command: TaskCommand) -> anyhow::Result<()> {
-    runtime()?.block_on(async move {
+    super::block_on(async move {
         match command {
             TaskCommand::Issue {
                 policy,
@@ -171,7 +165,7 @@ pub fn task(command: TaskCommand) -> anyhow::Result<()> {
 }
 
 pub fn reload(admin: AdminArgs) -> anyhow::Result<()> {
-    runtime()?.block_on(async move {
+    super::block_on(async move {
         let summary = AdminClient::new(admin.target()?).reload().await?;
         println!("{}", serde_json::to_string_pretty(&summary)?);
         Ok(())

@@ -53,6 +53,16 @@ pub use trust_files::{
 };
 
 /// Hosts a child reaches directly, in the `NO_PROXY` syntax most runtimes share.
+/// The variables that carry the proxy URL: both cases where clients differ in which they
+/// read, and `ALL_PROXY`.
+const PROXY_VARIABLES: [&str; 5] = [
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "https_proxy",
+    "http_proxy",
+    "ALL_PROXY",
+];
+
 pub const NO_PROXY: &str = "localhost,127.0.0.1,::1";
 /// The same hosts in Java's `http.nonProxyHosts` syntax.
 const JAVA_NON_PROXY_HOSTS: &str = "localhost|127.0.0.1|[::1]";
@@ -103,13 +113,7 @@ pub fn task_env(
     let proxy_url = format!("http://{userinfo}@{url_host}:{port}");
 
     let mut env = BTreeMap::new();
-    for name in [
-        "HTTPS_PROXY",
-        "HTTP_PROXY",
-        "https_proxy",
-        "http_proxy",
-        "ALL_PROXY",
-    ] {
+    for name in PROXY_VARIABLES {
         env.insert(name.to_string(), proxy_url.clone());
     }
     env.insert("NO_PROXY".to_string(), NO_PROXY.to_string());
@@ -237,15 +241,10 @@ mod tests {
             &trust("/run/ks"),
             &[],
         );
-        for name in [
-            "HTTPS_PROXY",
-            "HTTP_PROXY",
-            "https_proxy",
-            "http_proxy",
-            "ALL_PROXY",
-        ] {
+        for name in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
             assert_eq!(env[name], "http://fix-42:tok@127.0.0.1:8080", "{name}");
         }
+        assert_eq!(env["ALL_PROXY"], "http://fix-42:tok@127.0.0.1:8080");
         assert_eq!(env["NO_PROXY"], "localhost,127.0.0.1,::1");
         assert_eq!(env["no_proxy"], "localhost,127.0.0.1,::1");
         assert_eq!(env["NODE_USE_ENV_PROXY"], "1");
