@@ -35,6 +35,18 @@ pub fn test_env_values() -> HashMap<String, String> {
     ])
 }
 
+/// Checks that the process environment holds what a config reloaded from disk reads:
+/// `KS_TEST_TOKEN` = [`AGENT_TOKEN`]. Reloads read the process environment, and the tests
+/// share one process, so the value is set before it starts (`.cargo/config.toml`'s `[env]`),
+/// never by a test: `std::env::set_var` races every other test's threads.
+pub fn assert_reload_env() {
+    assert!(
+        std::env::var("KS_TEST_TOKEN").as_deref() == Ok(AGENT_TOKEN),
+        "KS_TEST_TOKEN is not the static task's token: run the tests with cargo, whose \
+         .cargo/config.toml sets it"
+    );
+}
+
 /// Ports and paths a config template is filled with.
 pub struct ConfigVars<'a> {
     pub dir: &'a Path,

@@ -1,5 +1,5 @@
 //! The WebSocket guard's property, checked on one input. Shared by the proptest suite
-//! (`tests/tests/properties.rs`, on stable, in every CI run) and the cargo-fuzz target
+//! (`tests/tests/it/properties.rs`, on stable, in every CI run) and the cargo-fuzz target
 //! `websocket_guard` (which includes this file), so both check the same contract.
 //!
 //! A case is a set of secrets, a stream of pieces (noise, values in some form, prefixes of

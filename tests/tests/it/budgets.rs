@@ -275,8 +275,8 @@ async fn a_rate_limited_request_gets_retry_after_and_is_not_sent() {
 #[tokio::test]
 async fn counts_survive_a_reload_and_a_lowered_budget_refuses_the_next_request() {
     // A reload reads the proxy's own environment: the static task's token must be in it (the
-    // value the harness hands the first load).
-    std::env::set_var("KS_TEST_TOKEN", AGENT_TOKEN);
+    // value the harness hands the first load), set before the process started.
+    keyswap_tests::harness::assert_reload_env();
     let files = tempfile::tempdir().expect("tempdir");
     let path = files.path().join("keyswap.yaml");
     let env = start(10, &path).await;

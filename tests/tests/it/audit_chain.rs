@@ -44,7 +44,7 @@ fn keyswap_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
     cmd.args([
         "--exact",
-        "keyswap_child",
+        "audit_chain::keyswap_child",
         "--include-ignored",
         "--nocapture",
         "--quiet",
@@ -239,7 +239,7 @@ tasks:
 async fn rotation_by_rename_and_api_reload_continues_the_chain_in_a_new_file() {
     // A reload reads the proxy's own environment: the task's token must be in it (the same
     // value the harness hands the first load), so that a wrong token is refused at CONNECT.
-    std::env::set_var("KS_TEST_TOKEN", keyswap_tests::harness::AGENT_TOKEN);
+    keyswap_tests::harness::assert_reload_env();
     let files = tempfile::tempdir().unwrap();
     let config_path = files.path().join("keyswap.yaml");
     let options = ProxyOptions {
