@@ -13,6 +13,7 @@ pub mod files;
 pub mod harness;
 pub mod logged_child;
 pub mod netns;
+pub mod output;
 pub mod secrets;
 pub mod tools;
 pub mod upstream;
