@@ -343,16 +343,7 @@ async fn ungranted_placeholder_is_refused_wherever_it_is_sent() {
         );
         let record = env.audit_where(|r| r["path"] == *path).await;
         assert_eq!(record["reason"], "placeholder_not_allowed", "{place}");
-        for seen in recorder.for_path(path) {
-            assert!(
-                !seen.complete,
-                "{place}: the upstream got a complete request"
-            );
-            assert!(
-                !contains(&seen.body, OPENAI_PLACEHOLDER) && !contains(&seen.body, OPENAI_REAL),
-                "{place}: the upstream saw the placeholder"
-            );
-        }
+        assert_never_completed(&recorder, place, path).await;
     }
 
     // Controls: the granted placeholder in a body is swapped where swap_in has body, and
@@ -369,7 +360,37 @@ async fn ungranted_placeholder_is_refused_wherever_it_is_sent() {
         assert!(contains(&seen.body, expect), "{path}: body not as expected");
         assert!(!contains(&seen.body, never), "{path}: body not as expected");
     }
+    // Again once the controls went through: a refused request that the upstream got only
+    // after its refusal (still in flight above) did not complete either.
+    for (place, path, _) in &bodies {
+        assert_never_completed(&recorder, place, path).await;
+    }
     env.assert_no_leaks();
+}
+
+/// Whatever part of a refused request reached the upstream for `path` has ended there (the
+/// upstream saw its body stop: waited for, not assumed), incomplete and without the
+/// placeholder or its value.
+async fn assert_never_completed(recorder: &Recorder, place: &str, path: &str) {
+    let mut changes = recorder.changes.clone();
+    let settled = async {
+        while !recorder.for_path(path).iter().all(|r| r.ended) {
+            changes.changed().await.expect("recorder running");
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), settled)
+        .await
+        .unwrap_or_else(|_| panic!("{place}: a request to the upstream never ended"));
+    for seen in recorder.for_path(path) {
+        assert!(
+            !seen.complete,
+            "{place}: the upstream got a complete request"
+        );
+        assert!(
+            !contains(&seen.body, OPENAI_PLACEHOLDER) && !contains(&seen.body, OPENAI_REAL),
+            "{place}: the upstream saw the placeholder"
+        );
+    }
 }
 
 /// The placeholder comes after a megabyte that is already upstream: the upstream request is
