@@ -9,6 +9,7 @@
 
 pub mod agent_user;
 pub mod client;
+pub mod config;
 pub mod files;
 pub mod harness;
 pub mod logged_child;
