@@ -1,10 +1,10 @@
 //! `HostPattern::parse` and `matches` on arbitrary text `pattern\nhost` (without a newline
-//! the text is both). The properties are `check_host` in config/tests/properties/checks.rs
+//! the text is both). The properties are `check_host` in config/tests/it/properties/checks.rs
 //! (shared with the proptest suite).
 #![no_main]
 
 #[allow(dead_code)]
-#[path = "../../config/tests/properties/checks.rs"]
+#[path = "../../config/tests/it/properties/checks.rs"]
 mod checks;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

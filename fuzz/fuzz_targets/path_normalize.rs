@@ -1,9 +1,9 @@
 //! `normalize_path` on arbitrary request targets. The properties are `check_normalize` in
-//! config/tests/properties/checks.rs (shared with the proptest suite).
+//! config/tests/it/properties/checks.rs (shared with the proptest suite).
 #![no_main]
 
 #[allow(dead_code)]
-#[path = "../../config/tests/properties/checks.rs"]
+#[path = "../../config/tests/it/properties/checks.rs"]
 mod checks;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

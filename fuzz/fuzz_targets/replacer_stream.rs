@@ -1,12 +1,12 @@
 //! The streaming replacer under arbitrary patterns, replacements, haystack and chunking. The
-//! property is `check_replacer` in tests/tests/properties/replacer.rs (shared with the
+//! property is `check_replacer` in tests/tests/it/properties/replacer.rs (shared with the
 //! proptest suite): the streamed output under any chunking equals an independent
 //! leftmost-longest replace-all.
 #![no_main]
 
 use arbitrary::Arbitrary;
 
-#[path = "../../tests/tests/properties/replacer.rs"]
+#[path = "../../tests/tests/it/properties/replacer.rs"]
 mod replacer;
 
 #[derive(Arbitrary, Debug)]

@@ -1,5 +1,5 @@
 //! The WebSocket guard (upstream → agent) under arbitrary secrets and message streams. The
-//! property is `check_guard` in tests/tests/properties/websocket.rs (shared with the
+//! property is `check_guard` in tests/tests/it/properties/websocket.rs (shared with the
 //! proptest suite): whatever the secrets, the forms their values take and where the stream
 //! is cut into text, binary, ping, pong and close messages, no form of a value reaches the
 //! agent, messages keep their kind and protocol limits, and a stream without any value
@@ -8,7 +8,7 @@
 
 use arbitrary::Arbitrary;
 
-#[path = "../../tests/tests/properties/websocket.rs"]
+#[path = "../../tests/tests/it/properties/websocket.rs"]
 mod websocket;
 
 use websocket::{Case, Form, Piece};

@@ -4,7 +4,6 @@
 //! agent received is kept, so [`TestEnv::assert_no_leaks`] can prove no real secret escaped.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -13,8 +12,10 @@ use keyswap_certs::CertificateAuthority;
 use rustls::pki_types::CertificateDer;
 
 use crate::client::{ProxyClientOptions, Tunnel};
+use crate::output::LogCapture;
 use crate::secrets::{
-    assert_no_real_secret, GITHUB_PLACEHOLDER, GITHUB_REAL, OPENAI_PLACEHOLDER, OPENAI_REAL,
+    assert_no_real_secret, assert_none_of, GITHUB_PLACEHOLDER, GITHUB_REAL, OPENAI_PLACEHOLDER,
+    OPENAI_REAL,
 };
 use crate::upstream::{Alpn, Upstream, UpstreamOptions};
 
@@ -33,6 +34,18 @@ pub fn test_env_values() -> HashMap<String, String> {
         ("KS_TEST_OPENAI".to_string(), OPENAI_REAL.to_string()),
         ("KS_TEST_TOKEN".to_string(), AGENT_TOKEN.to_string()),
     ])
+}
+
+/// Checks that the process environment holds what a config reloaded from disk reads:
+/// `KS_TEST_TOKEN` = [`AGENT_TOKEN`]. Reloads read the process environment, and the tests
+/// share one process, so the value is set before it starts (`.cargo/config.toml`'s `[env]`),
+/// never by a test: `std::env::set_var` races every other test's threads.
+pub fn assert_reload_env() {
+    assert!(
+        std::env::var("KS_TEST_TOKEN").as_deref() == Ok(AGENT_TOKEN),
+        "KS_TEST_TOKEN is not the static task's token: run the tests with cargo, whose \
+         .cargo/config.toml sets it"
+    );
 }
 
 /// Ports and paths a config template is filled with.
@@ -100,35 +113,6 @@ pub fn render(template: &str, vars: &ConfigVars<'_>) -> String {
         .replace("{tunnel_port}", &vars.tunnel_port.to_string())
 }
 
-/// Log lines written by the code under test, captured for the leak check.
-#[derive(Clone, Default)]
-pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
-
-impl LogCapture {
-    pub fn contents(&self) -> Vec<u8> {
-        self.0.lock().map(|b| b.clone()).unwrap_or_default()
-    }
-}
-
-impl Write for LogCapture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut b) = self.0.lock() {
-            b.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
-    type Writer = LogCapture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub upstream_ca: CertificateAuthority,
@@ -144,11 +128,55 @@ pub struct TestEnv {
     pub proxy_ca_pem: String,
     pub config_yaml: String,
     log: LogCapture,
-    received: Mutex<Vec<Vec<u8>>>,
+    /// Where the process-wide log (lines written off this test's thread) stood when this
+    /// proxy started: the leak check reads what came after.
+    process_log_start: usize,
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
     /// Task tokens handed out during the test: like real secrets, they must appear in no
-    /// log, audit record or response.
+    /// log, audit record, response, or request the upstream received.
     tokens: Mutex<Vec<String>>,
+    /// Real values the test's config added beyond the suite's own (a secret of its own, a
+    /// refreshed value): looked for like the suite's.
+    secrets: Mutex<Vec<String>>,
+    /// Writes what this proxy wrote into the run's output directory (at the leak check, or
+    /// when the test ends without one).
+    kept: Kept,
     _log_guard: tracing::subscriber::DefaultGuard,
+}
+
+/// What a [`TestEnv`] leaves in the run's output directory ([`crate::output`]) when it is
+/// dropped, passing or failing: its proxy's log, its audit file and what its agent received.
+struct Kept {
+    log: LogCapture,
+    audit: PathBuf,
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Set once [`TestEnv::assert_no_leaks`] kept it all, after flushing the audit.
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Kept {
+    fn keep(&self) {
+        if self.done.swap(true, std::sync::atomic::Ordering::SeqCst)
+            || crate::output::dir().is_none()
+        {
+            return;
+        }
+        crate::output::keep("proxy.log", &self.log.contents());
+        crate::output::keep(
+            "audit.jsonl",
+            &std::fs::read(&self.audit).unwrap_or_default(),
+        );
+        let received = self.received.lock().map(|r| r.concat()).unwrap_or_default();
+        crate::output::keep("received.txt", &received);
+    }
+}
+
+impl Drop for Kept {
+    /// A test that ended before its leak check (it failed) leaves what there is (the audit
+    /// as far as it was flushed).
+    fn drop(&mut self) {
+        self.keep();
+    }
 }
 
 impl TestEnv {
@@ -170,7 +198,8 @@ impl TestEnv {
     }
 
     /// [`TestEnv::start_with_options`] with more environment for the config's `from_env` /
-    /// `token_env` than [`test_env_values`] (e.g. an admin API token).
+    /// `token_env` than [`test_env_values`] (e.g. an admin API token). Each value is
+    /// looked for by [`TestEnv::assert_no_leaks`] like a real secret.
     pub async fn start_with_env(
         template: &str,
         alpn: Alpn,
@@ -178,18 +207,11 @@ impl TestEnv {
         extra_env: &[(&str, &str)],
     ) -> TestEnv {
         let log = LogCapture::default();
-        // Tests run on a current-thread runtime, so a thread-default subscriber sees every
-        // log line the proxy writes for this test. Dependencies are capped as in the binary.
-        let mut filter = tracing_subscriber::EnvFilter::new("debug");
-        for cap in keyswap::cli::DEPENDENCY_LOG_CAPS {
-            filter = filter.add_directive(cap.parse().expect("valid directive"));
-        }
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(log.clone())
-            .with_ansi(false)
-            .finish();
-        let log_guard = tracing::subscriber::set_default(subscriber);
+        // What the proxy logs on this test's thread goes to the test's own capture (tests
+        // read it); what it logs on any other thread (multi-thread runtimes, spawn_blocking,
+        // the audit writer) to the process-wide one, which the leak check reads too.
+        let process_log_start = crate::output::process_log().len();
+        let log_guard = tracing::subscriber::set_default(crate::output::subscriber(log.clone()));
 
         let dir = tempfile::tempdir().expect("tempdir");
         let upstream_ca =
@@ -250,7 +272,15 @@ impl TestEnv {
         )
         .await
         .expect("proxy starts");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let kept = Kept {
+            log: log.clone(),
+            audit: dir.path().join("audit.jsonl"),
+            received: received.clone(),
+            done: Default::default(),
+        };
         TestEnv {
+            kept,
             dir,
             upstream_ca,
             upstream,
@@ -261,8 +291,11 @@ impl TestEnv {
             proxy_ca_pem,
             config_yaml,
             log,
-            received: Mutex::new(Vec::new()),
+            process_log_start,
+            received,
             tokens: Mutex::new(vec![AGENT_TOKEN.to_string()]),
+            // What the test adds to the environment is a secret or a token of its own.
+            secrets: Mutex::new(extra_env.iter().map(|(_, v)| v.to_string()).collect()),
             _log_guard: log_guard,
         }
     }
@@ -363,11 +396,10 @@ impl TestEnv {
         self.dir.path().join("audit.jsonl")
     }
 
-    /// Every audit record written so far (waits for the writer to flush).
+    /// Every audit record written so far (waits for the writer to flush). The file must
+    /// exist: the proxy opens it before it serves.
     pub fn audit(&self) -> Vec<serde_json::Value> {
-        self.proxy.flush_audit();
-        std::fs::read_to_string(self.audit_path())
-            .unwrap_or_default()
+        String::from_utf8_lossy(&self.audit_bytes())
             .lines()
             .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
             .collect()
@@ -415,6 +447,19 @@ impl TestEnv {
         self.log.contents()
     }
 
+    /// The audit file's bytes after a flush; a missing file fails the test (an empty or
+    /// absent audit would otherwise pass every check of it).
+    fn audit_bytes(&self) -> Vec<u8> {
+        self.proxy.flush_audit();
+        let path = self.audit_path();
+        std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "the audit file {} cannot be read ({e}): the proxy writes it from the start",
+                path.display()
+            )
+        })
+    }
+
     /// Adds a task token to what [`TestEnv::assert_no_leaks`] looks for.
     pub fn remember_token(&self, token: &str) {
         if let Ok(mut tokens) = self.tokens.lock() {
@@ -422,33 +467,58 @@ impl TestEnv {
         }
     }
 
-    /// No real secret and no task token in the proxy log or the audit file, and no real
-    /// secret in anything the agent received.
+    /// Adds a real value (a secret of the test's own config, a refreshed value) to what
+    /// [`TestEnv::assert_no_leaks`] looks for, beside the suite's.
+    pub fn remember_secret(&self, value: &str) {
+        if let Ok(mut secrets) = self.secrets.lock() {
+            secrets.push(value.to_string());
+        }
+    }
+
+    /// No real secret (the suite's, and any [`TestEnv::remember_secret`]) and no task token
+    /// (as it is or base64-encoded) in the proxy's log (this test's thread, and every other
+    /// thread's since the proxy started), its audit file, or anything the agent received;
+    /// and no task token in any request the upstreams received (a forwarded
+    /// `Proxy-Authorization` would carry one). The audit file must exist.
     pub fn assert_no_leaks(&self) {
-        self.proxy.flush_audit();
-        let log = self.log();
-        let audit = std::fs::read(self.audit_path()).unwrap_or_default();
-        assert_no_real_secret("proxy log", &log);
-        assert_no_real_secret("audit log", &audit);
+        let audit = self.audit_bytes();
+        // Kept for CI's grep first, so a failing check below leaves its evidence too.
+        self.kept.keep();
+        let secrets = self.secrets.lock().map(|s| s.clone()).unwrap_or_default();
+        let tokens = self.tokens.lock().map(|t| t.clone()).unwrap_or_default();
+        let mut outputs = vec![
+            ("the proxy log".to_string(), self.log()),
+            (
+                "the proxy log of other threads".to_string(),
+                crate::output::process_log().since(self.process_log_start),
+            ),
+            ("the audit file".to_string(), audit),
+        ];
         if let Ok(received) = self.received.lock() {
             for (i, r) in received.iter().enumerate() {
-                assert_no_real_secret(&format!("response #{i} the agent received"), r);
+                outputs.push((format!("response #{i} the agent received"), r.clone()));
             }
         }
-        let tokens = self.tokens.lock().map(|t| t.clone()).unwrap_or_default();
-        for (what, text) in [("proxy log", &log), ("audit log", &audit)] {
-            for token in &tokens {
-                assert!(
-                    !contains(text, token.as_bytes()),
-                    "a task token appeared in the {what}"
-                );
+        for (what, bytes) in &outputs {
+            assert_no_real_secret(what, bytes);
+            assert_none_of(what, bytes, "real secret", &secrets);
+            assert_none_of(what, bytes, "task token", &tokens);
+        }
+        for (name, upstream) in [
+            ("the upstream", &self.upstream),
+            ("the plain upstream", &self.plain),
+            ("the tunnel upstream", &self.tunnel),
+        ] {
+            for (i, seen) in upstream.seen().iter().enumerate() {
+                let mut text = format!("{} {}\n", seen.method, seen.path_and_query);
+                for (n, v) in &seen.headers {
+                    text.push_str(&format!("{n}: {v}\n"));
+                }
+                let what = format!("request #{i} {name} received");
+                assert_none_of(&what, text.as_bytes(), "task token", &tokens);
             }
         }
     }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// A response as the agent saw it.

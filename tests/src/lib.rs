@@ -9,10 +9,12 @@
 
 pub mod agent_user;
 pub mod client;
+pub mod config;
 pub mod files;
 pub mod harness;
 pub mod logged_child;
 pub mod netns;
+pub mod output;
 pub mod secrets;
 pub mod tools;
 pub mod upstream;

@@ -77,9 +77,12 @@ impl LoggedChild {
 }
 
 impl Drop for LoggedChild {
+    /// Kills the child and keeps its stderr in the run's output directory
+    /// ([`crate::output`]), which CI greps for real values after the run.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        crate::output::keep("child-stderr.log", self.log().as_bytes());
     }
 }
 

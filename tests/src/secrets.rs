@@ -22,23 +22,67 @@ pub const REAL_PREFIX: &str = "KSREAL";
 /// Also catches the `KSREAL` prefix alone (a truncated leak) and a real value inside
 /// base64 at any alignment (a leak through a re-encoded `Basic` credential).
 pub fn assert_no_real_secret(what: &str, haystack: &[u8]) {
-    if let Some(at) = find(haystack, REAL_PREFIX.as_bytes()) {
-        panic!("{what} contains a real secret value (prefix {REAL_PREFIX} at byte {at})");
-    }
-    for (i, real) in ALL_REAL.iter().enumerate() {
-        for needle in base64_forms(real.as_bytes()) {
-            if let Some(at) = find(haystack, needle.as_bytes()) {
-                panic!("{what} contains real secret #{i} base64-encoded (at byte {at})");
-            }
+    let (scan, owner) = real_scan();
+    if let Some(m) = scan.find(haystack) {
+        match owner[m.pattern().as_usize()] {
+            None => panic!(
+                "{what} contains a real secret value (prefix {REAL_PREFIX} at byte {})",
+                m.start()
+            ),
+            Some(i) => panic!(
+                "{what} contains real secret #{i} base64-encoded (at byte {})",
+                m.start()
+            ),
         }
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || needle.len() > haystack.len() {
-        return None;
+/// One automaton for the prefix and every base64 form of [`ALL_REAL`] (built once: the
+/// outputs checked run to megabytes); beside it, which real value each pattern betrays.
+#[allow(clippy::type_complexity)]
+fn real_scan() -> &'static (aho_corasick::AhoCorasick, Vec<Option<usize>>) {
+    static SCAN: std::sync::OnceLock<(aho_corasick::AhoCorasick, Vec<Option<usize>>)> =
+        std::sync::OnceLock::new();
+    SCAN.get_or_init(|| {
+        let mut needles = vec![REAL_PREFIX.to_string()];
+        let mut owner = vec![None];
+        for (i, real) in ALL_REAL.iter().enumerate() {
+            for form in base64_forms(real.as_bytes()) {
+                needles.push(form);
+                owner.push(Some(i));
+            }
+        }
+        let scan = aho_corasick::AhoCorasick::new(&needles).expect("needles build");
+        (scan, owner)
+    })
+}
+
+/// Fails the test (without printing any value) if `haystack` holds one of `values` (a value
+/// the test added: another real secret, a refreshed one, a task token) as it is or
+/// base64-encoded at any alignment. `kind` says what `values` are ("real secret", "task token").
+pub fn assert_none_of(what: &str, haystack: &[u8], kind: &str, values: &[String]) {
+    if values.is_empty() {
+        return;
     }
-    haystack.windows(needle.len()).position(|w| w == needle)
+    let mut needles = Vec::new();
+    let mut owner = Vec::new();
+    for (i, value) in values.iter().enumerate() {
+        assert!(!value.is_empty(), "an empty {kind} to look for");
+        needles.push(value.clone());
+        owner.push((i, "as it is"));
+        for form in base64_forms(value.as_bytes()) {
+            // Too short a fragment matches by chance; the raw value still counts.
+            if form.len() >= 8 {
+                needles.push(form);
+                owner.push((i, "base64-encoded"));
+            }
+        }
+    }
+    let scan = aho_corasick::AhoCorasick::new(&needles).expect("needles build");
+    if let Some(m) = scan.find(haystack) {
+        let (i, how) = owner[m.pattern().as_usize()];
+        panic!("{what} contains {kind} #{i} {how} (at byte {})", m.start());
+    }
 }
 
 /// The base64 characters fixed by `value` alone when it starts at each of the three byte

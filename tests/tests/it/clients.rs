@@ -6,7 +6,7 @@
 //!
 //! curl, wget, python3 (urllib, pip) and git must be on PATH; without one its test prints a
 //! notice and passes, except under `CI=true`, where it fails. Java is covered by
-//! `java_client.rs` (and `proxy/tests/exec.rs` under `keyswap exec`).
+//! `java_client.rs` (and `proxy/tests/it/exec.rs` under `keyswap exec`).
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -20,6 +20,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use keyswap_tests::client::{self, Alpn, BoxBody};
+use keyswap_tests::config::{ConfigBuilder, Entry, Rule, Secret};
 use keyswap_tests::harness::{bearer, Reply, TestEnv, API_HOST};
 use keyswap_tests::secrets::{GITHUB_PLACEHOLDER, GITHUB_REAL, OPENAI_PLACEHOLDER, OPENAI_REAL};
 use tokio::net::TcpListener;
@@ -30,41 +31,35 @@ const REC_HOST: &str = "rec.upstream.test";
 /// `api.upstream.test` grants github, swapped only into `authorization`; the recording host
 /// grants github too, swapped into bodies under `/swap/`, scanned only under `/scan/`.
 /// No rule grants openai: its placeholder is the ungranted one.
-const CONFIG: &str = r#"
-version: 1
-listen: 127.0.0.1:0
-ca_dir: {dir}/ca
-audit_log: {dir}/audit.jsonl
-upstream:
-  extra_roots: {dir}/upstream-ca.pem
-  resolve:
-    "api.upstream.test:443": "127.0.0.1:{https_port}"
-    "rec.upstream.test:443": "127.0.0.1:{rec_port}"
-secrets:
-  github:
-    from_env: KS_TEST_GITHUB
-    placeholder: ghp_keyswap_github_0000000000000000000000
-  openai:
-    from_env: KS_TEST_OPENAI
-    placeholder: sk-keyswap-openai-placeholder
-tasks:
-  agent:
-    token_env: KS_TEST_TOKEN
-    allow:
-      - host: api.upstream.test
-        paths: ["/echo/**", "/upload"]
-        secrets: [github]
-        headers: [authorization]
-      - host: rec.upstream.test
-        paths: ["/swap/**"]
-        secrets: [github]
-        swap_in: [headers, body]
-        headers: [authorization]
-      - host: rec.upstream.test
-        paths: ["/scan/**"]
-        secrets: [github]
-        headers: [authorization]
-"#;
+fn config(rec_port: u16) -> String {
+    let github = || Rule::host(REC_HOST).secrets(&["github"]);
+    ConfigBuilder::new()
+        .resolve(&format!("{REC_HOST}:443"), &format!("127.0.0.1:{rec_port}"))
+        .secret("github", Secret::github())
+        .secret("openai", Secret::openai())
+        .task(
+            "agent",
+            Entry::with_token()
+                .rule(
+                    Rule::api()
+                        .paths(&["/echo/**", "/upload"])
+                        .secrets(&["github"])
+                        .field("headers", "[authorization]"),
+                )
+                .rule(
+                    github()
+                        .paths(&["/swap/**"])
+                        .field("swap_in", "[headers, body]")
+                        .field("headers", "[authorization]"),
+                )
+                .rule(
+                    github()
+                        .paths(&["/scan/**"])
+                        .field("headers", "[authorization]"),
+                ),
+        )
+        .yaml()
+}
 
 /// What the recording upstream received for one request.
 #[derive(Clone, Default)]
@@ -241,7 +236,7 @@ async fn start(alpn: Alpn) -> (TestEnv, Recorder) {
         .await
         .expect("bind recorder");
     let port = listener.local_addr().map(|a: SocketAddr| a.port()).unwrap();
-    let config = CONFIG.replace("{rec_port}", &port.to_string());
+    let config = config(port);
     let env = TestEnv::start_with(&config, Alpn::Both).await;
     let recorder = Recorder::start(&env, listener, alpn);
     (env, recorder)
@@ -343,16 +338,7 @@ async fn ungranted_placeholder_is_refused_wherever_it_is_sent() {
         );
         let record = env.audit_where(|r| r["path"] == *path).await;
         assert_eq!(record["reason"], "placeholder_not_allowed", "{place}");
-        for seen in recorder.for_path(path) {
-            assert!(
-                !seen.complete,
-                "{place}: the upstream got a complete request"
-            );
-            assert!(
-                !contains(&seen.body, OPENAI_PLACEHOLDER) && !contains(&seen.body, OPENAI_REAL),
-                "{place}: the upstream saw the placeholder"
-            );
-        }
+        assert_never_completed(&recorder, place, path).await;
     }
 
     // Controls: the granted placeholder in a body is swapped where swap_in has body, and
@@ -369,7 +355,37 @@ async fn ungranted_placeholder_is_refused_wherever_it_is_sent() {
         assert!(contains(&seen.body, expect), "{path}: body not as expected");
         assert!(!contains(&seen.body, never), "{path}: body not as expected");
     }
+    // Again once the controls went through: a refused request that the upstream got only
+    // after its refusal (still in flight above) did not complete either.
+    for (place, path, _) in &bodies {
+        assert_never_completed(&recorder, place, path).await;
+    }
     env.assert_no_leaks();
+}
+
+/// Whatever part of a refused request reached the upstream for `path` has ended there (the
+/// upstream saw its body stop: waited for, not assumed), incomplete and without the
+/// placeholder or its value.
+async fn assert_never_completed(recorder: &Recorder, place: &str, path: &str) {
+    let mut changes = recorder.changes.clone();
+    let settled = async {
+        while !recorder.for_path(path).iter().all(|r| r.ended) {
+            changes.changed().await.expect("recorder running");
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), settled)
+        .await
+        .unwrap_or_else(|_| panic!("{place}: a request to the upstream never ended"));
+    for seen in recorder.for_path(path) {
+        assert!(
+            !seen.complete,
+            "{place}: the upstream got a complete request"
+        );
+        assert!(
+            !contains(&seen.body, OPENAI_PLACEHOLDER) && !contains(&seen.body, OPENAI_REAL),
+            "{place}: the upstream saw the placeholder"
+        );
+    }
 }
 
 /// The placeholder comes after a megabyte that is already upstream: the upstream request is

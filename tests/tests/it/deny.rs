@@ -460,10 +460,11 @@ async fn private_address_without_resolve_entry_is_refused() {
 
 #[tokio::test]
 async fn upstream_failure_is_502_upstream_error() {
-    // A resolve entry pointing at a closed port.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    // A resolve entry pointing at a closed port: bound (so no other test can take it) but
+    // not listening, so a connection to it is refused.
+    let closed = tokio::net::TcpSocket::new_v4().expect("socket");
+    closed.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+    let port = closed.local_addr().expect("addr").port();
     let template = keyswap_tests::harness::DEFAULT_CONFIG.replace(
         "\"other.upstream.test:443\": \"127.0.0.1:{https_port}\"",
         &format!("\"other.upstream.test:443\": \"127.0.0.1:{port}\""),

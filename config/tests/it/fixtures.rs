@@ -36,11 +36,7 @@ fn leaked(output: &str) -> Option<&'static str> {
         .find(|value| output.contains(value))
 }
 
-/// Fixture paths inside the configs are relative to the crate directory, which is where
-/// cargo runs integration tests; set it anyway so the tests do not depend on the runner.
-fn in_crate_dir() {
-    std::env::set_current_dir(env!("CARGO_MANIFEST_DIR")).expect("cd to the crate directory");
-}
+use crate::in_crate_dir;
 
 fn cases() -> Vec<PathBuf> {
     cases_in("tests/fixtures/invalid")

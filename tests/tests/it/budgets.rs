@@ -14,71 +14,58 @@ use keyswap::api::{IssueRequest, RuleUsageInfo, TaskInfo};
 use keyswap::state::tasks::RevokeWhy;
 use keyswap::ProxyOptions;
 use keyswap_tests::client::{self, Alpn, ProxyConnection};
+use keyswap_tests::config::{ConfigBuilder, Entry, Rule, Secret};
 use keyswap_tests::harness::{bearer, Reply, TestEnv, AGENT_TOKEN, API_HOST};
 use keyswap_tests::secrets::{GITHUB_PLACEHOLDER, GITHUB_REAL};
 use prometheus_parse::{Scrape, Value};
 
-/// Reloads read the file with the process environment, so nothing here needs a variable:
-/// the secret comes from a command and the one static task has no token. `{budget}` and
-/// `{paths}` are what the reload tests edit.
-const CONFIG: &str = r#"
-version: 1
-listen: 127.0.0.1:0
-ca_dir: {dir}/ca
-audit_log: {dir}/audit.jsonl
-admin:
-  socket: {dir}/admin.sock
-metrics:
-  listen: 127.0.0.1:0
-upstream:
-  extra_roots: {dir}/upstream-ca.pem
-  resolve:
-    "api.upstream.test:443": "127.0.0.1:{https_port}"
-secrets:
-  github:
-    from_command: ["printf", "%s", "KSREAL-github-7f3a9c2e1b5d4f60a8e9"]
-    placeholder: ghp_keyswap_github_0000000000000000000000
-policies:
-  metered:
-    allow:
-      - host: api.upstream.test
-        methods: [GET]
-        paths: ["/echo/metered/**"]
-        secrets: [github]
-        budget: {requests: {budget}}
-      - host: api.upstream.test
-        id: named
-        methods: [GET]
-        paths: [{paths}]
-        secrets: [github]
-        budget: {requests: 100}
-      - host: api.upstream.test
-        methods: [GET]
-        paths: ["/echo/slow/**"]
-        secrets: [github]
-        rate: 1/h
-tasks:
-  agent:
-    token_env: KS_TEST_TOKEN
-    allow:
-      - host: api.upstream.test
-        methods: [GET]
-        paths: ["/echo/bulk/**"]
-        secrets: [github]
-        budget: {requests: 500}
-      - host: api.upstream.test
-        secrets: [github]
-"#;
+/// Reloads read the file with the process environment: the secret comes from a command and
+/// the static task's token from `KS_TEST_TOKEN`, which the process has from the start
+/// ([`keyswap_tests::harness::assert_reload_env`]). `budget` and `paths` are what the reload
+/// tests edit.
+fn config(budget: u64, paths: &[&str]) -> String {
+    let get = || Rule::api().methods(&["GET"]).secrets(&["github"]);
+    ConfigBuilder::new()
+        .admin_socket()
+        .metrics()
+        .secret(
+            "github",
+            Secret::command(&["printf", "%s", GITHUB_REAL], GITHUB_PLACEHOLDER),
+        )
+        .policy(
+            "metered",
+            Entry::new()
+                .rule(
+                    get()
+                        .paths(&["/echo/metered/**"])
+                        .field("budget", &format!("{{requests: {budget}}}")),
+                )
+                .rule(
+                    Rule::api()
+                        .field("id", "named")
+                        .methods(&["GET"])
+                        .paths(paths)
+                        .secrets(&["github"])
+                        .field("budget", "{requests: 100}"),
+                )
+                .rule(get().paths(&["/echo/slow/**"]).field("rate", "1/h")),
+        )
+        .task(
+            "agent",
+            Entry::with_token()
+                .rule(
+                    get()
+                        .paths(&["/echo/bulk/**"])
+                        .field("budget", "{requests: 500}"),
+                )
+                .rule(Rule::api().secrets(&["github"])),
+        )
+        .yaml()
+}
 
 /// The key of the static task's budgeted rule (no `id:`: derived from what it matches).
 const BULK_KEY: &str = "https://api.upstream.test:443 GET /echo/bulk/**";
 const METERED_KEY: &str = "https://api.upstream.test:443 GET /echo/metered/**";
-
-fn config(budget: u64, paths: &str) -> String {
-    CONFIG
-        .replace("{budget}", &budget.to_string())
-        .replace("{paths}", paths)
-}
 
 /// The proxy with the admin API (reading `path` on reload) and metrics.
 async fn start(budget: u64, path: &std::path::Path) -> TestEnv {
@@ -88,7 +75,7 @@ async fn start(budget: u64, path: &std::path::Path) -> TestEnv {
         config_path: Some(path.to_path_buf()),
         ..ProxyOptions::default()
     };
-    let template = config(budget, "\"/echo/named/**\"");
+    let template = config(budget, &["/echo/named/**"]);
     let env = TestEnv::start_with_options(&template, Alpn::Both, options).await;
     std::fs::write(path, &env.config_yaml).expect("write config");
     env
@@ -275,8 +262,8 @@ async fn a_rate_limited_request_gets_retry_after_and_is_not_sent() {
 #[tokio::test]
 async fn counts_survive_a_reload_and_a_lowered_budget_refuses_the_next_request() {
     // A reload reads the proxy's own environment: the static task's token must be in it (the
-    // value the harness hands the first load).
-    std::env::set_var("KS_TEST_TOKEN", AGENT_TOKEN);
+    // value the harness hands the first load), set before the process started.
+    keyswap_tests::harness::assert_reload_env();
     let files = tempfile::tempdir().expect("tempdir");
     let path = files.path().join("keyswap.yaml");
     let env = start(10, &path).await;
@@ -317,7 +304,7 @@ async fn counts_survive_a_reload_and_a_lowered_budget_refuses_the_next_request()
 
     // Reload with the budget raised and the `id:` rule's paths edited: every count stays
     // (the edited rule keeps its id, the static task keeps its rule).
-    let edited = render(&env, &config(6, "\"/echo/named/**\", \"/echo/renamed/**\""));
+    let edited = render(&env, &config(6, &["/echo/named/**", "/echo/renamed/**"]));
     std::fs::write(&path, &edited).expect("write config");
     let summary = admin.reload().await.expect("reload");
     assert!(
@@ -337,7 +324,7 @@ async fn counts_survive_a_reload_and_a_lowered_budget_refuses_the_next_request()
     assert_eq!(get(&env, &mut conn, "/echo/renamed/1").await.status, 200);
 
     // Lowered below what was used: the next request is refused, on the open connection.
-    let lowered = render(&env, &config(3, "\"/echo/named/**\", \"/echo/renamed/**\""));
+    let lowered = render(&env, &config(3, &["/echo/named/**", "/echo/renamed/**"]));
     std::fs::write(&path, &lowered).expect("write config");
     admin.reload().await.expect("reload");
     let refused = get(&env, &mut conn, "/echo/metered/5").await;
@@ -352,7 +339,7 @@ async fn counts_survive_a_reload_and_a_lowered_budget_refuses_the_next_request()
     );
 
     // A rule whose match changes (no id) is a new rule: its count starts again.
-    let moved = render(&env, &config(3, "\"/echo/named/**\", \"/echo/renamed/**\"")).replace(
+    let moved = render(&env, &config(3, &["/echo/named/**", "/echo/renamed/**"])).replace(
         "\"/echo/metered/**\"",
         "\"/echo/metered/**\", \"/echo/metered2/**\"",
     );

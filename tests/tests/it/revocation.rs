@@ -28,8 +28,10 @@ use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
-/// How long an ended task's connection may stay open.
-const CLOSE_LIMIT: Duration = Duration::from_secs(1);
+/// How long a test waits for an ended task's connection to close before it fails: a bound
+/// against hanging, not a measurement (how fast revocation closes is the bench's to measure;
+/// a timing assertion here would fail on a busy machine and prove nothing on an idle one).
+const CLOSE_BOUND: Duration = Duration::from_secs(30);
 
 /// A download far larger than anything that can arrive in the moments before the cut.
 const BIG: u64 = 1 << 30;
@@ -211,9 +213,9 @@ impl Conn {
         env.reply(resp).await.status
     }
 
-    /// Waits for the connection to end, at most until `since` + [`CLOSE_LIMIT`].
-    async fn closes_within_limit_of(&mut self, what: &str, since: Instant) {
-        let _ = ends_by(what, since + CLOSE_LIMIT, &mut self.driver).await;
+    /// Waits for the connection to end, at most until `since` + [`CLOSE_BOUND`].
+    async fn closes_within_bound_of(&mut self, what: &str, since: Instant) {
+        let _ = ends_by(what, since + CLOSE_BOUND, &mut self.driver).await;
     }
 }
 
@@ -221,7 +223,7 @@ impl Conn {
 async fn ends_by<F: Future>(what: &str, deadline: Instant, fut: F) -> F::Output {
     match timeout_at(deadline, fut).await {
         Ok(out) => out,
-        Err(_) => panic!("{what} was still open {CLOSE_LIMIT:?} after its task ended"),
+        Err(_) => panic!("{what} was never closed ({CLOSE_BOUND:?} after its task ended)"),
     }
 }
 
@@ -374,13 +376,13 @@ async fn start_download(conn: &mut Conn) -> (Incoming, u64) {
 }
 
 /// Revokes a task whose [`BIG`] download is in flight on `conn`: the body is cut with an
-/// error, short of its length, and the connection ends, all within [`CLOSE_LIMIT`].
+/// error, short of its length, and the connection ends, all within [`CLOSE_BOUND`].
 async fn assert_revoke_cuts_download(env: &TestEnv, task: &IssuedTask, mut conn: Conn) {
     let (mut body, received) = start_download(&mut conn).await;
     let revoked_at = revoke(env, task);
     let outcome = ends_by(
         "the download",
-        revoked_at + CLOSE_LIMIT,
+        revoked_at + CLOSE_BOUND,
         drain(&mut body, received),
     )
     .await;
@@ -388,7 +390,7 @@ async fn assert_revoke_cuts_download(env: &TestEnv, task: &IssuedTask, mut conn:
         Err(received) => assert!(received < BIG, "all {received} bytes arrived"),
         Ok(received) => panic!("the download completed ({received} bytes) despite revocation"),
     }
-    conn.closes_within_limit_of("the connection", revoked_at)
+    conn.closes_within_bound_of("the connection", revoked_at)
         .await;
 }
 
@@ -405,7 +407,7 @@ async fn revoke_closes_an_idle_http1_keep_alive_connection() {
 
     let revoked_at = revoke(&env, &a);
     conn_a
-        .closes_within_limit_of("idle HTTP/1.1 connection", revoked_at)
+        .closes_within_bound_of("idle HTTP/1.1 connection", revoked_at)
         .await;
     assert!(live.is_cancelled());
     assert_eq!(live.open_connections(), 0, "connection not deregistered");
@@ -455,7 +457,7 @@ async fn revoke_closes_a_tunnel() {
     assert_eq!(conn_b.get(&env, TUNNEL_HOST, "/echo/b").await, 200);
 
     let revoked_at = revoke(&env, &a);
-    conn_a.closes_within_limit_of("tunnel", revoked_at).await;
+    conn_a.closes_within_bound_of("tunnel", revoked_at).await;
 
     assert_eq!(conn_b.get(&env, TUNNEL_HOST, "/echo/b").await, 200);
     assert_eq!(
@@ -513,7 +515,7 @@ async fn revoke_closes_a_websocket() {
             }
         }
     };
-    ends_by("WebSocket", revoked_at + CLOSE_LIMIT, closed).await;
+    ends_by("WebSocket", revoked_at + CLOSE_BOUND, closed).await;
 
     ws_echo(&mut ws_b, "still from b").await;
     assert_ended(&env, auth(&a), "api").await;
@@ -531,7 +533,7 @@ async fn revoke_closes_a_plain_http_proxy_connection() {
 
     let revoked_at = revoke(&env, &a);
     conn_a
-        .closes_within_limit_of("plain-HTTP proxy connection", revoked_at)
+        .closes_within_bound_of("plain-HTTP proxy connection", revoked_at)
         .await;
 
     assert_eq!(plain_get(&env, &mut conn_b, auth(&b)).await, 200);
@@ -551,9 +553,9 @@ async fn expiry_closes_the_tasks_connections_and_removes_it() {
     assert_eq!(conn_a.get(&env, API_HOST, "/echo").await, 200);
     assert_eq!(conn_b.get(&env, API_HOST, "/echo").await, 200);
 
-    // Ends by itself: within CLOSE_LIMIT of the expiry.
+    // Ends by itself: within CLOSE_BOUND of the expiry.
     conn_a
-        .closes_within_limit_of("connection of the expired task", issued_at + ttl)
+        .closes_within_bound_of("connection of the expired task", issued_at + ttl)
         .await;
 
     assert_eq!(conn_b.get(&env, API_HOST, "/echo").await, 200);
@@ -603,7 +605,7 @@ async fn reload_that_removes_the_policy_revokes_its_tasks_and_closes_their_conne
     let summary = reload(&env, &[OTHER_POLICY], &["agent", "ci"]);
     assert_eq!(summary.tasks_revoked, vec![a.id.clone()]);
     conn_a
-        .closes_within_limit_of("connection of a task whose policy is gone", reloaded_at)
+        .closes_within_bound_of("connection of a task whose policy is gone", reloaded_at)
         .await;
 
     assert_eq!(conn_b.get(&env, API_HOST, "/echo").await, 200);
@@ -623,7 +625,7 @@ async fn static_task_removed_by_reload_loses_its_connections() {
     let summary = reload(&env, &[POLICY, OTHER_POLICY], &["ci"]);
     assert_eq!(summary.tasks_removed, vec!["agent".to_string()]);
     conn_agent
-        .closes_within_limit_of("connection of a removed static task", reloaded_at)
+        .closes_within_bound_of("connection of a removed static task", reloaded_at)
         .await;
 
     assert_eq!(conn_ci.get(&env, API_HOST, "/echo").await, 200);

@@ -337,3 +337,73 @@ async fn dropping_the_upstream_ends_its_connections() {
         "a connection outlived its upstream"
     );
 }
+
+/// The leak check itself can fail: each output it reads fails it when it holds a value it
+/// looks for. The canary is no `KSREAL` value, so CI's grep of the kept output stays clean.
+mod leak_check {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    use base64::Engine;
+    use keyswap_tests::client::Alpn;
+    use keyswap_tests::harness::{TestEnv, AGENT_TOKEN, API_HOST};
+
+    const CANARY: &str = "ks-leak-check-canary-4d1c9e07b2a85f36";
+
+    /// The leak check's panic message, if it failed.
+    fn failure(env: &TestEnv) -> Option<String> {
+        let panic = catch_unwind(AssertUnwindSafe(|| env.assert_no_leaks())).err()?;
+        Some(
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn fails_on_a_task_token_the_upstream_received() {
+        let env = TestEnv::start().await;
+        let opts = env.agent(&format!("{API_HOST}:443"), Alpn::Both);
+        let reply = env
+            .request(&opts, "GET", "/public/x", &[("x-forwarded", AGENT_TOKEN)])
+            .await;
+        // The upstream has no such page: it answered, so it got the request.
+        assert_eq!(reply.status, 404, "{reply:?}");
+        let failed = failure(&env).expect("a token the upstream received passed");
+        assert!(failed.contains("the upstream received"), "{failed}");
+    }
+
+    #[tokio::test]
+    async fn fails_on_a_task_token_base64_encoded_in_a_response() {
+        let env = TestEnv::start().await;
+        let basic =
+            base64::engine::general_purpose::STANDARD.encode(format!("agent:{AGENT_TOKEN}"));
+        env.keep(&[("x-echo".into(), basic)], "");
+        let failed = failure(&env).expect("a token in a response passed");
+        assert!(
+            failed.contains("response #0") && failed.contains("base64-encoded"),
+            "{failed}"
+        );
+    }
+
+    #[tokio::test]
+    async fn fails_on_a_remembered_value_logged_on_another_thread() {
+        let env = TestEnv::start().await;
+        env.remember_secret(CANARY);
+        assert!(failure(&env).is_none(), "the check failed before the leak");
+        std::thread::spawn(|| tracing::warn!(value = CANARY, "a leak off the test's thread"))
+            .join()
+            .expect("logging thread");
+        let failed = failure(&env).expect("a value logged on another thread passed");
+        assert!(failed.contains("other threads"), "{failed}");
+    }
+
+    #[tokio::test]
+    async fn fails_when_the_audit_file_is_missing() {
+        let env = TestEnv::start().await;
+        std::fs::remove_file(env.audit_path()).expect("remove the audit file");
+        let failed = failure(&env).expect("a missing audit file passed");
+        assert!(failed.contains("audit file"), "{failed}");
+    }
+}

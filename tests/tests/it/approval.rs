@@ -21,6 +21,7 @@ use keyswap::api::{AnswerRequest, ApprovalInfo, IssueRequest};
 use keyswap::state::tasks::RevokeWhy;
 use keyswap::ProxyOptions;
 use keyswap_tests::client::{self, Alpn, Tunnel};
+use keyswap_tests::config::{ConfigBuilder, Entry, Rule, Secret};
 use keyswap_tests::harness::{bearer, Reply, TestEnv, API_HOST, OTHER_HOST};
 use keyswap_tests::secrets::{GITHUB_PLACEHOLDER, GITHUB_REAL, OPENAI_REAL};
 use tokio::net::TcpListener;
@@ -34,54 +35,48 @@ const SAFETY: Duration = Duration::from_secs(120);
 /// Policy `asks`: DELETE on /echo/** with the github secret needs a human each time, POST
 /// /echo/once needs one once per task, GET /public/** needs none, and anything else is
 /// asked about (`on_unlisted: ask`). At most 2 requests of a task may wait.
-const CONFIG: &str = r#"
-version: 1
-listen: 127.0.0.1:0
-ca_dir: {dir}/ca
-audit_log: {dir}/audit.jsonl
-admin:
-  socket: {dir}/admin.sock
-approval:
-  timeout: {timeout}
-  max_pending: 2
-  webhook: https://hooks.upstream.test/keyswap/approval
-upstream:
-  extra_roots: {dir}/upstream-ca.pem
-  resolve:
-    "api.upstream.test:443": "127.0.0.1:{https_port}"
-    "other.upstream.test:443": "127.0.0.1:{https_port}"
-    "hooks.upstream.test:443": "127.0.0.1:{hook_port}"
-secrets:
-  github:
-    from_env: KS_TEST_GITHUB
-    placeholder: ghp_keyswap_github_0000000000000000000000
-    headers: [authorization]
-  openai:
-    from_env: KS_TEST_OPENAI
-    placeholder: sk-keyswap-openai-placeholder
-    headers: [authorization]
-policies:
-  asks:
-    on_unlisted: ask
-    allow:
-      - host: api.upstream.test
-        methods: [DELETE]
-        paths: ["/echo/**"]
-        secrets: [github]
-        approve: each
-      - host: api.upstream.test
-        methods: [POST]
-        paths: ["/echo/once"]
-        approve: once
-      - host: api.upstream.test
-        methods: [GET]
-        paths: ["/public/**"]
-  other:
-    allow:
-      - host: api.upstream.test
-        methods: [GET]
-        paths: ["/public/**"]
-"#;
+fn config(timeout: &str, hook_port: u16) -> String {
+    let headers = |secret: Secret| secret.field("headers", "[authorization]");
+    ConfigBuilder::new()
+        .admin_socket()
+        .section(
+            "approval",
+            &format!(
+                "timeout: {timeout}\nmax_pending: 2\nwebhook: https://{HOOK_HOST}/keyswap/approval"
+            ),
+        )
+        .resolve(&format!("{OTHER_HOST}:443"), "127.0.0.1:{https_port}")
+        .resolve(
+            &format!("{HOOK_HOST}:443"),
+            &format!("127.0.0.1:{hook_port}"),
+        )
+        .secret("github", headers(Secret::github()))
+        .secret("openai", headers(Secret::openai()))
+        .policy(
+            POLICY,
+            Entry::new()
+                .field("on_unlisted", "ask")
+                .rule(
+                    Rule::api()
+                        .methods(&["DELETE"])
+                        .paths(&["/echo/**"])
+                        .secrets(&["github"])
+                        .field("approve", "each"),
+                )
+                .rule(
+                    Rule::api()
+                        .methods(&["POST"])
+                        .paths(&["/echo/once"])
+                        .field("approve", "once"),
+                )
+                .rule(Rule::api().methods(&["GET"]).paths(&["/public/**"])),
+        )
+        .policy(
+            "other",
+            Entry::new().rule(Rule::api().methods(&["GET"]).paths(&["/public/**"])),
+        )
+        .yaml()
+}
 
 /// The proxy with the admin socket, and the webhook receiver's bodies.
 struct Setup {
@@ -93,9 +88,7 @@ async fn start(timeout: &str) -> Setup {
     // Bound first so the config can name its port; served once the upstream CA exists.
     let hook_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind hook");
     let hook_port = hook_listener.local_addr().expect("hook addr").port();
-    let template = CONFIG
-        .replace("{timeout}", timeout)
-        .replace("{hook_port}", &hook_port.to_string());
+    let template = config(timeout, hook_port);
     let options = ProxyOptions {
         admin: true,
         ..ProxyOptions::default()
@@ -605,10 +598,15 @@ async fn revocation_ends_a_waiting_request() {
         waiting(&env, &task.0, 1).await;
         env.proxy.revoke(&task.0, RevokeWhy::Api).expect("revoke");
     });
-    // Either the connection closed with the task, or the request was refused.
-    if let Ok(response) = result {
-        let reply = env.reply(response).await;
-        assert_ne!(reply.status, 200, "{reply:?}");
+    // The held request is refused `no_task`, unless the revocation closed the connection
+    // (which ends the request with it) first; either way the upstream never saw it and the
+    // approval is recorded as ended with the task.
+    match result {
+        Ok(response) => {
+            let reply = env.reply(response).await;
+            assert_eq!((reply.status, reply.reason()), (407, Some("no_task")));
+        }
+        Err(_closed) => {}
     }
     assert!(!upstream_saw(&env, "/echo/revoked"));
     let record = env

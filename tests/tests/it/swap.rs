@@ -344,7 +344,7 @@ async fn websocket_that_sends_a_real_secret_back_is_scrubbed() {
     .await
     .expect("websocket through the proxy");
     // The upstream's first message quotes the real token: keyswap replaces it with the
-    // placeholder, as in HTTP responses (tests/tests/websocket_guard.rs covers frame shapes).
+    // placeholder, as in HTTP responses (tests/tests/it/websocket_guard.rs covers frame shapes).
     let first = ws.next().await.expect("a message").expect("a valid frame");
     let Message::Text(text) = first else {
         panic!("the announcement is not a text message")

@@ -28,10 +28,7 @@ fn env() -> HashMap<String, String> {
     ])
 }
 
-/// `from_file` paths are relative to the crate directory (cargo's cwd for tests).
-fn in_crate_dir() {
-    std::env::set_current_dir(env!("CARGO_MANIFEST_DIR")).expect("cd to the crate directory");
-}
+use crate::in_crate_dir;
 
 fn load(yaml: &str) -> Config {
     in_crate_dir();

@@ -19,8 +19,9 @@ use keyswap::audit::chain::{hex, Chain, LineHasher};
 use keyswap::audit::verify::{self as audit_verify, Break, Summary};
 use keyswap::ProxyOptions;
 use keyswap_tests::client::Alpn;
+use keyswap_tests::config::{ConfigBuilder, Entry, Rule, Secret};
 use keyswap_tests::harness::{bearer, TestEnv, API_HOST, DEFAULT_CONFIG, OTHER_HOST};
-use keyswap_tests::secrets::GITHUB_PLACEHOLDER;
+use keyswap_tests::secrets::{GITHUB_PLACEHOLDER, GITHUB_REAL};
 
 /// Set to the arguments (separated by [`ARG_SEP`]) when this binary runs as `keyswap`.
 const CHILD_ARGS: &str = "KS_AUDIT_CHAIN_KEYSWAP_ARGS";
@@ -44,7 +45,7 @@ fn keyswap_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
     cmd.args([
         "--exact",
-        "keyswap_child",
+        "audit_chain::keyswap_child",
         "--include-ignored",
         "--nocapture",
         "--quiet",
@@ -210,36 +211,28 @@ async fn a_real_run_verifies_and_each_tampering_is_found_where_it_is() {
     env.assert_no_leaks();
 }
 
-/// A config the API reload can read from disk: no variables (the secret comes from a
-/// command, the one task has no token), the admin API on a socket.
-const RELOAD_CONFIG: &str = r#"
-version: 1
-listen: 127.0.0.1:0
-ca_dir: {dir}/ca
-audit_log: {dir}/audit.jsonl
-admin:
-  socket: {dir}/admin.sock
-upstream:
-  extra_roots: {dir}/upstream-ca.pem
-  resolve:
-    "api.upstream.test:443": "127.0.0.1:{https_port}"
-secrets:
-  github:
-    from_command: ["printf", "%s", "KSREAL-github-7f3a9c2e1b5d4f60a8e9"]
-    placeholder: ghp_keyswap_github_0000000000000000000000
-tasks:
-  agent:
-    token_env: KS_TEST_TOKEN
-    allow:
-      - host: api.upstream.test
-        secrets: [github]
-"#;
+/// A config the API reload can read from disk: the secret comes from a command, the one
+/// task's token from `KS_TEST_TOKEN`, which the process has from the start
+/// ([`keyswap_tests::harness::assert_reload_env`]); the admin API on a socket.
+fn reload_config() -> String {
+    ConfigBuilder::new()
+        .admin_socket()
+        .secret(
+            "github",
+            Secret::command(&["printf", "%s", GITHUB_REAL], GITHUB_PLACEHOLDER),
+        )
+        .task(
+            "agent",
+            Entry::with_token().rule(Rule::api().secrets(&["github"])),
+        )
+        .yaml()
+}
 
 #[tokio::test]
 async fn rotation_by_rename_and_api_reload_continues_the_chain_in_a_new_file() {
     // A reload reads the proxy's own environment: the task's token must be in it (the same
     // value the harness hands the first load), so that a wrong token is refused at CONNECT.
-    std::env::set_var("KS_TEST_TOKEN", keyswap_tests::harness::AGENT_TOKEN);
+    keyswap_tests::harness::assert_reload_env();
     let files = tempfile::tempdir().unwrap();
     let config_path = files.path().join("keyswap.yaml");
     let options = ProxyOptions {
@@ -247,7 +240,7 @@ async fn rotation_by_rename_and_api_reload_continues_the_chain_in_a_new_file() {
         config_path: Some(config_path.clone()),
         ..ProxyOptions::default()
     };
-    let env = TestEnv::start_with_options(RELOAD_CONFIG, Alpn::Both, options).await;
+    let env = TestEnv::start_with_options(&reload_config(), Alpn::Both, options).await;
     std::fs::write(&config_path, &env.config_yaml).unwrap();
     let admin = AdminClient::new(AdminTarget::Socket(
         env.proxy.admin_socket().unwrap().to_path_buf(),

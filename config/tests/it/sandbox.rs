@@ -24,12 +24,7 @@ fn env() -> HashMap<String, String> {
     ])
 }
 
-/// Paths in the fixtures are relative to the crate directory (cargo's cwd for tests).
-fn crate_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    std::env::set_current_dir(&dir).expect("cd to the crate directory");
-    dir
-}
+use crate::in_crate_dir as crate_dir;
 
 fn full_plan(home: &Path) -> SandboxPaths {
     let cwd = crate_dir();

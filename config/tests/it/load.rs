@@ -23,10 +23,7 @@ fn env() -> HashMap<String, String> {
     ])
 }
 
-/// Paths in the fixtures are relative to the crate directory (cargo's cwd for tests).
-fn in_crate_dir() {
-    std::env::set_current_dir(env!("CARGO_MANIFEST_DIR")).expect("cd to the crate directory");
-}
+use crate::in_crate_dir;
 
 #[test]
 fn full_fixture_loads_every_field() {

@@ -1,5 +1,5 @@
 //! The streaming replacer's property, checked on one input. Shared by the proptest suite
-//! (`tests/tests/properties.rs`, on stable, in every CI run) and the cargo-fuzz target
+//! (`tests/tests/it/properties.rs`, on stable, in every CI run) and the cargo-fuzz target
 //! `replacer_stream` (which includes this file), so both check the same contract.
 
 use std::collections::VecDeque;

@@ -1,5 +1,5 @@
 //! The properties of the config crate's parsers, checked on one input each. Shared by the
-//! proptest suite (`config/tests/properties.rs`, on stable, in every CI run) and the cargo-fuzz
+//! proptest suite (`config/tests/it/properties.rs`, on stable, in every CI run) and the cargo-fuzz
 //! targets (`fuzz/fuzz_targets/`, which include this file), so both check the same contract.
 //! Each function panics with the offending input when a property fails.
 

@@ -8,33 +8,30 @@ use std::path::Path;
 use std::time::Duration;
 
 use keyswap_tests::client::Alpn;
+use keyswap_tests::config::{ConfigBuilder, Entry, Rule, Secret};
 use keyswap_tests::harness::{bearer, Reply, TestEnv, API_HOST};
 
 const PLACEHOLDER: &str = "ks-rotating-placeholder-0000";
 
-/// `{script}` and `{refresh}` are filled in by [`start`]; the other slots by the harness.
-const CONFIG: &str = r#"
-version: 1
-listen: 127.0.0.1:0
-ca_dir: {dir}/ca
-audit_log: {dir}/audit.jsonl
-upstream:
-  extra_roots: {dir}/upstream-ca.pem
-  resolve:
-    "api.upstream.test:443": "127.0.0.1:{https_port}"
-secrets:
-  rotating:
-    from_command: ["sh", "{script}"]
-    placeholder: ks-rotating-placeholder-0000
-    refresh: {refresh}
-tasks:
-  agent:
-    token_env: KS_TEST_TOKEN
-    allow:
-      - host: api.upstream.test
-        paths: ["/echo/**", "/reflect-header"]
-        secrets: [rotating]
-"#;
+/// A secret printed by `sh script`, re-read every `refresh`; the task may use it on /echo.
+fn config(script: &Path, refresh: &str) -> String {
+    let script = script.display().to_string();
+    let argv = ["sh", script.as_str()];
+    ConfigBuilder::new()
+        .secret(
+            "rotating",
+            Secret::command(&argv, PLACEHOLDER).field("refresh", refresh),
+        )
+        .task(
+            "agent",
+            Entry::with_token().rule(
+                Rule::api()
+                    .paths(&["/echo/**", "/reflect-header"])
+                    .secrets(&["rotating"]),
+            ),
+        )
+        .yaml()
+}
 
 /// Counts its runs in `count` next to itself. Run 1 prints `KSREAL-refresh-1-padding`,
 /// later runs `KSREAL-refresh-2-padding` — a credential that changes once and then stays,
@@ -61,11 +58,23 @@ exit 1
 async fn start(scripts: &Path, script: &str, refresh: &str) -> TestEnv {
     let path = scripts.join("secret.sh");
     std::fs::write(&path, script).expect("write script");
-    let config = CONFIG
-        .replace("{script}", &path.display().to_string())
-        .replace("{refresh}", refresh);
-    TestEnv::start_with(&config, Alpn::Both).await
+    let config = config(&path, refresh);
+    let env = TestEnv::start_with(&config, Alpn::Both).await;
+    // Every value the scripts print, and what the failing one writes to stderr, is looked
+    // for by the leak check, also base64-encoded.
+    for value in SCRIPT_VALUES {
+        env.remember_secret(value);
+    }
+    env
 }
+
+/// The values [`ROTATING`] and [`FAILING`] print (and the one on the failing one's stderr).
+const SCRIPT_VALUES: [&str; 4] = [
+    "KSREAL-refresh-1-padding",
+    "KSREAL-refresh-2-padding",
+    "KSREAL-failing-1-padding",
+    "KSREAL-from-stderr",
+];
 
 async fn with_placeholder(env: &TestEnv, path: &str) -> Reply {
     let opts = env.agent(&format!("{API_HOST}:443"), Alpn::Both);
@@ -158,12 +167,12 @@ async fn refreshed_value_is_swapped_and_the_old_one_still_scrubbed() {
 #[tokio::test]
 async fn failing_refresh_keeps_the_last_value_then_refuses_as_unavailable() {
     let scripts = tempfile::tempdir().expect("tempdir");
-    // 2 s: the last good value is swapped for one more period after the first failure,
-    // a window wide enough for a request on a busy machine.
-    let env = start(scripts.path(), FAILING, "2s").await;
+    // The last good value is swapped for one more period after the first failure: 5 s, a
+    // window a request fits in however busy the machine (checked below, not assumed).
+    let env = start(scripts.path(), FAILING, "5s").await;
 
     // The first failure (after one period): the old value keeps being swapped.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let failed = env
             .audit()
@@ -179,7 +188,12 @@ async fn failing_refresh_keeps_the_last_value_then_refuses_as_unavailable() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let shared = env.proxy.shared().clone();
     let reply = with_placeholder(&env, "/echo/kept").await;
+    assert!(
+        !shared.snapshot().stale[0],
+        "the machine was too slow: the secret went stale before the request was answered"
+    );
     assert_eq!(reply.status, 200, "{reply:?}");
     assert!(
         env.upstream.authorization_for("/echo/kept").as_deref()
@@ -201,8 +215,7 @@ async fn failing_refresh_keeps_the_last_value_then_refuses_as_unavailable() {
     );
 
     // More than two periods without success: stale, and refused with a reason.
-    let shared = env.proxy.shared().clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !shared.snapshot().stale[0] {
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -759,8 +759,10 @@ fn keyswap_health_passes_for_a_running_keyswap_and_fails_without_one() {
     assert_eq!(String::from_utf8_lossy(&up.stdout), "ok\n");
     let _ = child.kill();
     let _ = child.wait();
-    // Nothing listens there any more.
-    let down = health(&addr);
+    // Nothing listens: a port bound (so no other test can take it) but not listening.
+    let closed = tokio::net::TcpSocket::new_v4().expect("socket");
+    closed.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+    let down = health(&closed.local_addr().expect("addr").to_string());
     assert!(!down.status.success());
     let err = String::from_utf8_lossy(&down.stderr);
     assert!(err.contains("metrics listener"), "{err}");

@@ -10,7 +10,7 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use keyswap_tests::client::{self, Alpn};
 use keyswap_tests::harness::{bearer, TestEnv, API_HOST, DEFAULT_CONFIG};
-use keyswap_tests::secrets::{assert_no_real_secret, GITHUB_PLACEHOLDER};
+use keyswap_tests::secrets::{assert_no_real_secret, GITHUB_PLACEHOLDER, GITHUB_REAL};
 use keyswap_tests::upstream::{compress, compressed_content};
 
 fn config() -> String {
@@ -173,15 +173,30 @@ async fn transfer_encoding_gzip_reaches_upstream_as_http1_and_is_decoded() {
 #[tokio::test]
 async fn undeclared_compressed_body_with_secret_is_cut() {
     let env = env(Alpn::Both).await;
-    for codings in ["gzip", "deflate", "zstd"] {
-        let got = get(
-            &env,
-            Alpn::Both,
-            &format!("codings={codings}&declare=none&reflect=authorization"),
-        )
-        .await;
+    let swapped = format!("Bearer {GITHUB_REAL}");
+    for (n, codings) in ["gzip", "deflate", "zstd"].into_iter().enumerate() {
+        let query = format!("codings={codings}&declare=none&reflect=authorization");
+        let got = get(&env, Alpn::Both, &query).await;
         assert!(matches!(got.status, 0 | 200), "{codings}: {}", got.status);
         assert!(got.body.is_none(), "{codings}: the body was not cut");
+        // Cut by the scrubber, not refused or failed for another reason: the upstream got
+        // the request with the value swapped in, and keyswap says why it cut the body.
+        assert!(
+            env.upstream
+                .authorization_for(&format!("/compressed?{query}"))
+                .is_some_and(|a| a == swapped),
+            "{codings}: the upstream never got the swapped request"
+        );
+        let log = String::from_utf8_lossy(&env.log()).into_owned();
+        let cuts = log
+            .lines()
+            .filter(|l| {
+                l.contains("response body cut")
+                    && l.contains("real secret value in")
+                    && l.contains("undeclared compressed body")
+            })
+            .count();
+        assert_eq!(cuts, n + 1, "{codings}: no log line of the scrubber's cut");
         // Whatever arrived before the cut is checked by get()'s keep + the leak check; the
         // cut must also come before the value: nothing arrived that decodes to it.
     }

@@ -12,43 +12,33 @@ use keyswap::admin::client::{AdminClient, AdminTarget};
 use keyswap::api::IssueRequest;
 use keyswap::ProxyOptions;
 use keyswap_tests::client::{self, Alpn, Tunnel};
+use keyswap_tests::config::{ConfigBuilder, Entry, Rule, Secret};
 use keyswap_tests::harness::{bearer, TestEnv, AGENT_TOKEN, API_HOST};
 use keyswap_tests::secrets::GITHUB_PLACEHOLDER;
 use prometheus_parse::{Sample, Scrape, Value};
 
 const TASK_ID: &str = "metrics-task-7";
 
-const CONFIG: &str = r#"
-version: 1
-listen: 127.0.0.1:0
-ca_dir: {dir}/ca
-audit_log: {dir}/audit.jsonl
-admin:
-  socket: {dir}/admin.sock
-metrics:
-  listen: 127.0.0.1:0
-upstream:
-  extra_roots: {dir}/upstream-ca.pem
-  resolve:
-    "api.upstream.test:443": "127.0.0.1:{https_port}"
-secrets:
-  github:
-    from_env: KS_TEST_GITHUB
-    placeholder: ghp_keyswap_github_0000000000000000000000
-policies:
-  github-ro:
-    allow:
-      - host: api.upstream.test
-        methods: [GET]
-        paths: ["/echo/**"]
-        secrets: [github]
-tasks:
-  agent:
-    token_env: KS_TEST_TOKEN
-    allow:
-      - host: api.upstream.test
-        secrets: [github]
-"#;
+fn config() -> String {
+    ConfigBuilder::new()
+        .admin_socket()
+        .metrics()
+        .secret("github", Secret::github())
+        .policy(
+            "github-ro",
+            Entry::new().rule(
+                Rule::api()
+                    .methods(&["GET"])
+                    .paths(&["/echo/**"])
+                    .secrets(&["github"]),
+            ),
+        )
+        .task(
+            "agent",
+            Entry::with_token().rule(Rule::api().secrets(&["github"])),
+        )
+        .yaml()
+}
 
 /// One GET on a new connection: status, content type and body.
 async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
@@ -163,7 +153,7 @@ async fn metrics_move_with_requests_connections_and_tasks() {
         metrics: true,
         ..ProxyOptions::default()
     };
-    let env = TestEnv::start_with_options(CONFIG, Alpn::Both, options).await;
+    let env = TestEnv::start_with_options(&config(), Alpn::Both, options).await;
     let metrics_addr = env.proxy.metrics_addr().expect("metrics served");
     let (status, _, body) = get(metrics_addr, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok"));
@@ -217,10 +207,12 @@ async fn metrics_move_with_requests_connections_and_tasks() {
         &format!("{API_HOST}:443"),
         Alpn::Both,
     );
-    assert!(matches!(
-        client::connect_tunnel(&bad).await.expect("tunnel io"),
-        Tunnel::Refused { status: 407, .. }
-    ));
+    match client::connect_tunnel(&bad).await.expect("tunnel io") {
+        Tunnel::Refused { status, reason, .. } => {
+            assert_eq!((status, reason.as_deref()), (407, Some("bad_token")))
+        }
+        Tunnel::Open(_) => panic!("a wrong token opened a tunnel"),
+    }
 
     let busy = scrape_until(&env, "counters after the requests", |s| {
         s.value(REQUESTS, &[("reason", "allowed"), ("policy", "github-ro")]) == 2.0

@@ -1,5 +1,5 @@
 //! The WebSocket guard's property, checked on one input. Shared by the proptest suite
-//! (`tests/tests/properties.rs`, on stable, in every CI run) and the cargo-fuzz target
+//! (`tests/tests/it/properties.rs`, on stable, in every CI run) and the cargo-fuzz target
 //! `websocket_guard` (which includes this file), so both check the same contract.
 //!
 //! A case is a set of secrets, a stream of pieces (noise, values in some form, prefixes of
@@ -213,6 +213,56 @@ pub fn payload(msg: &Message) -> &[u8] {
     }
 }
 
+/// The forms of `value` an agent could decode, derived here from their definitions: the raw
+/// value; its base64 in both alphabets, padded or not, alone or inside a longer base64 string
+/// at each of the three byte alignments (only the characters fixed by the value itself);
+/// RFC 3986 percent-encoding with upper- and lower-case hex; and its JSON string escaping.
+fn forms_of(value: &str) -> Vec<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE};
+    let bytes = value.as_bytes();
+    let mut out = vec![bytes.to_vec()];
+    for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+        out.push(engine.encode(bytes).into_bytes());
+    }
+    for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+        for shift in 0..3usize {
+            let mut data = vec![0u8; shift];
+            data.extend_from_slice(bytes);
+            // Characters holding bits of the bytes before or after vary with the context.
+            let (skip, end) = ((8 * shift).div_ceil(6), 8 * data.len() / 6);
+            out.push(engine.encode(&data).as_bytes()[skip..end].to_vec());
+        }
+    }
+    for hex in ["0123456789ABCDEF", "0123456789abcdef"] {
+        let mut encoded = Vec::new();
+        for &b in bytes {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                encoded.push(b);
+            } else {
+                encoded.extend_from_slice(&[
+                    b'%',
+                    hex.as_bytes()[usize::from(b >> 4)],
+                    hex.as_bytes()[usize::from(b & 15)],
+                ]);
+            }
+        }
+        out.push(encoded);
+    }
+    // RFC 8259 §7, escaping only what must be: the quote, the backslash, controls (tab).
+    let mut json = String::new();
+    for c in value.chars() {
+        match c {
+            '"' => json.push_str("\\\""),
+            '\\' => json.push_str("\\\\"),
+            '\t' => json.push_str("\\t"),
+            c if u32::from(c) < 0x20 => json.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => json.push(c),
+        }
+    }
+    out.push(json.into_bytes());
+    out
+}
+
 /// Whether `haystack` contains `needle`.
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty()
@@ -254,15 +304,19 @@ fn scrubbed(scrubber: &Replacer, payload: &[u8]) -> (Vec<u8>, Vec<bool>) {
 /// placeholder and of a value commonly share a character at an end).
 pub fn check_guard(case: &Case) {
     assert!(valid_secrets(&case.secrets), "invalid secrets in a case");
+    // What must never reach the agent is written out here, not taken from the code under
+    // test (`encodings::forms`): a form it forgot would otherwise be forgotten here too.
     let forms: Vec<Vec<u8>> = case
         .secrets
         .iter()
-        .flat_map(|(v, p)| encodings::forms(v, p))
-        .flat_map(|(form, _)| [form.to_ascii_lowercase(), form.to_ascii_uppercase(), form])
+        .flat_map(|(v, _)| forms_of(v))
+        .flat_map(|form| [form.to_ascii_lowercase(), form.to_ascii_uppercase(), form])
         .collect();
     let stream = stream(case);
     let messages = messages(case, &stream);
-    let clean = !forms.iter().any(|f| contains(&stream, f));
+    // Clean: the case put no value in the stream, and no form of one arose by chance.
+    let clean = !case.pieces.iter().any(|p| matches!(p, Piece::Value { .. }))
+        && !forms.iter().any(|f| contains(&stream, f));
 
     let scrubber = Arc::new(scrubber(&case.secrets));
     let mut guard = Guard::new(scrubber.clone());

@@ -1,0 +1,25 @@
+//! The integration tests of this crate, one module per file, linked into one binary
+//! (each binary links hyper, rustls and tokio again, and a link is most of a build).
+
+mod admin_api;
+mod approval;
+mod audit_chain;
+mod budgets;
+mod clients;
+mod compression;
+mod deny;
+mod harness;
+mod java_client;
+mod metrics;
+mod operator_log;
+mod placeholders;
+mod properties;
+mod refresh;
+mod refusal_clients;
+mod revocation;
+mod scrub_forms;
+mod swap;
+mod threats;
+mod transparent;
+mod tunnel_sni;
+mod websocket_guard;
