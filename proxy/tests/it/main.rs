@@ -8,3 +8,4 @@ mod deployment;
 mod exec;
 mod plaintext;
 mod sandbox;
+mod tidy;
