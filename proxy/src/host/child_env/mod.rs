@@ -8,7 +8,7 @@
 //! proxy URL's userinfo and nowhere else (not into `JAVA_TOOL_OPTIONS`, which the JVM echoes to
 //! stderr on start).
 //!
-//! # What Java needs — verified with OpenJDK 17.0.15 (and Temurin 25) by `tests/tests/java_client.rs`
+//! # What Java needs — verified with OpenJDK 17.0.15 (and Temurin 25) by `tests/tests/it/java_client.rs`
 //! - The JVM ignores `HTTPS_PROXY`; it reads the `https.proxyHost`/`https.proxyPort` (and
 //!   `http.`) system properties, which `JAVA_TOOL_OPTIONS` sets. `java.net.http.HttpClient`
 //!   uses them through `ProxySelector.getDefault()`, also when the program never calls
