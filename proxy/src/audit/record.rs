@@ -276,7 +276,7 @@ impl AuditRecord {
         }
     }
 
-    /// The one INFO line of this request: what was asked, by whom, and how it ended. `why`
+    /// The one log line of this request: what was asked, by whom, and how it ended. `why`
     /// is the refusal's explanation (the one the agent read), naming hosts, paths, tasks and
     /// secret names only.
     pub fn log(&self, reason: Reason, why: Option<&str>) {
@@ -290,23 +290,37 @@ impl AuditRecord {
             Reason::Allowed => "-",
             other => other.origin().as_str(),
         };
-        tracing::info!(
-            conn = self.conn,
-            via = %self.via,
-            task = %self.task.as_deref().unwrap_or("-"),
-            method = %self.method,
-            scheme = %self.scheme,
-            host = %self.host,
-            port = self.port,
-            path = %self.path.as_deref().unwrap_or("-"),
-            rule = %OrDash(self.rule),
-            reason = %self.reason,
-            origin,
-            status = self.status,
-            ms = self.ms,
-            why = %why.unwrap_or("-"),
-            "{message}"
-        );
+        // One macro for both levels: `tracing`'s level must be a constant.
+        macro_rules! decision_line {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    conn = self.conn,
+                    via = %self.via,
+                    task = %self.task.as_deref().unwrap_or("-"),
+                    method = %self.method,
+                    scheme = %self.scheme,
+                    host = %self.host,
+                    port = self.port,
+                    path = %self.path.as_deref().unwrap_or("-"),
+                    rule = %OrDash(self.rule),
+                    reason = %self.reason,
+                    origin,
+                    status = self.status,
+                    ms = self.ms,
+                    why = %why.unwrap_or("-"),
+                    "{message}"
+                )
+            };
+        }
+        // Refusals and failures at INFO; allowed requests at DEBUG, under this module's
+        // target (`KEYSWAP_LOG=info,keyswap::audit=debug` turns the access log on): at INFO,
+        // formatting and writing a line for every allowed request cost more CPU than the rest
+        // of keyswap's own work on it (see the README's performance section).
+        match reason {
+            Reason::Allowed => decision_line!(tracing::Level::DEBUG),
+            _ => decision_line!(tracing::Level::INFO),
+        }
     }
 }
 
