@@ -750,7 +750,7 @@ impl Rule {
     pub fn swaps_into_header(&self, secret: &Secret, name: &str) -> bool {
         let allows = |list: &Option<Vec<String>>| {
             list.as_ref()
-                .map_or(true, |names| names.iter().any(|n| n == name))
+                .is_none_or(|names| names.iter().any(|n| n == name))
         };
         allows(&self.headers) && allows(&secret.headers)
     }

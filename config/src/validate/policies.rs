@@ -37,12 +37,7 @@ pub(super) fn check_policies(
         }
         let (ttl, max_ttl) = check_ttls(&raw.value, sink);
         let (rules, sites) = check_rules(raw.value.allow.as_ref(), defined, sink, checker);
-        if raw
-            .value
-            .allow
-            .as_ref()
-            .map_or(true, |a| a.value.is_empty())
-        {
+        if raw.value.allow.as_ref().is_none_or(|a| a.value.is_empty()) {
             checker.warn(
                 sink.file,
                 raw.pos,

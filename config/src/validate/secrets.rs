@@ -232,7 +232,7 @@ fn read_secret_value(
     } else {
         let command = r.from_command.as_ref()?;
         argv = command.value.iter().map(|a| a.value.clone()).collect();
-        if argv.first().map_or(true, |program| program.is_empty()) {
+        if argv.first().is_none_or(|program| program.is_empty()) {
             sink.at(
                 command,
                 "from_command needs a program",

@@ -288,7 +288,7 @@ fn check_task(
         .as_ref()
         .and_then(|name| check_policy_name(name, defined, sink));
     let (mut rules, sites) = check_rules(raw.allow.as_ref(), defined, sink, checker);
-    if raw.allow.as_ref().map_or(true, |a| a.value.is_empty()) && raw.policy.is_none() {
+    if raw.allow.as_ref().is_none_or(|a| a.value.is_empty()) && raw.policy.is_none() {
         checker.warn(
             sink.file,
             site.pos,

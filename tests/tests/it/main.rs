@@ -8,6 +8,7 @@ mod budgets;
 mod clients;
 mod compression;
 mod deny;
+mod docs;
 mod harness;
 mod java_client;
 mod metrics;
