@@ -24,6 +24,9 @@ impl Origin {
     }
 }
 
+/// keyswap's own set-up failing: its config, files, certificates, listeners (all of
+/// [`Origin::Internal`]). Errors of one request are refusals with a
+/// [`crate::audit::decision::Reason`], whose `origin` says whose fault they were.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// The config could not be loaded or validated.
@@ -51,25 +54,6 @@ pub enum ProxyError {
     /// The secret matchers could not be built.
     #[error("could not build the placeholder matcher: {0}")]
     Matcher(#[from] aho_corasick::BuildError),
-}
-
-impl ProxyError {
-    /// Where the error came from. Every variant is keyswap's own set-up (config, files,
-    /// certificates, listeners): errors of one request are refusals with a
-    /// [`crate::audit::decision::Reason`], whose [`Reason::origin`] says the same.
-    ///
-    /// [`Reason::origin`]: crate::audit::decision::Reason::origin
-    pub fn origin(&self) -> Origin {
-        match self {
-            ProxyError::Config(_)
-            | ProxyError::Certs(_)
-            | ProxyError::ExtraRoots { .. }
-            | ProxyError::Tls(_)
-            | ProxyError::Io { .. }
-            | ProxyError::TrustFiles(_)
-            | ProxyError::Matcher(_) => Origin::Internal,
-        }
-    }
 }
 
 /// Displays an error with its sources, for logs.

@@ -233,10 +233,6 @@ impl Decision {
             claimed_task: None,
         }
     }
-
-    pub fn is_allowed(&self) -> bool {
-        self.reason == Reason::Allowed
-    }
 }
 
 #[cfg(test)]

@@ -62,10 +62,16 @@ impl ConnContext {
         started: Started,
     ) -> Subject {
         Subject {
+            conn: self.conn_id,
+            via: self.via,
+            task: Some(self.task.name()),
             method: method.as_str().to_string(),
+            scheme: self.scheme.as_str(),
+            host: self.target.host.clone(),
+            port: self.target.port,
             path: Some(path),
             query_keys: query_keys(uri.query()),
-            ..self.connection_subject(started)
+            started,
         }
     }
 }
