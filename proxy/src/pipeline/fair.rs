@@ -22,8 +22,9 @@
 //! the shared pool, where an idle connection belongs to no task. The cost of the choice:
 //! toward an HTTP/2 upstream, where requests share a connection, the bound counts requests,
 //! so a task has at most `upstream_connections` requests on the wire there too. Idle pooled
-//! connections hold no permit; there are never more of them per host than were once in use
-//! at the same time (`pool_max_idle_per_host` and the 90 s idle timeout bound them further).
+//! connections hold no permit: they are about as many per host as were once in use at the
+//! same time (a connect the client started for a request that then took an idle connection
+//! may add one), bounded further by `pool_max_idle_per_host` and the 90 s idle timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
