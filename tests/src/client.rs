@@ -257,7 +257,7 @@ pub async fn websocket_through_proxy(
 }
 
 /// CONNECT and TLS; `Err(Tunnel::Refused)` when the proxy answers anything but 200.
-async fn open_tls(
+pub async fn open_tls(
     opts: &ProxyClientOptions,
     alpn: Alpn,
 ) -> io::Result<Result<ProxyTlsStream, Tunnel>> {

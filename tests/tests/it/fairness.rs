@@ -279,3 +279,34 @@ async fn wait_for_upstream(env: &TestEnv) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+#[tokio::test]
+async fn an_agent_connection_is_offered_only_its_h2_streams() {
+    let config = ConfigBuilder::new()
+        .section("limits", "per_connection:\n  h2_streams: 7")
+        .task(
+            "agent",
+            Entry::with_token().rule(Rule::api().methods(&["GET"]).paths(&["/echo/**"])),
+        )
+        .yaml();
+    let env = TestEnv::start_with(&config, Alpn::Http1Only).await;
+    let opts = env.agent(&format!("{API_HOST}:443"), Alpn::Http2Only);
+    let Ok(tls) = client::open_tls(&opts, Alpn::Http2Only)
+        .await
+        .expect("tunnel io")
+    else {
+        panic!("the tunnel was refused");
+    };
+    let (mut sender, connection) = h2::client::handshake(tls).await.expect("h2 handshake");
+    let driver = tokio::spawn(connection);
+    // A whole exchange, so keyswap's SETTINGS have been read by the time it is answered.
+    let request = http::Request::get(format!("https://{API_HOST}/echo/settings"))
+        .body(())
+        .expect("request");
+    let (response, _) = sender.send_request(request, true).expect("stream");
+    let response = response.await.expect("response");
+    assert_eq!(response.status(), 200);
+    assert_eq!(sender.current_max_send_streams(), 7);
+    driver.abort();
+    env.assert_no_leaks();
+}
