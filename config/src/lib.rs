@@ -43,9 +43,9 @@ pub use host::{HostPattern, HostPatternError};
 pub use limits::{Budget, Rate, RatePer};
 pub use model::{
     first_rule_for_host, granted_secrets, match_route, valid_task_id, Admin, Approval, Approve,
-    Audit, AuditKey, AuditLog, Config, Metrics, OnUnlisted, Policy, PortMode, RouteMatch, Rule,
-    Sandbox, SandboxPath, Scheme, Secret, SecretId, SecretSource, SourceNet, SwapIn, Task,
-    Transparent, TransparentTasks, TtlError, Upstream,
+    Audit, AuditKey, AuditLog, Config, ConnectionLimits, Limits, Metrics, OnUnlisted, Policy,
+    PortMode, RouteMatch, Rule, Sandbox, SandboxPath, Scheme, Secret, SecretId, SecretSource,
+    SourceNet, SwapIn, Task, TaskLimits, Transparent, TransparentTasks, TtlError, Upstream,
 };
 pub use path::{normalize_path, PathError, PathPatternError, PathPatterns};
 pub use sandbox::{

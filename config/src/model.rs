@@ -50,6 +50,8 @@ pub struct Config {
     /// `sandbox:`: what `keyswap exec`'s sandbox hides besides what it always hides (see
     /// [`crate::sandbox`]).
     pub sandbox: Sandbox,
+    /// `limits:`: how much one task and one agent connection may hold at once.
+    pub limits: Limits,
     /// Non-fatal notes for `keyswap check`; never contain a secret value.
     pub warnings: Vec<String>,
 }
@@ -282,6 +284,53 @@ impl Default for Approval {
             timeout: DEFAULT_APPROVAL_TIMEOUT,
             webhook: None,
             max_pending: DEFAULT_APPROVAL_MAX_PENDING,
+        }
+    }
+}
+
+/// Default of `limits.per_task.in_flight`: well above what one agent's tools run at once
+/// (package managers fetch with 10 to 50 parallel requests), so only a flood waits.
+pub const DEFAULT_IN_FLIGHT: usize = 64;
+/// Default of `limits.per_task.upstream_connections`: half of `in_flight`, so one task holds
+/// at most 32 descriptors toward upstreams (a browser opens 6 per host; package managers 16).
+pub const DEFAULT_UPSTREAM_CONNECTIONS: usize = 32;
+/// Default of `limits.per_connection.h2_streams`: the value RFC 9113 §6.5.2 recommends as a
+/// minimum and that most HTTP/2 servers advertise.
+pub const DEFAULT_H2_STREAMS: u32 = 100;
+
+/// `limits:`: fair use of keyswap among tasks (see the `task_busy` reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub per_task: TaskLimits,
+    pub per_connection: ConnectionLimits,
+}
+
+/// `limits.per_task:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskLimits {
+    /// Upstream connections, tunnels and WebSockets one task may hold at once.
+    pub upstream_connections: usize,
+    /// Requests of one task between decision and the end of their response.
+    pub in_flight: usize,
+}
+
+/// `limits.per_connection:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` toward agents.
+    pub h2_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            per_task: TaskLimits {
+                upstream_connections: DEFAULT_UPSTREAM_CONNECTIONS,
+                in_flight: DEFAULT_IN_FLIGHT,
+            },
+            per_connection: ConnectionLimits {
+                h2_streams: DEFAULT_H2_STREAMS,
+            },
         }
     }
 }

@@ -51,6 +51,38 @@ pub(crate) struct RawConfig {
     pub approval: Option<L<RawApproval>>,
     /// What `keyswap exec`'s sandbox hides from the command, besides what it always hides.
     pub sandbox: Option<L<RawSandbox>>,
+    /// How much of keyswap one task and one agent connection may hold at once.
+    pub limits: Option<L<RawLimits>>,
+}
+
+/// `limits:`: fair use of keyswap's connections among tasks.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    /// Bounds on each task, whatever the number of its connections.
+    pub per_task: Option<L<RawTaskLimits>>,
+    /// Bounds on each agent connection.
+    pub per_connection: Option<L<RawConnectionLimits>>,
+}
+
+/// `limits.per_task:`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTaskLimits {
+    /// Upstream connections (and tunnels, WebSockets) one task may hold at once (default 32);
+    /// more wait briefly, then are refused with task_busy.
+    pub upstream_connections: Option<L<u64>>,
+    /// Requests of one task in flight at once, from decision to the end of the response
+    /// (default 64); more wait briefly, then are refused with task_busy.
+    pub in_flight: Option<L<u64>>,
+}
+
+/// `limits.per_connection:`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConnectionLimits {
+    /// HTTP/2 streams one agent connection may have open at once (default 100).
+    pub h2_streams: Option<L<u64>>,
 }
 
 /// `sandbox:`: paths for `keyswap exec`'s sandbox. A path is absolute, relative to the

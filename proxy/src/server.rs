@@ -16,9 +16,11 @@ use crate::audit::sink::{AuditSink, FileSink};
 use crate::doors::accept::{accept_loop, Door};
 use crate::error::ProxyError;
 use crate::host::child_env::{write_trust_files, TrustFiles};
+use crate::host::fds;
 use crate::host::listen::bind;
 use crate::lifecycle::tasks::{self, TaskError};
 use crate::state::metrics::{MetricSources, Metrics};
+use crate::state::metrics_fair::FairSample;
 use crate::state::shared::Shared;
 use crate::state::snapshot::Snapshot;
 
@@ -47,9 +49,11 @@ fn build_shared(
             Box::new(move || audit.dropped())
         },
     }));
-    let shared = Arc::new(Shared::new(
-        snapshot, leaves, audit, metrics, provider, listen,
-    ));
+    let upstream_cap = fds::upstream_cap(fds::raise_nofile());
+    let shared = Arc::new(
+        Shared::new(snapshot, leaves, audit, metrics, provider, listen)
+            .with_upstream_cap(upstream_cap),
+    );
     tasks::sync(&shared, &shared.snapshot().config);
     shared.metrics.set_budget_source({
         let shared = Arc::downgrade(&shared);
@@ -58,7 +62,29 @@ fn build_shared(
             None => Vec::new(),
         })
     });
+    shared.metrics.fair.set_source({
+        let shared = Arc::downgrade(&shared);
+        Box::new(move || {
+            shared
+                .upgrade()
+                .map(|s| fair_sample(&s))
+                .unwrap_or_default()
+        })
+    });
     Ok(shared)
+}
+
+/// The scrape-time values of the fair-use gauges.
+fn fair_sample(shared: &Shared) -> FairSample {
+    let tasks = shared.tasks.all();
+    FairSample {
+        tasks: tasks
+            .iter()
+            .map(|t| (t.id.clone(), t.slots.in_flight_now()))
+            .collect(),
+        upstream_in_use: shared.upstream_cap.in_use() as u64,
+        upstream_cap: shared.upstream_cap.cap() as u64,
+    }
 }
 
 /// Settings that are not part of the config file.

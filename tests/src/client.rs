@@ -127,6 +127,15 @@ impl ProxyConnection {
         matches!(self.sender, Sender::H2(_))
     }
 
+    /// Another handle on an h2 connection, to send many streams at once (`None` on
+    /// HTTP/1.1, where one request at a time is all a connection carries).
+    pub fn h2_sender(&self) -> Option<http2::SendRequest<BoxBody>> {
+        match &self.sender {
+            Sender::H2(sender) => Some(sender.clone()),
+            Sender::H1(_) => None,
+        }
+    }
+
     /// Sends one request; build it with [`request`] so its URI suits the protocol.
     pub async fn send(&mut self, req: Request<BoxBody>) -> hyper::Result<Response<Incoming>> {
         match &mut self.sender {
@@ -248,7 +257,7 @@ pub async fn websocket_through_proxy(
 }
 
 /// CONNECT and TLS; `Err(Tunnel::Refused)` when the proxy answers anything but 200.
-async fn open_tls(
+pub async fn open_tls(
     opts: &ProxyClientOptions,
     alpn: Alpn,
 ) -> io::Result<Result<ProxyTlsStream, Tunnel>> {

@@ -6,13 +6,14 @@
 //! (inline and `tasks_dir`), `rules` the allow lists of both, `limits` a rule's `budget`,
 //! `rate` and `id`, `transparent` the transparent listener, and `approval` the human approval
 //! settings (`approval:`, `on_unlisted:`, `approve:`), `sandbox` the paths of `keyswap exec`'s
-//! sandbox. Secret values are read
+//! sandbox, `fairness` the bounds of `limits:` on one task and one agent connection. Secret values are read
 //! and compared only through [`crate::secrets`], so no message built here can contain one.
 //! All paths are used as written: relative paths are relative to the process's working
 //! directory, not to the config file.
 
 mod admin;
 mod approval;
+mod fairness;
 mod limits;
 mod policies;
 mod rules;
@@ -143,6 +144,7 @@ fn check(
     );
     tasks::warn_unused_secrets(&secrets, &tasks, &policies, sink.file, checker);
     let sandbox = sandbox::check_sandbox(raw.sandbox.as_ref(), sink, checker);
+    let limits = fairness::check_limits(raw.limits.as_ref(), sink, checker);
     let config = Config {
         listen,
         ca_dir,
@@ -158,6 +160,7 @@ fn check(
         approval,
         tasks_dir: raw.tasks_dir.as_ref().map(|d| PathBuf::from(&d.value)),
         sandbox: sandbox.sandbox.clone(),
+        limits,
         warnings: std::mem::take(&mut checker.warnings),
     };
     sandbox::check_expose(&sandbox, &config, sink);

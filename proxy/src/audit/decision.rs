@@ -50,6 +50,9 @@ pub enum Reason {
     BudgetExhausted,
     /// The matched rule's `rate:` for this task is exceeded for now (with `Retry-After`).
     RateLimited,
+    /// The task (or keyswap as a whole) already holds as many requests in flight or upstream
+    /// connections as `limits:` allows, and none came free in time (with `Retry-After`).
+    TaskBusy,
 }
 
 impl Reason {
@@ -75,6 +78,7 @@ impl Reason {
             Reason::ApprovalQueueFull => "approval_queue_full",
             Reason::BudgetExhausted => "budget_exhausted",
             Reason::RateLimited => "rate_limited",
+            Reason::TaskBusy => "task_busy",
         }
     }
 
@@ -100,7 +104,8 @@ impl Reason {
             | Reason::ApprovalTimeout
             | Reason::ApprovalQueueFull
             | Reason::BudgetExhausted
-            | Reason::RateLimited => "denied",
+            | Reason::RateLimited
+            | Reason::TaskBusy => "denied",
         }
     }
 
@@ -125,9 +130,10 @@ impl Reason {
             Reason::SecretUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             // Never sent (no HTTP exchange took place); listed for completeness.
             Reason::AgentTlsFailed => StatusCode::BAD_GATEWAY,
-            Reason::ApprovalQueueFull | Reason::BudgetExhausted | Reason::RateLimited => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Reason::ApprovalQueueFull
+            | Reason::BudgetExhausted
+            | Reason::RateLimited
+            | Reason::TaskBusy => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::FORBIDDEN,
         }
     }

@@ -206,7 +206,7 @@ async fn connect(
             refuse_inside(&shared, ctx, denial, on_upgrade, started)
         }
         Ok(Handling::Tunnel { rule }) => {
-            let dialled = tunnel::dial(&shared.snapshot(), &ctx.target).await;
+            let dialled = tunnel::dial(&shared, &ctx).await;
             match dialled {
                 Ok(upstream) => {
                     let splice =

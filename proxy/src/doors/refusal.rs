@@ -31,6 +31,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
+use keyswap_config::model::DEFAULT_H2_STREAMS;
 use keyswap_scrub::body::ProxyBody;
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
@@ -166,7 +167,8 @@ async fn answer(
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let io = TokioIo::new(*tls);
             if h2 {
-                let connection = http2_server().serve_connection(io, refuser.service("https"));
+                let connection =
+                    http2_server(DEFAULT_H2_STREAMS).serve_connection(io, refuser.service("https"));
                 serve_once!(connection, done, revoked);
             } else {
                 let connection = http1_server().serve_connection(io, refuser.service("https"));

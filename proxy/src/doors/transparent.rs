@@ -256,7 +256,7 @@ async fn tunnel_to(
     buffered: Bytes,
     task_conn: TaskConnection,
 ) {
-    let upstream = match tunnel::dial(&door.shared.snapshot(), &ctx.target).await {
+    let upstream = match tunnel::dial(&door.shared, &ctx).await {
         Ok(upstream) => upstream,
         Err(denial) => {
             drop(task_conn);

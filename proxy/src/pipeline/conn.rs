@@ -70,12 +70,14 @@ pub fn http1_server() -> hyper::server::conn::http1::Builder {
     builder
 }
 
-/// The HTTP/2 server settings used toward agents (inside intercepted TLS).
-pub fn http2_server() -> hyper::server::conn::http2::Builder<TokioExecutor> {
+/// The HTTP/2 server settings used toward agents (inside intercepted TLS), with at most
+/// `max_streams` streams open per connection (`limits.per_connection.h2_streams`; a stream
+/// past it is refused with `REFUSED_STREAM`, which clients retry).
+pub fn http2_server(max_streams: u32) -> hyper::server::conn::http2::Builder<TokioExecutor> {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(max_streams)
         .max_header_list_size(MAX_HEAD_BYTES as u32)
         // Rapid reset (CVE-2023-44487): bound streams reset before they are served.
         .max_pending_accept_reset_streams(64)

@@ -1,5 +1,6 @@
 //! One request through an allowed connection, as named steps over one per-request
-//! [`Exchange`]: decide ([`route::decide`]) → approve ([`approve::approve`]) → swap
+//! [`Exchange`]: decide ([`route::decide`]) → approve ([`approve::approve`]) → hold the
+//! task's slots ([`fair::hold`]) → swap
 //! ([`outbound::swap_in`]) → charge ([`budget::charge`]) → rewrite ([`outbound::rewrite`]) →
 //! send ([`inbound::send`]) → scrub ([`inbound::scrub`]) → record (one [`Decision`], written
 //! by [`Shared::record`]). Used for intercepted HTTPS and for plain-HTTP forwarding alike,
@@ -19,6 +20,7 @@ use crate::audit::decision::{Decision, Denial, Reason};
 use crate::audit::record::{shown_path, Sent, Started, Subject};
 use crate::lifecycle::budget;
 use crate::pipeline::context::ConnContext;
+use crate::pipeline::fair::{self, Held};
 use crate::pipeline::swap::NotGranted;
 use crate::pipeline::{approve, inbound, outbound, route};
 use crate::state::shared::Shared;
@@ -35,6 +37,9 @@ pub struct Exchange {
     pub secrets: Vec<String>,
     /// Request body bytes read from the agent so far.
     pub req_bytes: Arc<AtomicU64>,
+    /// The task's slots this request holds, once decided ([`fair::hold`]); freed when the
+    /// last of the exchange's clones (the request body's, the response body's) is dropped.
+    pub held: Option<Arc<Held>>,
 }
 
 impl Exchange {
@@ -50,6 +55,7 @@ impl Exchange {
             rule: None,
             secrets: Vec::new(),
             req_bytes: Arc::new(AtomicU64::new(0)),
+            held: None,
         }
     }
 
@@ -134,6 +140,7 @@ async fn forward(
     let routed = approve::approve(shared, snapshot, ctx, &parts, decided).await?;
     ex.rule = routed.matched.index();
     ex.subject.path = Some(routed.path.clone());
+    ex.held = Some(fair::hold(shared, snapshot, &ctx.task).await?);
 
     let swapped = outbound::swap_in(snapshot, ctx, &mut parts, &routed)?;
     budget::charge(&ctx.task, routed.matched.rule())?;

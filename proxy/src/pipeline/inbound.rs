@@ -124,6 +124,7 @@ pub fn scrub(
         let conn = ex.subject.conn;
         websocket::splice(
             task_conn,
+            ex.held.clone(),
             conn,
             scrubber.clone(),
             agent_upgrade,

@@ -81,12 +81,13 @@ async fn serve<IO>(
 {
     let conn = ctx.conn_id;
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let h2_streams = shared.snapshot().config.limits.per_connection.h2_streams;
     let ctx = Arc::new(ctx);
     let service = service_fn(move |req| exchange(shared.clone(), ctx.clone(), req));
     let io = TokioIo::new(tls);
     let served = if h2 {
         serve_until!(
-            http2_server().serve_connection(io, service),
+            http2_server(h2_streams).serve_connection(io, service),
             task_conn.revoked()
         )
     } else {

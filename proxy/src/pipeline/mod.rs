@@ -7,12 +7,14 @@
 //! terminated with a leaf for the target, each request through [`exchange`]), [`tunnel`]
 //! (spliced bytes for a `tunnel: true` rule), [`websocket`] (an upgraded exchange, every
 //! message scrubbed). [`conn`] holds what they share: the HTTP server settings toward agents,
-//! [`conn::Rewind`], and serving a connection for as long as its task lives.
+//! [`conn::Rewind`], and serving a connection for as long as its task lives. [`fair`] bounds
+//! what one task may hold at once (requests in flight, upstream connections).
 
 pub mod approve;
 pub mod conn;
 pub mod context;
 pub mod exchange;
+pub mod fair;
 pub mod inbound;
 pub mod intercept;
 pub mod outbound;

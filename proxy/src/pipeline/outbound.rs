@@ -184,6 +184,12 @@ pub fn rewrite(
     parts.version = Version::HTTP_11;
     let head_request = parts.method == http::Method::HEAD;
     let counted = Counted::new(body, ex.req_bytes.clone());
+    // The upstream connection stays busy until the request body has gone, even after the
+    // response: the task's slots are held until then too (pipeline::fair).
+    let counted = match ex.held.clone() {
+        Some(held) => counted.on_end(move || drop(held)),
+        None => counted,
+    };
     // Every body is scanned, whether or not the rule swaps in it: an ungranted placeholder
     // refuses the request even after part of the body has gone upstream.
     let body_refused = BodyRefusal::default();

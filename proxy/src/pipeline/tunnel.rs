@@ -1,6 +1,8 @@
 //! `tunnel: true` rules: the CONNECT is passed through without interception — so nothing can
 //! be swapped and nothing is scrubbed. The upstream is dialled (under the same address rules)
-//! before the agent is told 200, so a refusal of the dial is still an HTTP answer.
+//! before the agent is told 200, so a refusal of the dial is still an HTTP answer. A tunnel
+//! holds one of its task's upstream-connection slots for its whole life
+//! ([`crate::pipeline::fair`]); none free in time is a `task_busy` refusal of the CONNECT.
 //!
 //! Before any byte reaches the upstream, the agent's TLS ClientHello is read
 //! ([`crate::wire::client_hello`]) and its SNI must name the CONNECT host: otherwise a tunnel
@@ -21,22 +23,47 @@ use tokio::net::TcpStream;
 use crate::audit::decision::{Decision, Denial, Reason};
 use crate::audit::record::{Sent, Started};
 use crate::pipeline::context::ConnContext;
+use crate::pipeline::fair::{self, UpstreamSlot};
 use crate::state::shared::Shared;
-use crate::state::snapshot::Snapshot;
 use crate::state::tasks::TaskConnection;
 use crate::upstream::ConnectError;
 use crate::wire::client_hello::{peek_client_hello, PeekError, PeekLimits, PeekedHello};
 use crate::wire::target::{normalize_host, Target};
 
-/// Dials the upstream of a tunnel (under the same address rules as every upstream); a
-/// failure is a refusal the door delivers.
-pub async fn dial(snapshot: &Snapshot, target: &Target) -> Result<TcpStream, Denial> {
-    snapshot.upstream.dialer.dial(target).await.map_err(|e| {
-        let reason = match e {
-            ConnectError::PrivateAddress { .. } => Reason::PrivateAddress,
-            _ => Reason::UpstreamError,
-        };
-        Denial::new(reason, e.to_string())
+/// A tunnel's upstream connection, with the upstream-connection slot it holds for its life
+/// ([`fair`]).
+pub struct Dialled {
+    pub stream: TcpStream,
+    _slot: UpstreamSlot,
+}
+
+impl Dialled {
+    pub fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.stream.peer_addr()
+    }
+}
+
+/// Takes one of the task's upstream-connection slots ([`fair::upstream_slot`]), then dials
+/// the upstream of a tunnel (under the same address rules as every upstream); a failure is a
+/// refusal the door delivers.
+pub async fn dial(shared: &Shared, ctx: &ConnContext) -> Result<Dialled, Denial> {
+    let snapshot = shared.snapshot();
+    let slot = fair::upstream_slot(shared, &snapshot, &ctx.task).await?;
+    let stream = snapshot
+        .upstream
+        .dialer
+        .dial(&ctx.target)
+        .await
+        .map_err(|e| {
+            let reason = match e {
+                ConnectError::PrivateAddress { .. } => Reason::PrivateAddress,
+                _ => Reason::UpstreamError,
+            };
+            Denial::new(reason, e.to_string())
+        })?;
+    Ok(Dialled {
+        stream,
+        _slot: slot,
     })
 }
 
@@ -47,7 +74,7 @@ pub async fn splice(
     ctx: ConnContext,
     rule: usize,
     agent: OnUpgrade,
-    upstream: TcpStream,
+    upstream: Dialled,
     started: Started,
 ) {
     let conn = ctx.conn_id;
@@ -96,7 +123,7 @@ pub async fn relay<IO>(
     ctx: &ConnContext,
     rule: usize,
     mut agent: IO,
-    mut upstream: TcpStream,
+    mut upstream: Dialled,
     hello: bytes::Bytes,
     task_conn: TaskConnection,
     started: Started,
@@ -107,11 +134,11 @@ pub async fn relay<IO>(
     let revoked = task_conn.revoked();
     tokio::pin!(revoked);
     let (mut sent, mut received) = (hello.len() as u64, 0);
-    if let Err(e) = upstream.write_all(&hello).await {
+    if let Err(e) = upstream.stream.write_all(&hello).await {
         tracing::debug!(conn, error = %e, "tunnel ended");
     } else {
         tokio::select! {
-            copied = tokio::io::copy_bidirectional(&mut agent, &mut upstream) => match copied {
+            copied = tokio::io::copy_bidirectional(&mut agent, &mut upstream.stream) => match copied {
                 Ok((to_upstream, to_agent)) => {
                     sent += to_upstream;
                     received = to_agent;

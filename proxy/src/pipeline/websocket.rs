@@ -40,6 +40,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::pipeline::fair::Held;
 use crate::state::tasks::TaskConnection;
 use keyswap_scrub::replace::Replacer;
 
@@ -63,12 +64,15 @@ type Ws = WebSocketStream<TokioIo<Upgraded>>;
 /// either side closes, a message is refused, or the task is revoked.
 pub fn splice(
     task_conn: TaskConnection,
+    held: Option<Arc<Held>>,
     conn: u64,
     scrubber: Arc<Replacer>,
     agent: OnUpgrade,
     upstream: OnUpgrade,
 ) {
     tokio::spawn(async move {
+        // The task's slots (pipeline::fair) are held as long as the WebSocket lives.
+        let _held = held;
         let revoked = task_conn.revoked();
         let (agent, upstream) = match tokio::join!(agent, upstream) {
             (Ok(agent), Ok(upstream)) => (agent, upstream),

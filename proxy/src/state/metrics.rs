@@ -4,7 +4,8 @@
 //!
 //! Label values come from closed sets (`&'static str` reasons) or from names in the config
 //! (policies, secrets). This module never takes a task id, token, host or path as a label: those
-//! are unbounded, and a token in a label would publish a credential to every scraper.
+//! are unbounded, and a token in a label would publish a credential to every scraper (the one
+//! bounded exception, in-flight requests per busy task, is [`crate::state::metrics_fair`]'s).
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -19,6 +20,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
+
+use crate::state::metrics_fair::FairMetrics;
 
 /// The `Content-Type` of `/metrics`: `prometheus-client` writes OpenMetrics text, whose counter
 /// families are named without `_total`; a Prometheus 0.0.4 text parser would read them untyped.
@@ -231,6 +234,8 @@ pub struct Metrics {
     policies: Names,
     secrets: Names,
     budgets: BudgetSlot,
+    /// `task_busy` refusals, accept failures, in-flight requests per task.
+    pub fair: FairMetrics,
 }
 
 impl Metrics {
@@ -298,8 +303,8 @@ impl Metrics {
         registry.register_collector(Box::new(SourceCollector(sources)));
         let budgets = BudgetSlot::default();
         registry.register_collector(Box::new(BudgetCollector(budgets.clone())));
-
         Metrics {
+            fair: FairMetrics::register(&mut registry),
             registry,
             requests,
             duration,
@@ -609,8 +614,19 @@ pub(crate) mod tests {
                 exhausted_tasks: 0,
             }]
         }));
+        m.fair
+            .set_source(Box::new(|| crate::state::metrics_fair::FairSample {
+                tasks: vec![("t".into(), 3)],
+                upstream_in_use: 3,
+                upstream_cap: 100,
+            }));
         let text = m.encode();
         for (name, kind) in [
+            ("keyswap_task_busy_refusals", "counter"),
+            ("keyswap_accept_errors", "counter"),
+            ("keyswap_upstream_connections", "gauge"),
+            ("keyswap_upstream_connections_limit", "gauge"),
+            ("keyswap_task_in_flight_requests", "gauge"),
             ("keyswap_requests", "counter"),
             ("keyswap_request_duration_seconds", "histogram"),
             ("keyswap_open_connections", "gauge"),

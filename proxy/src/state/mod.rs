@@ -6,11 +6,16 @@
 //! - [`usage`]: per task and rule, what its budget and rate have used;
 //! - [`approvals`]: requests waiting for a human, and what humans granted ([`held`]: what
 //!   a held request is and how it can be answered);
-//! - [`metrics`]: the counters the metrics listener reads.
+//! - [`fair`]: per task, the requests in flight and upstream connections held (`limits:`),
+//!   and keyswap's cap on upstream connections;
+//! - [`metrics`]: the counters the metrics listener reads ([`metrics_fair`]: those of
+//!   `limits:`).
 
 pub mod approvals;
+pub mod fair;
 pub mod held;
 pub mod metrics;
+pub mod metrics_fair;
 pub mod shared;
 pub mod snapshot;
 pub mod tasks;

@@ -14,6 +14,7 @@ use crate::audit::decision::Decision;
 use crate::audit::record::{AuditRecord, Sent, Subject};
 use crate::audit::sink::AuditSink;
 use crate::state::approvals::Approvals;
+use crate::state::fair::UpstreamCap;
 use crate::state::metrics::Metrics;
 use crate::state::snapshot::Snapshot;
 use crate::state::tasks::{MemoryTasks, TaskStore};
@@ -63,6 +64,8 @@ pub struct Shared {
     /// `transparent.listen` as the transparent listener was bound at start (a reload cannot
     /// move it).
     pub transparent_listen: Option<SocketAddr>,
+    /// keyswap's cap on upstream connections (left by its descriptor limit).
+    pub upstream_cap: UpstreamCap,
 }
 
 impl Shared {
@@ -88,7 +91,14 @@ impl Shared {
             listen,
             agent_tls_warnings: AgentTlsWarnings::default(),
             transparent_listen,
+            upstream_cap: UpstreamCap::new(usize::MAX),
         }
+    }
+
+    /// The same state with keyswap's cap on upstream connections (by default: none).
+    pub fn with_upstream_cap(mut self, cap: usize) -> Shared {
+        self.upstream_cap = UpstreamCap::new(cap);
+        self
     }
 
     /// The current config snapshot. Hold it for one request, not for a connection's life,

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::audit::record::TaskName;
+use crate::state::fair::TaskSlots;
 use crate::state::metrics::Metrics;
 use crate::state::usage::TaskUsage;
 
@@ -88,6 +89,8 @@ pub struct LiveTask {
     requests: AtomicU64,
     /// Budget and rate counts per rule key ([`crate::state::usage`]); dropped when the task ends.
     pub usage: TaskUsage,
+    /// Requests in flight and upstream connections held, bounded by `limits.per_task`.
+    pub slots: TaskSlots,
     /// Set once by whoever ends the task, so it is audited exactly once.
     ended: Mutex<bool>,
 }
@@ -131,6 +134,7 @@ impl LiveTask {
             open_connections: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             usage: TaskUsage::default(),
+            slots: TaskSlots::default(),
             ended: Mutex::new(false),
         }
     }

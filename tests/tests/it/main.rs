@@ -9,6 +9,7 @@ mod clients;
 mod compression;
 mod deny;
 mod docs;
+mod fairness;
 mod harness;
 mod java_client;
 mod metrics;
