@@ -35,6 +35,8 @@ pub struct Exchange {
     pub secrets: Vec<String>,
     /// Request body bytes read from the agent so far.
     pub req_bytes: Arc<AtomicU64>,
+    /// The parent proxy's status when it refused the upstream connection.
+    pub parent_status: Option<u16>,
 }
 
 impl Exchange {
@@ -50,6 +52,7 @@ impl Exchange {
             rule: None,
             secrets: Vec::new(),
             req_bytes: Arc::new(AtomicU64::new(0)),
+            parent_status: None,
         }
     }
 
@@ -60,6 +63,7 @@ impl Exchange {
             rule: self.rule,
             secrets: self.secrets.clone(),
             claimed_task: None,
+            parent_status: self.parent_status,
         }
     }
 

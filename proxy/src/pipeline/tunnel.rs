@@ -16,7 +16,6 @@ use std::sync::Arc;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::audit::decision::{Decision, Denial, Reason};
 use crate::audit::record::{Sent, Started};
@@ -24,19 +23,22 @@ use crate::pipeline::context::ConnContext;
 use crate::state::shared::Shared;
 use crate::state::snapshot::Snapshot;
 use crate::state::tasks::TaskConnection;
-use crate::upstream::ConnectError;
+use crate::upstream::{ConnectError, Transport};
 use crate::wire::client_hello::{peek_client_hello, PeekError, PeekLimits, PeekedHello};
 use crate::wire::target::{normalize_host, Target};
 
 /// Dials the upstream of a tunnel (under the same address rules as every upstream); a
 /// failure is a refusal the door delivers.
-pub async fn dial(snapshot: &Snapshot, target: &Target) -> Result<TcpStream, Denial> {
+pub async fn dial(snapshot: &Snapshot, target: &Target) -> Result<Transport, Denial> {
     snapshot.upstream.dialer.dial(target).await.map_err(|e| {
         let reason = match e {
             ConnectError::PrivateAddress { .. } => Reason::PrivateAddress,
             _ => Reason::UpstreamError,
         };
-        Denial::new(reason, e.to_string())
+        Denial {
+            parent_status: e.parent_status(),
+            ..Denial::new(reason, e.to_string())
+        }
     })
 }
 
@@ -47,7 +49,7 @@ pub async fn splice(
     ctx: ConnContext,
     rule: usize,
     agent: OnUpgrade,
-    upstream: TcpStream,
+    upstream: Transport,
     started: Started,
 ) {
     let conn = ctx.conn_id;
@@ -96,7 +98,7 @@ pub async fn relay<IO>(
     ctx: &ConnContext,
     rule: usize,
     mut agent: IO,
-    mut upstream: TcpStream,
+    mut upstream: Transport,
     hello: bytes::Bytes,
     task_conn: TaskConnection,
     started: Started,
