@@ -17,7 +17,8 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::TlsConnector;
 
-use crate::upstream::dial::{Dialer, Transport};
+use crate::upstream::dial::Dialer;
+use crate::upstream::transport::Transport;
 use crate::upstream::{ConnectError, CONNECT_TIMEOUT};
 use crate::wire::target::Target;
 

@@ -5,11 +5,13 @@
 //! parent proxy of `upstream.proxy` ([`parent_proxy`]).
 //!
 //! `dial` holds the dialer and the address rules, `connector` the hyper-util connector and
-//! the upstream TLS inside it, `parent_proxy` the `CONNECT` and SOCKS5 handshakes.
+//! the upstream TLS inside it, `parent_proxy` the `CONNECT` and SOCKS5 handshakes,
+//! `transport` the stream they all produce.
 
 mod connector;
 mod dial;
 mod parent_proxy;
+mod transport;
 
 use std::io;
 use std::sync::Arc;
@@ -23,8 +25,9 @@ use rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
 pub use connector::{Connector, UpstreamIo};
-pub use dial::{is_private, Dialer, Transport};
+pub use dial::{is_private, Dialer};
 pub use parent_proxy::Parent;
+pub use transport::Transport;
 
 use crate::error::ProxyError;
 use crate::wire::target::Target;

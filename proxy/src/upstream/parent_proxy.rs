@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::upstream::dial::{connect_tcp, Transport};
+use crate::upstream::transport::{connect_tcp, Transport};
 use crate::upstream::{ConnectError, CONNECT_TIMEOUT};
 
 /// Most bytes of a `CONNECT` response's head keyswap reads.
