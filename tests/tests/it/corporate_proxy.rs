@@ -518,3 +518,111 @@ async fn socks5h_parent_resolves_the_name() {
     assert_eq!(reply.status, 200, "{reply:?}");
     env.assert_no_leaks();
 }
+
+/// A TLS front for a parent proxy (an `https://` parent): terminates TLS with a certificate
+/// for `localhost` from the test's upstream CA and relays to the parent's port. Counts the
+/// TLS sessions it accepted.
+async fn tls_front(
+    listener: tokio::net::TcpListener,
+    env: &TestEnv,
+    parent_port: u16,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    let (chain, key) = env
+        .upstream_ca
+        .issue_server_cert(&["localhost"])
+        .expect("front certificate");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("front certificate");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let sessions = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = sessions.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Ok(mut parent) =
+                    tokio::net::TcpStream::connect(("127.0.0.1", parent_port)).await
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut parent).await;
+            });
+        }
+    });
+    sessions
+}
+
+#[tokio::test]
+async fn https_parent_is_tls_to_the_parent_then_tls_inside_the_tunnel() {
+    if !tools() {
+        return;
+    }
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the TLS front");
+    let front_port = front.local_addr().expect("addr").port();
+    let port = free_port();
+    // The parent's certificate is verified against its name in the URL (the upstream CA,
+    // in extra_roots, signed it).
+    let env = keyswap(
+        &format!("url: https://localhost:{front_port}\nauth_env: {AUTH_ENV}"),
+        &format!("{PROXY_USER}:{PROXY_PASSWORD}"),
+        false,
+    )
+    .await;
+    let parent = Parent::tinyproxy(
+        port,
+        &[env.upstream.port()],
+        Some((PROXY_USER, PROXY_PASSWORD)),
+    )
+    .await;
+    let sessions = tls_front(front, &env, port).await;
+    let opts = env.agent(&format!("{API_HOST}:443"), Alpn::Both);
+    let reply = env.request(&opts, "GET", "/echo", &[]).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(sessions.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    let upstream = format!("CONNECT 127.0.0.1:{} ", env.upstream.port());
+    assert_eq!(parent.lines_with(&upstream).len(), 1, "{}", parent.log());
+    env.assert_no_leaks();
+}
+
+#[tokio::test]
+async fn private_name_is_refused_before_the_parent_sees_it() {
+    if !tools() {
+        return;
+    }
+    let port = free_port();
+    // allow_private is off: `localhost` resolves (for keyswap) only to loopback, so it is
+    // refused before its name is handed to the parent, which would resolve it itself.
+    let env = keyswap(
+        &format!("url: http://127.0.0.1:{port}"),
+        "unused:unused",
+        false,
+    )
+    .await;
+    let parent = Parent::tinyproxy(port, &[env.upstream.port()], None).await;
+    let opts = env.agent(&format!("localhost:{}", env.upstream.port()), Alpn::Both);
+    let reply = env.request(&opts, "GET", "/echo", &[]).await;
+    assert_eq!(reply.reason(), Some("private_address"), "{reply:?}");
+    let record = env
+        .audit_where(|r| r["host"] == "localhost" && r["reason"] == "private_address")
+        .await;
+    assert!(record.get("parent_status").is_none(), "{record}");
+    assert!(
+        parent.lines_with("): CONNECT ").is_empty(),
+        "the parent was asked for a private name:\n{}",
+        parent.log()
+    );
+    assert_eq!(env.upstream.seen_count(), 0);
+    env.assert_no_leaks();
+}
