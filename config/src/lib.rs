@@ -29,6 +29,7 @@ pub mod host;
 pub mod limits;
 mod locate;
 pub mod model;
+pub mod parent_proxy;
 pub mod path;
 mod raw;
 mod read;
@@ -47,6 +48,7 @@ pub use model::{
     PortMode, RouteMatch, Rule, Sandbox, SandboxPath, Scheme, Secret, SecretId, SecretSource,
     SourceNet, SwapIn, Task, TaskLimits, Transparent, TransparentTasks, TtlError, Upstream,
 };
+pub use parent_proxy::{NoProxy, ParentAuth, ParentKind, ParentProxy};
 pub use path::{normalize_path, PathError, PathPatternError, PathPatterns};
 pub use sandbox::{
     credential_stores, protected_paths, sandbox_plan_paths, Protected, Protection, SandboxPaths,

@@ -17,6 +17,7 @@ use secrecy::{SecretSlice, SecretString};
 
 use crate::host::HostPattern;
 use crate::limits::{Budget, Rate};
+pub use crate::parent_proxy::{NoProxy, ParentAuth, ParentKind, ParentProxy};
 use crate::path::PathPatterns;
 
 /// A loaded, validated config.
@@ -504,6 +505,8 @@ pub struct Upstream {
     pub resolve: HashMap<(String, u16), SocketAddr>,
     /// Dial loopback/private/link-local addresses (resolve entries are always allowed).
     pub allow_private: bool,
+    /// `upstream.proxy`: the parent proxy upstream connections go through.
+    pub proxy: Option<ParentProxy>,
 }
 
 /// Index of a secret in [`Config::secrets`].

@@ -111,6 +111,20 @@ pub(crate) struct RawUpstream {
     pub resolve: Option<L<Entries<L<String>>>>,
     /// Dial loopback, private and link-local addresses (default false).
     pub allow_private: Option<L<bool>>,
+    /// A parent (corporate) proxy every upstream connection goes through, but no_proxy hosts.
+    pub proxy: Option<L<RawParentProxy>>,
+}
+
+/// `upstream.proxy:`: the parent proxy keyswap's upstream leg goes through.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawParentProxy {
+    /// scheme://host:port with scheme http, https (TLS to the proxy), socks5h (the proxy resolves names) or socks5.
+    pub url: Option<L<String>>,
+    /// An environment variable holding user:password for the parent proxy (never logged).
+    pub auth_env: Option<L<String>>,
+    /// Hosts dialled directly: ".corp.example" (it and its subdomains), exact names, IPs, CIDRs ("10.0.0.0/8").
+    pub no_proxy: Option<L<Vec<L<String>>>>,
 }
 
 /// One entry of `secrets:` (the key is the secret's name).

@@ -236,6 +236,25 @@ pub(crate) fn read_admin_token(
     Ok(token)
 }
 
+/// Reads a parent proxy's `user:password` from `upstream.proxy.auth_env`.
+pub(crate) fn read_proxy_auth(
+    name: &str,
+    env: &dyn EnvSource,
+) -> Result<SecretString, SourceError> {
+    let fix =
+        format!("set it to user:password, e.g. `export {name}=alice:$(cat ~/.proxy-password)`");
+    let credentials = read_env_token(name, env, &fix)?;
+    if !credentials.expose_secret().contains(':') {
+        return Err(source_error(
+            format!(
+                "the value of environment variable {name} has no ':' between user and password"
+            ),
+            fix,
+        ));
+    }
+    Ok(credentials)
+}
+
 fn read_env_token(
     name: &str,
     env: &dyn EnvSource,

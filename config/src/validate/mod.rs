@@ -1,7 +1,7 @@
 //! Raw config → [`Config`]: every check that is not about YAML types, collecting *all*
 //! errors (with file, line, column, field path and a fix) before failing.
 //!
-//! `top` checks the top level and `upstream`, `admin` the admin API and metrics listeners,
+//! `top` checks the top level and `upstream` (`proxy` its parent proxy), `admin` the admin API and metrics listeners,
 //! `secrets` the secret definitions, `policies` the named allowlists, `tasks` the tasks
 //! (inline and `tasks_dir`), `rules` the allow lists of both, `limits` a rule's `budget`,
 //! `rate` and `id`, `transparent` the transparent listener, and `approval` the human approval
@@ -16,6 +16,7 @@ mod approval;
 mod fairness;
 mod limits;
 mod policies;
+mod proxy;
 mod rules;
 mod sandbox;
 mod secrets;

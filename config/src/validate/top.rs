@@ -251,10 +251,15 @@ pub(super) fn check_upstream(
              prefer upstream.resolve entries for the internal hosts you need",
         );
     }
+    let proxy = raw
+        .proxy
+        .as_ref()
+        .and_then(|p| super::proxy::check_parent_proxy(p, sink, checker));
     Upstream {
         extra_roots,
         resolve,
         allow_private,
+        proxy,
     }
 }
 

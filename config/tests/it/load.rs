@@ -54,6 +54,15 @@ fn full_fixture_loads_every_field() {
         config.upstream.resolve[&("::1".to_string(), 8443)],
         "[::1]:9443".parse::<SocketAddr>().unwrap()
     );
+    let proxy = config.upstream.proxy.as_ref().expect("upstream.proxy");
+    assert_eq!(proxy.kind, keyswap_config::ParentKind::Https);
+    assert_eq!(
+        (proxy.host.as_str(), proxy.port),
+        ("proxy.corp.example", 3129)
+    );
+    assert!(proxy.auth.is_none());
+    assert!(proxy.bypasses("git.corp.example") && proxy.bypasses("10.9.8.7"));
+    assert!(proxy.bypasses("build.internal") && !proxy.bypasses("api.example.test"));
 
     let names: Vec<&str> = config.secrets.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["github", "openai", "npm"]);

@@ -154,6 +154,8 @@ pub struct Denial {
     pub retry_after: Option<u64>,
     /// The connection must end after this refusal (malformed input, a task that ended).
     pub close: bool,
+    /// The parent proxy's status when it refused the upstream connection (`upstream_error`).
+    pub parent_status: Option<u16>,
 }
 
 impl Denial {
@@ -163,6 +165,7 @@ impl Denial {
             message: message.into(),
             retry_after: None,
             close: false,
+            parent_status: None,
         }
     }
 
@@ -228,6 +231,8 @@ pub struct Decision {
     pub secrets: Vec<String>,
     /// `bad_token` only: the known task the agent's credentials claimed to be.
     pub claimed_task: Option<String>,
+    /// `upstream_error` through a parent proxy that refused the tunnel: its status.
+    pub parent_status: Option<u16>,
 }
 
 impl Decision {
@@ -237,6 +242,7 @@ impl Decision {
             rule: None,
             secrets: Vec::new(),
             claimed_task: None,
+            parent_status: None,
         }
     }
 }

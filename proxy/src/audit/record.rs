@@ -152,6 +152,10 @@ pub struct AuditRecord {
     pub reason: &'static str,
     /// The status the agent received; 0 when no HTTP response was sent.
     pub status: u16,
+    /// The parent proxy's status when it refused the upstream connection (`upstream.proxy`);
+    /// absent otherwise. Never its headers or body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_status: Option<u16>,
     pub req_bytes: u64,
     pub resp_bytes: u64,
     /// Milliseconds from the request (or CONNECT) to its end, to the microsecond.
@@ -260,6 +264,7 @@ impl AuditRecord {
             decision: reason.decision(),
             reason: reason.as_str(),
             status: sent.status,
+            parent_status: decision.parent_status,
             req_bytes: sent.req_bytes,
             resp_bytes: sent.resp_bytes,
             ms: elapsed_ms(subject.started.mono),

@@ -146,6 +146,7 @@ fn refuse_on_proxy(
     let response = denial.response();
     let decision = Decision {
         claimed_task,
+        parent_status: denial.parent_status,
         ..Decision::new(denial.reason)
     };
     let sent = Sent::status(response.status().as_u16());

@@ -40,6 +40,8 @@ pub struct Exchange {
     /// The task's slots this request holds, once decided ([`fair::hold`]); freed when the
     /// last of the exchange's clones (the request body's, the response body's) is dropped.
     pub held: Option<Arc<Held>>,
+    /// The parent proxy's status when it refused the upstream connection.
+    pub parent_status: Option<u16>,
 }
 
 impl Exchange {
@@ -56,6 +58,7 @@ impl Exchange {
             secrets: Vec::new(),
             req_bytes: Arc::new(AtomicU64::new(0)),
             held: None,
+            parent_status: None,
         }
     }
 
@@ -66,6 +69,7 @@ impl Exchange {
             rule: self.rule,
             secrets: self.secrets.clone(),
             claimed_task: None,
+            parent_status: self.parent_status,
         }
     }
 

@@ -34,14 +34,9 @@ pub async fn send(
     sending: &Sending,
     ex: &mut Exchange,
 ) -> Result<Response<Incoming>, UpstreamFailure> {
-    let client = if sending.upgrade {
-        &snapshot.upstream.http1
-    } else {
-        &snapshot.upstream.any
-    };
     // Audited as sent only from here: a refusal before sends nothing.
     ex.secrets = sending.secrets.clone();
-    client.request(request).await
+    snapshot.upstream.request(request, sending.upgrade).await
 }
 
 /// Why the upstream leg failed.
@@ -49,7 +44,9 @@ pub type UpstreamFailure = hyper_util::client::legacy::Error;
 
 /// The refusal of a request whose upstream leg failed, logged and counted.
 pub fn upstream_failed(shared: &Shared, err: UpstreamFailure, ex: &mut Exchange) -> Denial {
-    let (reason, message) = match connect_error(&err) {
+    let connect = connect_error(&err);
+    ex.parent_status = connect.and_then(ConnectError::parent_status);
+    let (reason, message) = match connect {
         Some(ConnectError::PrivateAddress { host }) => (
             Reason::PrivateAddress,
             format!(

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::audit::decision::{Decision, Denial, Reason};
 use crate::audit::record::{Sent, Started};
@@ -26,14 +25,14 @@ use crate::pipeline::context::ConnContext;
 use crate::pipeline::fair::{self, UpstreamSlot};
 use crate::state::shared::Shared;
 use crate::state::tasks::TaskConnection;
-use crate::upstream::ConnectError;
+use crate::upstream::{ConnectError, Transport};
 use crate::wire::client_hello::{peek_client_hello, PeekError, PeekLimits, PeekedHello};
 use crate::wire::target::{normalize_host, Target};
 
 /// A tunnel's upstream connection, with the upstream-connection slot it holds for its life
 /// ([`fair`]).
 pub struct Dialled {
-    pub stream: TcpStream,
+    pub stream: Transport,
     _slot: UpstreamSlot,
 }
 
@@ -44,8 +43,8 @@ impl Dialled {
 }
 
 /// Takes one of the task's upstream-connection slots ([`fair::upstream_slot`]), then dials
-/// the upstream of a tunnel (under the same address rules as every upstream); a failure is a
-/// refusal the door delivers.
+/// the upstream of a tunnel (under the same address rules as every upstream, through the
+/// parent proxy when one is configured); a failure is a refusal the door delivers.
 pub async fn dial(shared: &Shared, ctx: &ConnContext) -> Result<Dialled, Denial> {
     let snapshot = shared.snapshot();
     let slot = fair::upstream_slot(shared, &snapshot, &ctx.task).await?;
@@ -59,7 +58,10 @@ pub async fn dial(shared: &Shared, ctx: &ConnContext) -> Result<Dialled, Denial>
                 ConnectError::PrivateAddress { .. } => Reason::PrivateAddress,
                 _ => Reason::UpstreamError,
             };
-            Denial::new(reason, e.to_string())
+            Denial {
+                parent_status: e.parent_status(),
+                ..Denial::new(reason, e.to_string())
+            }
         })?;
     Ok(Dialled {
         stream,

@@ -29,11 +29,12 @@ pub(crate) fn notify(snapshot: &Snapshot, url: &str, info: &Option<ApprovalInfo>
         tracing::warn!(webhook = %url, "approval webhook URL cannot be used");
         return;
     };
-    let client = snapshot.upstream.any.clone();
+    // Through UpstreamClients::request: the parent proxy (and its credentials) apply here too.
+    let upstream = snapshot.upstream.clone();
     let url = url.to_string();
     let id = info.id.clone();
     tokio::spawn(async move {
-        match tokio::time::timeout(WEBHOOK_TIMEOUT, client.request(request)).await {
+        match tokio::time::timeout(WEBHOOK_TIMEOUT, upstream.request(request, false)).await {
             Ok(Ok(response)) => {
                 tracing::debug!(approval = %id, webhook = %url, status = response.status().as_u16(), "approval webhook answered")
             }

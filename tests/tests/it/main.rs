@@ -7,6 +7,7 @@ mod audit_chain;
 mod budgets;
 mod clients;
 mod compression;
+mod corporate_proxy;
 mod deny;
 mod docs;
 mod fairness;
