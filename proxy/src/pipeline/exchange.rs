@@ -1,8 +1,10 @@
 //! One request through an allowed connection, as named steps over one per-request
 //! [`Exchange`]: decide ([`route::decide`]) → approve ([`approve::approve`]) → swap
 //! ([`outbound::swap_in`]) → charge ([`budget::charge`]) → rewrite ([`outbound::rewrite`]) →
-//! send ([`inbound::send`]), the request body decided ([`settle::settle`]) before → scrub
-//! ([`inbound::scrub`]) → record (one [`Decision`], written by [`Shared::record`]). Used for intercepted HTTPS and for plain-HTTP forwarding alike,
+//! send ([`inbound::send`]) → settle (the request body decided, [`settle::settle`]) → scrub
+//! ([`inbound::scrub`]) → record (one [`Decision`], written by [`Shared::record`]). Before
+//! any of them, [`outbound::guard_head`] strips hop-by-hop headers and refuses the task's
+//! token in the head. Used for intercepted HTTPS and for plain-HTTP forwarding alike,
 //! whichever door the connection came in by.
 
 use std::convert::Infallible;
@@ -43,13 +45,12 @@ pub struct Exchange {
 
 impl Exchange {
     fn begin(ctx: &ConnContext, req: &Request<Incoming>, path: Result<&str, &PathError>) -> Self {
-        let subject = ctx.request_subject_with_path(
+        let mut subject = ctx.request_subject_with_path(
             req.method(),
             req.uri(),
             shown_path(req.uri().path(), path.ok()),
             Started::now(),
         );
-        let mut subject = subject;
         if let Some(token) = ctx.task.token_finder() {
             withhold_token(&mut subject, token, req.uri());
         }
