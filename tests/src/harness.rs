@@ -479,7 +479,7 @@ impl TestEnv {
     /// (as it is or base64-encoded) in the proxy's log (this test's thread, and every other
     /// thread's since the proxy started), its audit file, or anything the agent received;
     /// and no task token in any request the upstreams received (a forwarded
-    /// `Proxy-Authorization` would carry one). The audit file must exist.
+    /// `Proxy-Authorization` would carry one), nor in any body or trailer `/sink` read. The audit file must exist.
     pub fn assert_no_leaks(&self) {
         let audit = self.audit_bytes();
         // Kept for CI's grep first, so a failing check below leaves its evidence too.
@@ -516,6 +516,10 @@ impl TestEnv {
                 }
                 let what = format!("request #{i} {name} received");
                 assert_none_of(&what, text.as_bytes(), "task token", &tokens);
+            }
+            for (i, body) in upstream.bodies().iter().enumerate() {
+                let what = format!("body #{i} {name} received (with its trailers)");
+                assert_none_of(&what, body.text().as_bytes(), "task token", &tokens);
             }
         }
     }

@@ -119,6 +119,41 @@ impl std::fmt::Debug for SeenRequest {
     }
 }
 
+/// A request body as `/sink` received it: its bytes and its trailers.
+#[derive(Clone)]
+pub struct SeenBody {
+    pub path_and_query: String,
+    pub body: Vec<u8>,
+    /// Lowercase names, values decoded as lossy UTF-8.
+    pub trailers: Vec<(String, String)>,
+    /// The body reached its end without an error.
+    pub complete: bool,
+}
+
+impl SeenBody {
+    /// Everything the upstream received after the head, as one text to search.
+    pub fn text(&self) -> String {
+        let mut text = String::from_utf8_lossy(&self.body).into_owned();
+        for (n, v) in &self.trailers {
+            text.push_str(&format!("\n{n}: {v}"));
+        }
+        text
+    }
+}
+
+impl std::fmt::Debug for SeenBody {
+    /// Lengths and trailer names only: the bytes may be real secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.trailers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("SeenBody")
+            .field("path_and_query", &self.path_and_query)
+            .field("body_len", &self.body.len())
+            .field("trailer_names", &names)
+            .field("complete", &self.complete)
+            .finish()
+    }
+}
+
 /// A running upstream; dropping it stops the server and every connection it serves.
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -128,6 +163,8 @@ pub struct Upstream {
 
 struct State {
     seen: Mutex<Vec<SeenRequest>>,
+    /// What `/sink` read: every body and its trailers.
+    bodies: Mutex<Vec<SeenBody>>,
     /// TCP connections that sent at least one byte / closed before sending any.
     with_data: AtomicUsize,
     without_data: AtomicUsize,
@@ -178,6 +215,7 @@ impl Upstream {
         let tasks = Tasks::new();
         let state = Arc::new(State {
             seen: Mutex::new(Vec::new()),
+            bodies: Mutex::new(Vec::new()),
             with_data: AtomicUsize::new(0),
             without_data: AtomicUsize::new(0),
             record: opts.record,
@@ -199,6 +237,15 @@ impl Upstream {
             .seen
             .lock()
             .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every body (with its trailers) that `/sink` read, in order.
+    pub fn bodies(&self) -> Vec<SeenBody> {
+        self.state
+            .bodies
+            .lock()
+            .map(|b| b.clone())
             .unwrap_or_default()
     }
 
@@ -347,6 +394,8 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<BoxBody> 
         upload(req).await
     } else if path == "/discard" {
         discard(req).await
+    } else if path == "/sink" {
+        sink(req, &state).await
     } else if let Some(n) = path.strip_prefix("/status/") {
         status(n)
     } else if path == "/redirect" {
@@ -664,6 +713,45 @@ async fn upload(req: Request<Incoming>) -> Response<BoxBody> {
         .header(header::CONTENT_TYPE, "application/json")
         .body(full(summary.to_string()))
         .expect("upload response")
+}
+
+/// Reads the body and its trailers, keeps them in [`Upstream::bodies`], answers with the
+/// body's length.
+async fn sink(req: Request<Incoming>, state: &State) -> Response<BoxBody> {
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let mut body = req.into_body();
+    let mut seen = SeenBody {
+        path_and_query,
+        body: Vec::new(),
+        trailers: Vec::new(),
+        complete: false,
+    };
+    let complete = loop {
+        match body.frame().await {
+            None => break true,
+            Some(Err(_)) => break false,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => seen.body.extend_from_slice(&data),
+                Err(frame) => {
+                    if let Some(trailers) = frame.trailers_ref() {
+                        for (n, v) in trailers {
+                            seen.trailers.push((n.as_str().to_string(), lossy(v)));
+                        }
+                    }
+                }
+            },
+        }
+    };
+    seen.complete = complete;
+    let len = seen.body.len();
+    if let Ok(mut bodies) = state.bodies.lock() {
+        bodies.push(seen);
+    }
+    Response::new(full(format!("{len}\n")))
 }
 
 /// Reads the body and answers with its length only: an upload sink that costs the server as

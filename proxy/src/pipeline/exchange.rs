@@ -2,8 +2,10 @@
 //! [`Exchange`]: decide ([`route::decide`]) → approve ([`approve::approve`]) → hold the
 //! task's slots ([`fair::hold`]) → swap
 //! ([`outbound::swap_in`]) → charge ([`budget::charge`]) → rewrite ([`outbound::rewrite`]) →
-//! send ([`inbound::send`]) → scrub ([`inbound::scrub`]) → record (one [`Decision`], written
-//! by [`Shared::record`]). Used for intercepted HTTPS and for plain-HTTP forwarding alike,
+//! send ([`inbound::send`]) → settle (the request body decided, [`settle::settle`]) → scrub
+//! ([`inbound::scrub`]) → record (one [`Decision`], written by [`Shared::record`]). Before
+//! any of them, [`outbound::guard_head`] strips hop-by-hop headers and refuses the task's
+//! token in the head. Used for intercepted HTTPS and for plain-HTTP forwarding alike,
 //! whichever door the connection came in by.
 
 use std::convert::Infallible;
@@ -21,11 +23,15 @@ use crate::audit::record::{shown_path, Sent, Started, Subject};
 use crate::lifecycle::budget;
 use crate::pipeline::context::ConnContext;
 use crate::pipeline::fair::{self, Held};
-use crate::pipeline::swap::NotGranted;
+use crate::pipeline::outbound::Outgoing;
+use crate::pipeline::route::Routed;
+use crate::pipeline::settle::{self, Settled};
+use crate::pipeline::swap::token_in_uri;
 use crate::pipeline::{approve, inbound, outbound, route};
 use crate::state::shared::Shared;
 use crate::state::snapshot::Snapshot;
 use crate::wire::headers::is_websocket_upgrade;
+use crate::wire::token::TokenFinder;
 
 /// What the record of one exchange accumulates on the way through.
 #[derive(Clone)]
@@ -46,12 +52,15 @@ pub struct Exchange {
 
 impl Exchange {
     fn begin(ctx: &ConnContext, req: &Request<Incoming>, path: Result<&str, &PathError>) -> Self {
-        let subject = ctx.request_subject_with_path(
+        let mut subject = ctx.request_subject_with_path(
             req.method(),
             req.uri(),
             shown_path(req.uri().path(), path.ok()),
             Started::now(),
         );
+        if let Some(token) = ctx.task.token_finder() {
+            withhold_token(&mut subject, token, req.uri());
+        }
         Exchange {
             subject,
             rule: None,
@@ -78,6 +87,26 @@ impl Exchange {
             status,
             req_bytes: self.req_bytes.load(Ordering::Relaxed),
             resp_bytes,
+        }
+    }
+}
+
+/// A path or query key that carries the task's token is not written to the audit or the log
+/// (the request is refused for it by [`outbound::guard_head`]).
+fn withhold_token(subject: &mut Subject, token: &TokenFinder, uri: &http::Uri) {
+    if token_in_uri(
+        token,
+        uri.path(),
+        subject.path.as_deref().unwrap_or(""),
+        None,
+    )
+    .is_some()
+    {
+        subject.path = Some("[withheld: it carries the task token]".to_string());
+    }
+    for key in &mut subject.query_keys {
+        if token_in_uri(token, key, key, None).is_some() {
+            *key = "[withheld]".to_string();
         }
     }
 }
@@ -136,6 +165,7 @@ async fn forward(
     let upgrade = is_websocket_upgrade(req.headers()) && req.version() == Version::HTTP_11;
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    outbound::guard_head(ctx, &mut parts, path.ok(), upgrade)?;
 
     let decided = route::decide(snapshot, ctx, &parts, path, SystemTime::now());
     if let Ok(routed) = &decided {
@@ -148,28 +178,77 @@ async fn forward(
 
     let swapped = outbound::swap_in(snapshot, ctx, &mut parts, &routed)?;
     budget::charge(&ctx.task, routed.matched.rule())?;
-    let outgoing = outbound::rewrite(snapshot, ctx, parts, body, &routed, swapped, upgrade, ex)?;
-    let sent = inbound::send(snapshot, outgoing.request, &outgoing.meta, ex).await;
-    if let Some(ids) = outgoing.meta.body_refused.get() {
-        // The body failed on purpose: this is a refusal, not an upstream failure.
-        let misplaced = NotGranted(ids.clone()).into();
-        let rule = routed.matched.rule();
-        return Err(outbound::misplaced_denial(
-            snapshot,
-            ctx,
-            rule,
-            &routed.path,
-            misplaced,
-        ));
-    }
-    let response = sent.map_err(|err| inbound::upstream_failed(shared, err, ex))?;
+    let outgoing = outbound::rewrite(
+        snapshot,
+        ctx,
+        parts,
+        body,
+        &routed,
+        swapped,
+        upgrade,
+        &ex.req_bytes,
+        ex.held.clone(),
+    )?;
+    let response = send_and_settle(shared, snapshot, ctx, &routed, outgoing, ex).await?;
     inbound::scrub(
         shared,
         snapshot,
         ctx,
-        response,
-        outgoing.meta,
+        response.0,
+        response.1,
         agent_upgrade,
         ex,
     )
+}
+
+/// Sends the request and waits until its body is decided ([`settle`]): a refused body
+/// refuses the exchange even when the upstream answered first, and that answer is dropped.
+async fn send_and_settle(
+    shared: &Arc<Shared>,
+    snapshot: &Arc<Snapshot>,
+    ctx: &ConnContext,
+    routed: &Routed<'_>,
+    outgoing: Outgoing,
+    ex: &mut Exchange,
+) -> Result<(Response<Incoming>, outbound::Sending), Denial> {
+    let Outgoing {
+        request,
+        meta,
+        body_watch,
+    } = outgoing;
+    let sent = inbound::send(snapshot, request, &meta, ex).await;
+    let settled = match &sent {
+        Ok(_) => settle::settle(body_watch).await,
+        Err(_) => Settled::Decided,
+    };
+    if let Some(refused) = meta.body_refused.get() {
+        // The body failed on purpose: this is a refusal, not an upstream failure.
+        let rule = routed.matched.rule();
+        let refused = refused.clone();
+        return Err(outbound::body_denial(
+            snapshot,
+            ctx,
+            rule,
+            &routed.path,
+            refused,
+        ));
+    }
+    if settled == Settled::TooLong {
+        return Err(Denial::new(
+            Reason::BadRequest,
+            "the upstream answered before reading the request body, and the rest of the body \
+             is longer than keyswap reads to check it; send a smaller body",
+        )
+        .closing());
+    }
+    let response = sent.map_err(|err| inbound::upstream_failed(shared, err, ex))?;
+    if let Some(swapped) = meta.trailer_secrets.get() {
+        for id in swapped {
+            let name = &snapshot.config.secret(*id).name;
+            if !ex.secrets.contains(name) {
+                ex.secrets.push(name.clone());
+            }
+        }
+    }
+    Ok((response, meta))
 }

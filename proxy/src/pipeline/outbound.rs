@@ -1,10 +1,13 @@
-//! The request on its way upstream: the swap step ([`swap_in`]: every placeholder the request
-//! carries is checked against what its rule grants, and granted ones are replaced in headers
-//! and query) and the rewrite ([`rewrite`]: hop-by-hop headers, the URI rebuilt from the
-//! decided target and path, the body wrapped so placeholders in it are found or swapped as it
-//! streams).
+//! The request on its way upstream: the swap step ([`swap_in`]: hop-by-hop headers go, then
+//! every placeholder the request carries is checked against what its rule grants, the task's
+//! own token is refused anywhere, and granted placeholders are replaced in headers and query)
+//! and the rewrite ([`rewrite`]: the URI rebuilt from the decided target and path, the body
+//! wrapped so the token and placeholders in it are found or swapped as it streams, and its
+//! trailers held to the header rules).
 
 use std::collections::BTreeSet;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use http::request::Parts;
 use http::{header, HeaderValue, Request, Uri, Version};
@@ -15,11 +18,16 @@ use keyswap_scrub::decode;
 
 use crate::audit::decision::{Denial, Reason};
 use crate::pipeline::context::ConnContext;
-use crate::pipeline::exchange::Exchange;
 use crate::pipeline::route::Routed;
-use crate::pipeline::swap::{check_uri, swap_headers, swap_query, Misplaced, NotGranted};
-use crate::pipeline::swap_body::{BodyRefusal, ScanBody, SnapshotPlaceholders};
+use crate::pipeline::settle::{watch, BodyWatch};
+use crate::pipeline::swap::{
+    check_uri, swap_headers, swap_query, token_in_headers, token_in_uri, Misplaced, NotGranted,
+};
+use crate::pipeline::swap_body::{BodyRefusal, BodyRefused, ScanBody, SnapshotPlaceholders};
+use crate::pipeline::token_body::TokenGuard;
+use crate::pipeline::trailers::{trailer_check, TrailerSecrets};
 use crate::state::snapshot::Snapshot;
+use crate::pipeline::fair::Held;
 use crate::wire::headers::strip_hop_by_hop;
 
 /// What the swap step found and did.
@@ -36,6 +44,8 @@ pub struct Swapped {
 pub struct Outgoing {
     pub request: Request<ProxyBody>,
     pub meta: Sending,
+    /// How the request body ended, for [`crate::pipeline::settle::settle`].
+    pub body_watch: BodyWatch,
 }
 
 /// What the response side must know about the request that was sent.
@@ -46,10 +56,47 @@ pub struct Sending {
     pub head_request: bool,
     /// Range requests were removed: a 206 is refused (see [`could_hold_secret`]).
     pub partial_refused: bool,
-    /// Set when the request body turned out to carry an ungranted placeholder.
+    /// Set when the request body or its trailers turned out to be refused.
     pub body_refused: BodyRefusal,
+    /// The secrets swapped into the request's trailers, once they arrived.
+    pub trailer_secrets: TrailerSecrets,
     /// Names of the secrets the request carries, audited once it is sent.
     pub secrets: Vec<String>,
+}
+
+/// Before any rule is looked at: hop-by-hop and `Proxy-*` headers are removed (they never go
+/// upstream, so what they carry is not checked: `Proxy-Authorization` carries the task's
+/// token), and the task's token anywhere in the URI or the headers refuses the request, before
+/// any refusal could quote the part that carries it.
+pub fn guard_head(
+    ctx: &ConnContext,
+    parts: &mut Parts,
+    path: Option<&str>,
+    upgrade: bool,
+) -> Result<(), Denial> {
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    let Some(token) = ctx.task.token_finder() else {
+        return Ok(());
+    };
+    let raw = parts.uri.path();
+    let in_uri = token_in_uri(token, raw, path.unwrap_or(raw), parts.uri.query());
+    let part = in_uri.or_else(|| token_in_headers(token, &parts.headers).then_some("headers"));
+    match part {
+        Some(part) => Err(token_denial(ctx, part)),
+        None => Ok(()),
+    }
+}
+
+/// The refusal of a request that carries the task's own proxy token in `part`.
+pub(crate) fn token_denial(ctx: &ConnContext, part: &str) -> Denial {
+    Denial::new(
+        Reason::PlaceholderNotAllowed,
+        format!(
+            "the request carries task {}'s proxy token in its {part}; the token is for keyswap \
+             only and is never sent to {}: remove it from the request",
+            ctx.task.id, ctx.target.host,
+        ),
+    )
 }
 
 /// The swap step: placeholders in the URI, headers and query are checked against the rule's
@@ -142,8 +189,34 @@ pub(crate) fn misplaced_denial(
             ctx.target.host,
             scope_of(rule, snapshot.config.secret(secret)),
         ),
+        Misplaced::TaskToken { part } => return token_denial(ctx, part),
     };
     Denial::new(Reason::PlaceholderNotAllowed, message)
+}
+
+/// The refusal of a request whose body or trailers were refused as they streamed.
+pub(crate) fn body_denial(
+    snapshot: &Snapshot,
+    ctx: &ConnContext,
+    rule: &Rule,
+    path: &str,
+    refused: BodyRefused,
+) -> Denial {
+    match refused {
+        BodyRefused::Misplaced(misplaced) => misplaced_denial(snapshot, ctx, rule, path, misplaced),
+        BodyRefused::TrailersTooLarge => Denial::new(
+            Reason::BadRequest,
+            "the request trailers are larger than 64 KiB; send fewer or smaller trailers",
+        )
+        .closing(),
+        BodyRefused::SecretUnavailable(id) => Denial::new(
+            Reason::SecretUnavailable,
+            format!(
+                "secret {} could not be refreshed, so keyswap does not send it; ask the operator to check its source",
+                snapshot.config.secret(id).name
+            ),
+        ),
+    }
 }
 
 /// The request as it goes upstream: hop-by-hop headers and what could hide a secret from
@@ -151,14 +224,15 @@ pub(crate) fn misplaced_denial(
 /// the body counted and scanned for placeholders.
 #[allow(clippy::too_many_arguments)]
 pub fn rewrite(
-    snapshot: &std::sync::Arc<Snapshot>,
+    snapshot: &Arc<Snapshot>,
     ctx: &ConnContext,
     mut parts: Parts,
     body: Incoming,
     routed: &Routed<'_>,
     swapped: Swapped,
     upgrade: bool,
-    ex: &Exchange,
+    req_bytes: &Arc<AtomicU64>,
+    held: Option<Arc<Held>>,
 ) -> Result<Outgoing, Denial> {
     let rule = routed.matched.rule();
     let partial_refused = could_hold_secret(snapshot, ctx);
@@ -183,44 +257,52 @@ pub fn rewrite(
         })?;
     parts.version = Version::HTTP_11;
     let head_request = parts.method == http::Method::HEAD;
-    let counted = Counted::new(body, ex.req_bytes.clone());
+    let counted = Counted::new(body, req_bytes.clone());
     // The upstream connection stays busy until the request body has gone, even after the
     // response: the task's slots are held until then too (pipeline::fair).
-    let counted = match ex.held.clone() {
+    let counted = match held {
         Some(held) => counted.on_end(move || drop(held)),
         None => counted,
     };
-    // Every body is scanned, whether or not the rule swaps in it: an ungranted placeholder
-    // refuses the request even after part of the body has gone upstream.
+    // Every body is scanned, whether or not the rule swaps in it: an ungranted placeholder or
+    // the task's token refuses the request even after part of the body has gone upstream.
+    // Trailers are held to the header rules whatever the body's.
     let body_refused = BodyRefusal::default();
-    let body: ProxyBody = if snapshot.placeholders.is_empty() {
-        boxed(counted)
-    } else {
-        if swapped.swap_body {
-            parts.headers.remove(header::CONTENT_LENGTH);
-        }
-        boxed(ScanBody::new(
-            counted,
-            SnapshotPlaceholders(snapshot.clone()),
-            rule.secrets.clone(),
-            swapped.swap_body,
-            body_refused.clone(),
-        ))
-    };
+    let trailer_secrets = TrailerSecrets::default();
+    if swapped.swap_body {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    let guarded = TokenGuard::new(counted, ctx.task.clone(), body_refused.clone());
+    let scanned = ScanBody::new(
+        guarded,
+        SnapshotPlaceholders(snapshot.clone()),
+        rule.secrets.clone(),
+        swapped.swap_body,
+        body_refused.clone(),
+        trailer_check(
+            snapshot.clone(),
+            ctx.task.clone(),
+            rule,
+            trailer_secrets.clone(),
+        ),
+    );
+    let (body, body_watch) = watch(boxed(scanned));
     let secrets = swapped
         .used
         .iter()
         .map(|id| snapshot.config.secret(*id).name.clone())
         .collect();
     Ok(Outgoing {
-        request: Request::from_parts(parts, body),
+        request: Request::from_parts(parts, boxed(body)),
         meta: Sending {
             upgrade,
             head_request,
             partial_refused,
             body_refused,
+            trailer_secrets,
             secrets,
         },
+        body_watch,
     })
 }
 

@@ -8,7 +8,13 @@
 //! not name, where the rule swaps into headers. Only then are granted placeholders replaced,
 //! in the parts the rule's `swap_in` names; elsewhere they pass as they are (a placeholder is
 //! no secret). Swapped values are marked sensitive so HTTP/2 never indexes them. The body is
-//! [`crate::pipeline::swap_body`]'s.
+//! [`crate::pipeline::swap_body`]'s; trailers are headers and pass the same checks
+//! ([`crate::pipeline::trailers`]).
+//!
+//! The task's own proxy token is refused wherever it appears, like the placeholder of a secret
+//! no rule grants ([`Misplaced::TaskToken`]): a header's name or value (also inside any
+//! `Basic` credential's base64), the path and query as sent and percent-decoded, a trailer,
+//! the body. Only `Proxy-Authorization`, which keyswap reads and strips, may carry it.
 //!
 //! This is one of the two places that handle real values (the other is [`crate::state::snapshot`]);
 //! it writes them into the outgoing request and nowhere else.
@@ -17,9 +23,11 @@ use std::collections::BTreeSet;
 
 use base64::Engine;
 use http::{header, HeaderMap, HeaderName, HeaderValue};
-use keyswap_config::{Config, Rule, SecretId};
+use keyswap_config::{Config, Rule, Secret, SecretId};
 use keyswap_scrub::replace::Replacer;
 use percent_encoding::percent_decode_str;
+
+use crate::wire::token::TokenFinder;
 
 /// Placeholders of secrets the rule does not grant, found in the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +43,25 @@ pub enum Misplaced {
         secret: SecretId,
         header: HeaderName,
     },
+    /// The task's own proxy token, in the named part of the request.
+    TaskToken { part: &'static str },
+}
+
+/// What a rule grants in headers (and trailers): which secrets, and in which header names.
+pub trait HeaderGrants {
+    fn grants(&self, id: SecretId) -> bool;
+    /// Whether `secret` may be swapped into header `name` (lower-case).
+    fn swaps_into_header(&self, secret: &Secret, name: &str) -> bool;
+}
+
+impl HeaderGrants for Rule {
+    fn grants(&self, id: SecretId) -> bool {
+        Rule::grants(self, id)
+    }
+
+    fn swaps_into_header(&self, secret: &Secret, name: &str) -> bool {
+        Rule::swaps_into_header(self, secret, name)
+    }
 }
 
 impl From<NotGranted> for Misplaced {
@@ -58,16 +85,16 @@ pub struct HeaderSwap {
 /// Otherwise, when `swap`, swaps them in place.
 ///
 /// `placeholders` has pattern `i` = placeholder of `SecretId(i)`, replacement = its real value.
-pub fn swap_headers(
+pub fn swap_headers<G: HeaderGrants + ?Sized>(
     placeholders: &Replacer,
     headers: &mut HeaderMap,
-    rule: &Rule,
+    rule: &G,
     config: &Config,
     swap: bool,
 ) -> Result<HeaderSwap, Misplaced> {
     let found = find_in_headers(placeholders, headers);
     let ids: BTreeSet<SecretId> = found.iter().map(|(_, id)| *id).collect();
-    check_granted(&ids, Some(rule))?;
+    check_granted(&ids, |id| rule.grants(id))?;
     if !swap {
         return Ok(HeaderSwap::default());
     }
@@ -115,7 +142,7 @@ pub fn swap_query(
         .find_ids(query.as_bytes())
         .map(SecretId)
         .collect();
-    check_granted(&found, rule)?;
+    check_granted(&found, |id| rule.is_some_and(|r| r.grants(id)))?;
     if found.is_empty() {
         return Ok(None);
     }
@@ -144,12 +171,11 @@ fn percent_encode_into(out: &mut String, bytes: &[u8]) {
     }
 }
 
-fn check_granted(found: &BTreeSet<SecretId>, rule: Option<&Rule>) -> Result<(), NotGranted> {
-    let refused: Vec<SecretId> = found
-        .iter()
-        .copied()
-        .filter(|id| !rule.is_some_and(|r| r.grants(*id)))
-        .collect();
+fn check_granted(
+    found: &BTreeSet<SecretId>,
+    grants: impl Fn(SecretId) -> bool,
+) -> Result<(), NotGranted> {
+    let refused: Vec<SecretId> = found.iter().copied().filter(|id| !grants(*id)).collect();
     if refused.is_empty() {
         Ok(())
     } else {
@@ -204,7 +230,40 @@ pub fn check_uri(
             found.extend(placeholders.find_ids(&decoded).map(SecretId));
         }
     }
-    check_granted(&found, Some(rule))
+    check_granted(&found, |id| rule.grants(id))
+}
+
+/// Whether the task's token is in a header's name or value, or inside the base64 of a
+/// `Basic` credential in any header (the form `Proxy-Authorization` itself carries it in).
+pub fn token_in_headers(token: &TokenFinder, headers: &HeaderMap) -> bool {
+    headers.iter().any(|(name, value)| {
+        let bytes = value.as_bytes();
+        token.found_in(name.as_str().as_bytes())
+            || token.found_in(bytes)
+            || decode_basic(bytes).is_some_and(|decoded| token.found_in(&decoded))
+    })
+}
+
+/// The part of the URI (`path` or `query`) that carries the task's token, as sent or
+/// percent-decoded. `path` is the normalised path.
+pub fn token_in_uri(
+    token: &TokenFinder,
+    raw_path: &str,
+    path: &str,
+    query: Option<&str>,
+) -> Option<&'static str> {
+    let carries = |part: &str| {
+        token.found_in(part.as_bytes())
+            || (part.contains('%')
+                && token.found_in(&percent_decode_str(part).collect::<Vec<u8>>()))
+    };
+    if carries(raw_path) || carries(path) {
+        Some("path")
+    } else if query.is_some_and(carries) {
+        Some("query")
+    } else {
+        None
+    }
 }
 
 /// The decoded credential of `Basic <base64>`, if the value is one.

@@ -1,6 +1,7 @@
 //! The request body, scanned for placeholders as it streams ([`ScanBody`]): a placeholder of
 //! a secret the rule does not grant fails the body; a granted one is swapped for its value
-//! where the rule swaps in bodies.
+//! where the rule swaps in bodies. Trailers are not body: they are headers, checked and
+//! swapped by the header rules ([`crate::pipeline::trailers`]) when they arrive.
 //!
 //! A body is refused after part of it may have gone upstream: the body then fails, which
 //! makes the client abort the upstream request (h2 stream reset, h1 connection closed), and
@@ -21,17 +22,31 @@ use keyswap_config::SecretId;
 use keyswap_scrub::body::BoxError;
 use keyswap_scrub::replace::Replacer;
 
-use crate::pipeline::swap::find_in_headers;
+use crate::pipeline::swap::Misplaced;
 use crate::state::snapshot::Snapshot;
 
-/// Set by a [`ScanBody`] when the body carried placeholders of secrets the rule does not
-/// grant: the ids, for the refusal and the audit.
-pub type BodyRefusal = Arc<OnceLock<Vec<SecretId>>>;
+/// Set by the request body's layers when they refuse it, for the refusal and the audit.
+pub type BodyRefusal = Arc<OnceLock<BodyRefused>>;
+
+/// Why a request body (its data or its trailers) was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyRefused {
+    /// An ungranted placeholder, a granted one in a trailer out of its scope, the task token.
+    Misplaced(Misplaced),
+    /// Trailers larger than a request head may be.
+    TrailersTooLarge,
+    /// A trailer carries the placeholder of a secret that could not be refreshed.
+    SecretUnavailable(SecretId),
+}
 
 /// The error a refused body fails with, which aborts the upstream request.
 #[derive(Debug, thiserror::Error)]
-#[error("the request body carries the placeholder of a secret this rule does not grant")]
-pub struct PlaceholderInBody;
+#[error("the request body or its trailers were refused")]
+pub struct RefusedBody;
+
+/// The header rules applied to a body's trailers when they arrive: checks them, swaps in
+/// them, or refuses them.
+pub type TrailerCheck = Box<dyn Fn(&mut HeaderMap) -> Result<(), BodyRefused> + Send>;
 
 /// The placeholder matcher of a config snapshot, held by a streaming body.
 pub struct SnapshotPlaceholders(pub Arc<Snapshot>);
@@ -44,7 +59,7 @@ impl AsRef<Replacer> for SnapshotPlaceholders {
 
 /// A request body scanned for placeholders as it streams. A placeholder of a secret not in
 /// `granted` fails the body (and sets the [`BodyRefusal`]); a granted one is swapped for its
-/// value when `swap`, else passed unchanged. Trailers are treated alike.
+/// value when `swap`, else passed unchanged. Trailers go through `trailers` (the header rules).
 ///
 /// Like [`keyswap_scrub::replace::ReplacingBody`], only a tail that could start a placeholder is held
 /// back between frames, so no placeholder (not even a part of one) goes out before it is
@@ -56,6 +71,7 @@ pub struct ScanBody<B, P> {
     granted: Vec<SecretId>,
     swap: bool,
     refused: BodyRefusal,
+    trailer_check: TrailerCheck,
     carry: BytesMut,
     ready: VecDeque<Bytes>,
     trailers: Option<HeaderMap>,
@@ -70,6 +86,7 @@ impl<B, P: AsRef<Replacer>> ScanBody<B, P> {
         granted: Vec<SecretId>,
         swap: bool,
         refused: BodyRefusal,
+        trailer_check: TrailerCheck,
     ) -> Self {
         ScanBody {
             inner,
@@ -77,6 +94,7 @@ impl<B, P: AsRef<Replacer>> ScanBody<B, P> {
             granted,
             swap,
             refused,
+            trailer_check,
             carry: BytesMut::new(),
             ready: VecDeque::new(),
             trailers: None,
@@ -194,31 +212,18 @@ impl<B, P: AsRef<Replacer>> ScanBody<B, P> {
         Ok(())
     }
 
-    /// Trailers are header-like: refused like the body, swapped only where the body is.
-    fn trailers(&self, trailers: &mut HeaderMap) -> Result<(), Vec<SecretId>> {
-        let replacer = self.placeholders.as_ref();
-        let refused: Vec<SecretId> = find_in_headers(replacer, trailers)
-            .into_iter()
-            .map(|(_, id)| id)
-            .filter(|id| !self.granted.contains(id))
-            .collect();
-        if !refused.is_empty() {
-            return Err(refused);
-        }
-        if self.swap {
-            replacer.replace_in_headers(trailers);
-        }
-        Ok(())
-    }
-
-    fn fail(&mut self, mut ids: Vec<SecretId>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        ids.sort();
-        ids.dedup();
-        let _ = self.refused.set(ids);
+    fn fail(&mut self, refused: BodyRefused) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let _ = self.refused.set(refused);
         self.failed = true;
         self.ready.clear();
         self.carry.clear();
-        Poll::Ready(Some(Err(Box::new(PlaceholderInBody))))
+        Poll::Ready(Some(Err(Box::new(RefusedBody))))
+    }
+
+    fn fail_ids(&mut self, mut ids: Vec<SecretId>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        ids.sort();
+        ids.dedup();
+        self.fail(BodyRefused::Misplaced(Misplaced::NotGranted(ids)))
     }
 }
 
@@ -247,7 +252,7 @@ where
                 if !this.carry.is_empty() {
                     let rest = this.carry.split().freeze();
                     if let Err(ids) = this.process(rest, true) {
-                        return this.fail(ids);
+                        return this.fail_ids(ids);
                     }
                     continue;
                 }
@@ -260,13 +265,13 @@ where
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
                         if let Err(ids) = this.feed(data) {
-                            return this.fail(ids);
+                            return this.fail_ids(ids);
                         }
                     }
                     Err(frame) => {
                         if let Ok(mut trailers) = frame.into_trailers() {
-                            if let Err(ids) = this.trailers(&mut trailers) {
-                                return this.fail(ids);
+                            if let Err(refused) = (this.trailer_check)(&mut trailers) {
+                                return this.fail(refused);
                             }
                             this.trailers = Some(trailers);
                         }
@@ -309,126 +314,5 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::BodyExt;
-
-    const GRANTED: &[u8] = b"ks_granted_placeholder_01";
-    const OTHER: &[u8] = b"ks_other_placeholder_0002";
-
-    fn placeholders() -> Arc<Replacer> {
-        Arc::new(
-            Replacer::new(vec![
-                (GRANTED.to_vec(), Bytes::from_static(b"<value-0>")),
-                (OTHER.to_vec(), Bytes::from_static(b"<value-1>")),
-            ])
-            .unwrap(),
-        )
-    }
-
-    /// A body that yields the given frames one per poll.
-    struct Frames(VecDeque<Bytes>);
-
-    impl Body for Frames {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-        fn poll_frame(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            Poll::Ready(self.get_mut().0.pop_front().map(|b| Ok(Frame::data(b))))
-        }
-    }
-
-    async fn run(chunks: &[&[u8]], swap: bool) -> (Result<Vec<u8>, ()>, Option<Vec<SecretId>>) {
-        let frames = Frames(chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect());
-        let refused = BodyRefusal::default();
-        let body = ScanBody::new(
-            frames,
-            placeholders(),
-            vec![SecretId(0)],
-            swap,
-            refused.clone(),
-        );
-        let out = body.collect().await.map(|c| c.to_bytes().to_vec());
-        (out.map_err(|_| ()), refused.get().cloned())
-    }
-
-    #[tokio::test]
-    async fn every_split_point_swaps_or_refuses() {
-        let granted = [b"a=".as_slice(), GRANTED, b"&b=", GRANTED, b"!"].concat();
-        let refused = [b"a=".as_slice(), GRANTED, b"&b=", OTHER, b"!"].concat();
-        for i in 0..granted.len() {
-            for j in i..granted.len() {
-                let parts = [&granted[..i], &granted[i..j], &granted[j..]];
-                let (out, why) = run(&parts, true).await;
-                assert_eq!(out.unwrap(), b"a=<value-0>&b=<value-0>!", "split {i},{j}");
-                assert_eq!(why, None);
-                let (out, _) = run(&parts, false).await;
-                assert_eq!(out.unwrap(), granted, "scan only, split {i},{j}");
-                for swap in [true, false] {
-                    let parts = [&refused[..i], &refused[i..j], &refused[j..]];
-                    let (out, why) = run(&parts, swap).await;
-                    assert!(out.is_err(), "split {i},{j} not refused");
-                    assert_eq!(why, Some(vec![SecretId(1)]));
-                }
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn no_part_of_an_ungranted_placeholder_is_emitted() {
-        let frames = Frames(
-            [b"hello ".as_slice(), &OTHER[..10], &OTHER[10..], b" tail"]
-                .into_iter()
-                .map(Bytes::copy_from_slice)
-                .collect(),
-        );
-        let mut body = ScanBody::new(
-            frames,
-            placeholders(),
-            vec![SecretId(0)],
-            false,
-            BodyRefusal::default(),
-        );
-        let mut emitted = Vec::new();
-        while let Some(frame) = body.frame().await {
-            match frame {
-                Ok(f) => emitted.extend_from_slice(f.data_ref().unwrap()),
-                Err(_) => break,
-            }
-        }
-        assert_eq!(emitted, b"hello ");
-    }
-
-    #[tokio::test]
-    async fn frames_without_placeholders_are_passed_without_copying() {
-        let big = Bytes::from(vec![b'x'; 64 * 1024]);
-        let tail = Bytes::from([b"xx".as_slice(), &GRANTED[..3]].concat());
-        let mut body = ScanBody::new(
-            Frames([big.clone(), tail, big.clone()].into_iter().collect()),
-            placeholders(),
-            vec![SecretId(0)],
-            true,
-            BodyRefusal::default(),
-        );
-        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-        assert_eq!(first.as_ptr(), big.as_ptr(), "a clean frame was copied");
-        let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
-        assert_eq!(
-            &second[..],
-            b"xx",
-            "a possible placeholder start was not held"
-        );
-        // The held start joins a small junction; the rest of the big frame is not copied.
-        let junction = body.frame().await.unwrap().unwrap().into_data().unwrap();
-        assert_eq!(&junction[..], &GRANTED[..3]);
-        let rest = body.frame().await.unwrap().unwrap().into_data().unwrap();
-        assert_eq!(
-            rest.as_ptr(),
-            big.as_ptr(),
-            "the frame after a held tail was copied"
-        );
-        assert!(body.frame().await.is_none());
-    }
-}
+#[path = "swap_body_tests.rs"]
+mod tests;

@@ -20,6 +20,7 @@ use crate::audit::record::TaskName;
 use crate::state::fair::TaskSlots;
 use crate::state::metrics::Metrics;
 use crate::state::usage::TaskUsage;
+use crate::wire::token::TokenFinder;
 
 /// Where a task came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +81,8 @@ pub struct LiveTask {
     pub issued_by: IssuedBy,
     pub issued_at: SystemTime,
     token: Option<SecretString>,
+    /// The token as a needle, built once here for every request of the task to be searched.
+    token_finder: Option<TokenFinder>,
     /// Nanoseconds since the epoch; 0 = never expires. Changed by a reload.
     expires_nanos: AtomicU64,
     /// Wakes the expiry watcher when `expires_nanos` changes.
@@ -127,6 +130,9 @@ impl LiveTask {
             policy,
             issued_by,
             issued_at: SystemTime::now(),
+            token_finder: token
+                .as_ref()
+                .and_then(|t| TokenFinder::new(t.expose_secret().as_bytes())),
             token,
             expires_nanos: AtomicU64::new(to_nanos(expires)),
             expiry_changed: Notify::new(),
@@ -176,6 +182,11 @@ impl LiveTask {
                 .ct_eq(presented.as_bytes())
                 .into(),
         }
+    }
+
+    /// The task's token as a needle, to refuse a request that carries it (`None`: no token).
+    pub fn token_finder(&self) -> Option<&TokenFinder> {
+        self.token_finder.as_ref()
     }
 
     /// The same token (both absent, or equal), for reloads.

@@ -1,5 +1,7 @@
 //! Header hygiene between the two legs: hop-by-hop headers (RFC 9110 §7.6.1) and every
-//! `Proxy-*` header stop at keyswap; request framing is checked for smuggling signs.
+//! `Proxy-*` header stop at keyswap; request framing is checked for smuggling signs. Trailers
+//! are header fields too (RFC 9110 §6.5): the same stripping and the same size bound apply to
+//! them.
 
 use http::header::{self, HeaderMap, HeaderName};
 
@@ -79,11 +81,20 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Whether the head of a request (method, URI and header fields) exceeds [`MAX_HEAD_BYTES`].
 pub fn head_too_large(method: &http::Method, uri: &http::Uri, headers: &HeaderMap) -> bool {
     let line = method.as_str().len() + uri.to_string().len() + " HTTP/1.1\r\n ".len();
-    let fields: usize = headers
+    line + fields_len(headers) > MAX_HEAD_BYTES
+}
+
+/// Whether a request's trailer fields exceed [`MAX_HEAD_BYTES`], counted as a head's are.
+pub fn trailers_too_large(trailers: &HeaderMap) -> bool {
+    fields_len(trailers) > MAX_HEAD_BYTES
+}
+
+/// Header fields' size as written: name, value, and the `: ` and CRLF around them.
+fn fields_len(headers: &HeaderMap) -> usize {
+    headers
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    line + fields > MAX_HEAD_BYTES
+        .sum()
 }
 
 /// Method-override headers: some frameworks serve the method they name instead of the

@@ -345,7 +345,7 @@ mod leak_check {
 
     use base64::Engine;
     use keyswap_tests::client::Alpn;
-    use keyswap_tests::harness::{TestEnv, AGENT_TOKEN, API_HOST};
+    use keyswap_tests::harness::{TestEnv, AGENT_TOKEN, TUNNEL_HOST};
 
     const CANARY: &str = "ks-leak-check-canary-4d1c9e07b2a85f36";
 
@@ -364,14 +364,17 @@ mod leak_check {
     #[tokio::test]
     async fn fails_on_a_task_token_the_upstream_received() {
         let env = TestEnv::start().await;
-        let opts = env.agent(&format!("{API_HOST}:443"), Alpn::Both);
+        // keyswap refuses a request that carries the token; a `tunnel: true` host is passed
+        // through unread, so that is how one reaches an upstream.
+        let mut opts = env.agent(&format!("{TUNNEL_HOST}:443"), Alpn::Both);
+        opts.trust = vec![env.upstream_ca.cert_der().clone()];
         let reply = env
             .request(&opts, "GET", "/public/x", &[("x-forwarded", AGENT_TOKEN)])
             .await;
         // The upstream has no such page: it answered, so it got the request.
         assert_eq!(reply.status, 404, "{reply:?}");
         let failed = failure(&env).expect("a token the upstream received passed");
-        assert!(failed.contains("the upstream received"), "{failed}");
+        assert!(failed.contains("the tunnel upstream received"), "{failed}");
     }
 
     #[tokio::test]

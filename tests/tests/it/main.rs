@@ -23,6 +23,7 @@ mod revocation;
 mod scrub_forms;
 mod swap;
 mod threats;
+mod trailers;
 mod transparent;
 mod tunnel_sni;
 mod websocket_guard;
