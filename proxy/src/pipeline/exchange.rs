@@ -15,12 +15,12 @@ use hyper::body::Incoming;
 use keyswap_config::{normalize_path, PathError};
 use keyswap_scrub::body::ProxyBody;
 
-use crate::audit::decision::{Decision, Denial, Reason};
+use crate::audit::decision::{Carried, Decision, Denial, Reason};
 use crate::audit::record::{shown_path, Sent, Started, Subject};
 use crate::lifecycle::budget;
 use crate::pipeline::context::ConnContext;
 use crate::pipeline::swap::NotGranted;
-use crate::pipeline::{approve, inbound, outbound, route};
+use crate::pipeline::{approve, inbound, learn, outbound, route};
 use crate::state::shared::Shared;
 use crate::state::snapshot::Snapshot;
 use crate::wire::headers::is_websocket_upgrade;
@@ -35,6 +35,10 @@ pub struct Exchange {
     pub secrets: Vec<String>,
     /// Request body bytes read from the agent so far.
     pub req_bytes: Arc<AtomicU64>,
+    /// Learn mode let it through: allowed, it is recorded as `learned`.
+    pub learned: bool,
+    /// Learn mode: the placeholders it carried, forwarded as they were.
+    pub carried: Vec<Carried>,
 }
 
 impl Exchange {
@@ -50,16 +54,24 @@ impl Exchange {
             rule: None,
             secrets: Vec::new(),
             req_bytes: Arc::new(AtomicU64::new(0)),
+            learned: false,
+            carried: Vec::new(),
         }
     }
 
-    /// The request's one decision.
+    /// The request's one decision (a learned request that went through is `learned`).
     pub fn decision(&self, reason: Reason) -> Decision {
+        let reason = match reason {
+            Reason::Allowed if self.learned => Reason::Learned,
+            other => other,
+        };
         Decision {
-            reason,
-            rule: self.rule,
-            secrets: self.secrets.clone(),
-            claimed_task: None,
+            carried: self.carried.clone(),
+            ..Decision {
+                rule: self.rule,
+                secrets: self.secrets.clone(),
+                ..Decision::new(reason)
+            }
         }
     }
 
@@ -135,7 +147,13 @@ async fn forward(
     ex.rule = routed.matched.index();
     ex.subject.path = Some(routed.path.clone());
 
-    let swapped = outbound::swap_in(snapshot, ctx, &mut parts, &routed)?;
+    let swapped = if routed.matched.is_learned() {
+        ex.learned = true;
+        ex.carried = learn::carried(snapshot, &parts, &routed);
+        outbound::unswapped(&parts)
+    } else {
+        outbound::swap_in(snapshot, ctx, &mut parts, &routed)?
+    };
     budget::charge(&ctx.task, routed.matched.rule())?;
     let outgoing = outbound::rewrite(snapshot, ctx, parts, body, &routed, swapped, upgrade, ex)?;
     let sent = inbound::send(snapshot, outgoing.request, &outgoing.meta, ex).await;

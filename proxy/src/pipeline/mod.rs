@@ -15,6 +15,7 @@ pub mod context;
 pub mod exchange;
 pub mod inbound;
 pub mod intercept;
+pub mod learn;
 pub mod outbound;
 pub mod route;
 pub mod swap;

@@ -112,6 +112,15 @@ pub fn swap_in(
     })
 }
 
+/// What a learned request goes upstream with: nothing swapped, the query as sent.
+pub fn unswapped(parts: &Parts) -> Swapped {
+    Swapped {
+        used: BTreeSet::new(),
+        query: parts.uri.query().map(str::to_string),
+        swap_body: false,
+    }
+}
+
 /// The refusal of a placeholder the rule does not grant where it was found.
 pub(crate) fn misplaced_denial(
     snapshot: &Snapshot,
@@ -187,7 +196,9 @@ pub fn rewrite(
     // Every body is scanned, whether or not the rule swaps in it: an ungranted placeholder
     // refuses the request even after part of the body has gone upstream.
     let body_refused = BodyRefusal::default();
-    let body: ProxyBody = if snapshot.placeholders.is_empty() {
+    // A learned request's body is not scanned: its rule grants nothing, nothing is swapped,
+    // and a placeholder in it goes upstream as the placeholder.
+    let body: ProxyBody = if snapshot.placeholders.is_empty() || routed.matched.is_learned() {
         boxed(counted)
     } else {
         if swapped.swap_body {

@@ -11,6 +11,7 @@ mod deny;
 mod docs;
 mod harness;
 mod java_client;
+mod learn;
 mod metrics;
 mod operator_log;
 mod placeholders;

@@ -1,0 +1,387 @@
+//! Learn mode (`on_unlisted: learn`) and `keyswap learn`: real clients (git over smart HTTP,
+//! curl) run against the local upstreams under a learning task; what no rule allows is
+//! forwarded with no secret (the upstream gets the placeholder's bytes) and recorded as
+//! `learned`; the policy learned from that audit then serves the same run with no refusal
+//! and refuses what the run never did.
+//!
+//! git and curl must be on PATH; without one a test prints a notice and passes, except under
+//! `CI=true`, where it fails.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::Engine;
+use keyswap::admin::client::{AdminClient, AdminTarget};
+use keyswap::ProxyOptions;
+use keyswap_tests::config::{ConfigBuilder, Entry, Rule, Secret};
+use keyswap_tests::harness::{TestEnv, AGENT_TOKEN, API_HOST, OTHER_HOST, TUNNEL_HOST};
+use keyswap_tests::secrets::{
+    assert_no_real_secret, GITHUB_PLACEHOLDER, GITHUB_REAL, OPENAI_PLACEHOLDER,
+};
+use keyswap_tests::tools::available;
+use keyswap_tests::upstream::Alpn;
+
+/// The resolves, secrets, admin socket and metrics listener both configs share; the task
+/// is added by the caller.
+fn base() -> ConfigBuilder {
+    ConfigBuilder::new()
+        .admin_socket()
+        .metrics()
+        .resolve(&format!("{OTHER_HOST}:443"), "127.0.0.1:{https_port}")
+        .resolve(&format!("{TUNNEL_HOST}:443"), "127.0.0.1:{tunnel_port}")
+        .secret("github", Secret::github())
+        .secret("openai", Secret::openai())
+}
+
+/// Task `agent` in learn mode, with a `tunnel: true` rule and one listed route.
+fn learning_config() -> String {
+    base()
+        .task(
+            "agent",
+            Entry::with_token()
+                .field("on_unlisted", "learn")
+                .rule(Rule::host(TUNNEL_HOST).field("tunnel", "true"))
+                .rule(Rule::api().methods(&["GET"]).paths(&["/echo/listed"])),
+        )
+        .yaml()
+}
+
+fn options() -> ProxyOptions {
+    ProxyOptions {
+        admin: true,
+        metrics: true,
+        ..ProxyOptions::default()
+    }
+}
+
+/// Which placeholder a scripted call carries, and in which header.
+#[derive(Clone, Copy)]
+enum Carry {
+    Nothing,
+    GithubBearer,
+    OpenaiKey,
+}
+
+/// The agent's API calls: ids, UUIDs, digests and dates in their paths.
+const SCRIPT: &[(&str, &str, &str, Carry)] = &[
+    (
+        "GET",
+        API_HOST,
+        "/echo/repos/acme/widget/issues/42",
+        Carry::GithubBearer,
+    ),
+    (
+        "GET",
+        API_HOST,
+        "/echo/repos/acme/widget/issues/43",
+        Carry::GithubBearer,
+    ),
+    (
+        "POST",
+        API_HOST,
+        "/echo/repos/acme/widget/issues/42/comments",
+        Carry::GithubBearer,
+    ),
+    (
+        "GET",
+        API_HOST,
+        "/echo/users/1f0c5a9e-3b1d-4c2e-9f0a-1234567890ab",
+        Carry::Nothing,
+    ),
+    (
+        "GET",
+        API_HOST,
+        "/echo/commits/9fceb02d0ae598e95dc970b74767f19372d61af8",
+        Carry::Nothing,
+    ),
+    ("GET", API_HOST, "/echo/reports/2026-12-07", Carry::Nothing),
+    ("GET", API_HOST, "/echo/listed", Carry::Nothing),
+    (
+        "POST",
+        OTHER_HOST,
+        "/echo/v1/chat/completions",
+        Carry::OpenaiKey,
+    ),
+    ("GET", TUNNEL_HOST, "/echo/tunnelled", Carry::Nothing),
+];
+
+/// keyswap's CA and the upstream CA (a `tunnel: true` host shows its own certificate).
+fn ca_bundle(env: &TestEnv) -> PathBuf {
+    let path = env.dir.path().join("ca-bundle.pem");
+    let both = format!("{}{}", env.proxy_ca_pem, env.upstream_ca.cert_pem());
+    std::fs::write(&path, both).expect("write CA bundle");
+    path
+}
+
+fn proxy_url(env: &TestEnv) -> String {
+    format!("http://agent:{AGENT_TOKEN}@{}", env.proxy.addr())
+}
+
+/// A child with only PATH, HOME (a fresh directory) and `vars`.
+fn command(env: &TestEnv, program: &str, vars: &BTreeMap<&str, String>) -> tokio::process::Command {
+    let home = env.dir.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", &home)
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .current_dir(env.dir.path())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs a client to its end; what it printed is checked for real values and kept.
+async fn run(env: &TestEnv, what: &str, mut cmd: tokio::process::Command) -> String {
+    let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish"))
+        .unwrap_or_else(|e| panic!("{what} did not start: {e}"));
+    assert_no_real_secret(&format!("{what} stdout"), &out.stdout);
+    assert_no_real_secret(&format!("{what} stderr"), &out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).replace(AGENT_TOKEN, "<token>");
+    env.keep(&[], &stdout);
+    env.keep(&[], &stderr);
+    assert!(out.status.success(), "{what} failed\n{stdout}\n{stderr}");
+    stdout
+}
+
+fn basic(user: &str, password: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}
+
+/// One curl call through keyswap; returns the status the agent got.
+async fn curl(env: &TestEnv, method: &str, host: &str, path: &str, carry: Carry) -> u16 {
+    let vars = BTreeMap::new();
+    let mut cmd = command(env, "curl", &vars);
+    cmd.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", method])
+        .arg("--proxy")
+        .arg(proxy_url(env))
+        .arg("--cacert")
+        .arg(ca_bundle(env));
+    match carry {
+        Carry::Nothing => {}
+        Carry::GithubBearer => {
+            cmd.arg("-H")
+                .arg(format!("Authorization: Bearer {GITHUB_PLACEHOLDER}"));
+        }
+        Carry::OpenaiKey => {
+            cmd.arg("-H")
+                .arg(format!("x-api-key: {OPENAI_PLACEHOLDER}"));
+        }
+    }
+    cmd.arg(format!("https://{host}{path}"));
+    let status = run(env, &format!("curl {method} {host}{path}"), cmd).await;
+    status.trim().parse().expect("curl printed a status")
+}
+
+/// A bare repository `root/git/demo.git` with one commit.
+async fn write_repo(env: &TestEnv, root: &Path) {
+    let vars = BTreeMap::from([
+        ("GIT_AUTHOR_NAME", "keyswap".to_string()),
+        ("GIT_AUTHOR_EMAIL", "tests@keyswap.invalid".to_string()),
+        ("GIT_COMMITTER_NAME", "keyswap".to_string()),
+        ("GIT_COMMITTER_EMAIL", "tests@keyswap.invalid".to_string()),
+    ]);
+    let bare = root.join("git/demo.git");
+    let work = env.dir.path().join("seed");
+    let (bare, work) = (bare.to_str().expect("utf-8"), work.to_str().expect("utf-8"));
+    let steps: [&[&str]; 5] = [
+        &["init", "-q", "--bare", "-b", "main", bare],
+        &["init", "-q", "-b", "main", work],
+        &["-C", work, "add", "README"],
+        &["-C", work, "commit", "-q", "-m", "first"],
+        &["-C", work, "push", "-q", bare, "main"],
+    ];
+    for (i, args) in steps.iter().enumerate() {
+        if i == 2 {
+            std::fs::write(Path::new(work).join("README"), "learned\n").expect("file");
+        }
+        let mut cmd = command(env, "git", &vars);
+        cmd.args(*args);
+        run(env, "git (seeding the repository)", cmd).await;
+    }
+}
+
+/// `git clone` over smart HTTP through keyswap, sending a GitHub-style
+/// `Basic x-access-token:PLACEHOLDER`.
+async fn git_clone(env: &TestEnv, into: &str) {
+    let header = format!(
+        "http.extraHeader=Authorization: Basic {}",
+        basic("x-access-token", GITHUB_PLACEHOLDER)
+    );
+    let vars = BTreeMap::from([
+        ("HTTPS_PROXY", proxy_url(env)),
+        ("GIT_SSL_CAINFO", ca_bundle(env).display().to_string()),
+        ("GIT_TERMINAL_PROMPT", "0".to_string()),
+    ]);
+    let clone = env.dir.path().join(into);
+    let mut cmd = command(env, "git", &vars);
+    cmd.args(["-c", &header, "clone", "-q"])
+        .arg(format!("https://{API_HOST}/git/demo.git"))
+        .arg(&clone);
+    run(env, "git clone", cmd).await;
+    let readme = std::fs::read_to_string(clone.join("README")).expect("cloned");
+    assert_eq!(readme, "learned\n");
+}
+
+/// The whole run: a git clone, then the scripted API calls, each answered 200.
+async fn agent_run(env: &TestEnv) {
+    let root = env.dir.path().join("www");
+    write_repo(env, &root).await;
+    env.upstream.serve_files(&root);
+    git_clone(env, "clone").await;
+    for (method, host, path, carry) in SCRIPT {
+        let status = curl(env, method, host, path, *carry).await;
+        assert_eq!(status, 200, "{method} {host}{path}");
+    }
+}
+
+fn tools_present() -> bool {
+    available("git", "--version") && available("curl", "--version")
+}
+
+/// One GET of the metrics listener's `/metrics`.
+async fn metrics(env: &TestEnv) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = env.proxy.metrics_addr().expect("metrics served");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.expect("read");
+    text
+}
+
+#[tokio::test]
+async fn learning_task_forwards_unlisted_requests_with_placeholders_and_records_them() {
+    if !tools_present() {
+        return;
+    }
+    let env = TestEnv::start_with_options(&learning_config(), Alpn::Both, options()).await;
+    agent_run(&env).await;
+
+    // The upstream got the placeholder's bytes, never a real value.
+    let seen = env.upstream.seen();
+    let issue = seen
+        .iter()
+        .find(|r| r.path_and_query == "/echo/repos/acme/widget/issues/42")
+        .expect("the upstream saw the learned request");
+    let sent_bearer = format!("Bearer {GITHUB_PLACEHOLDER}");
+    assert_eq!(issue.header("authorization"), Some(sent_bearer.as_str()));
+    let sent_basic = format!("Basic {}", basic("x-access-token", GITHUB_PLACEHOLDER));
+    let git: Vec<_> = seen
+        .iter()
+        .filter(|r| r.path_and_query.starts_with("/git/demo.git/"))
+        .collect();
+    assert!(!git.is_empty());
+    for r in &git {
+        assert_eq!(r.header("authorization"), Some(sent_basic.as_str()));
+    }
+    let chat = seen
+        .iter()
+        .find(|r| r.path_and_query == "/echo/v1/chat/completions")
+        .expect("the upstream saw the openai call");
+    assert_eq!(chat.header("x-api-key"), Some(OPENAI_PLACEHOLDER));
+    for r in &seen {
+        for (_, value) in &r.headers {
+            assert!(
+                !value.contains("KSREAL"),
+                "a real value reached the upstream"
+            );
+        }
+    }
+
+    // Recorded as learned, with what was carried and what the upstream answered.
+    let learned = env
+        .audit_where(|r| r["path"] == "/echo/repos/acme/widget/issues/42" && r["method"] == "GET")
+        .await;
+    assert_eq!(learned["decision"], "learned");
+    assert_eq!(learned["reason"], "learned");
+    assert_eq!(learned["status"], 200);
+    assert_eq!(learned["rule"], serde_json::Value::Null);
+    assert_eq!(learned["secrets"], serde_json::json!([]));
+    assert_eq!(
+        learned["carried"],
+        serde_json::json!([{"secret": "github", "headers": ["authorization"]}])
+    );
+    let plain = env
+        .audit_where(|r| r["path"] == "/echo/reports/2026-12-07")
+        .await;
+    assert_eq!(plain["decision"], "learned");
+    assert!(plain.get("carried").is_none(), "{plain}");
+    // A listed route is decided as usual; the tunnel is a tunnel.
+    let listed = env.audit_where(|r| r["path"] == "/echo/listed").await;
+    assert_eq!(
+        (&listed["decision"], &listed["rule"]),
+        (&"allowed".into(), &1.into())
+    );
+    let tunnel = env
+        .audit_where(|r| r["host"] == TUNNEL_HOST && r["method"] == "CONNECT")
+        .await;
+    assert_eq!(tunnel["tunnel"], true);
+    assert_eq!(tunnel["decision"], "allowed");
+    let denied: Vec<String> = env
+        .audit()
+        .iter()
+        // git's libcurl asks without proxy credentials first and gets 407 (no_task).
+        .filter(|r| r["decision"] == "denied" && r["reason"] != "no_task")
+        .map(|r| {
+            format!(
+                "{} {} {} {}",
+                r["reason"], r["method"], r["host"], r["path"]
+            )
+        })
+        .collect();
+    assert!(denied.is_empty(), "{denied:?}");
+
+    // The metrics count learned requests; the task list marks the task.
+    let text = metrics(&env).await;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("keyswap_requests_total{") && l.contains("reason=\"learned\"")),
+        "{text}"
+    );
+    let admin = AdminClient::new(AdminTarget::Socket(
+        env.proxy.admin_socket().expect("socket").to_path_buf(),
+    ));
+    let tasks = admin.list().await.expect("task list");
+    let agent = tasks
+        .iter()
+        .find(|t| t.id == "agent")
+        .expect("agent listed");
+    assert!(agent.learning);
+    env.assert_no_leaks();
+}
+
+#[tokio::test]
+async fn a_rule_that_matches_under_learn_mode_swaps_as_usual() {
+    if !available("curl", "--version") {
+        return;
+    }
+    let yaml = base()
+        .task(
+            "agent",
+            Entry::with_token()
+                .field("on_unlisted", "learn")
+                .rule(Rule::api().paths(&["/echo/granted"]).secrets(&["github"])),
+        )
+        .yaml();
+    let env = TestEnv::start_with_options(&yaml, Alpn::Both, options()).await;
+    assert_eq!(
+        curl(&env, "GET", API_HOST, "/echo/granted", Carry::GithubBearer).await,
+        200
+    );
+    let real = format!("Bearer {GITHUB_REAL}");
+    assert!(env.upstream.authorization_for("/echo/granted").as_deref() == Some(real.as_str()));
+    let record = env.audit_where(|r| r["path"] == "/echo/granted").await;
+    assert_eq!(record["decision"], "allowed");
+    assert_eq!(record["secrets"], serde_json::json!(["github"]));
+    env.assert_no_leaks();
+}
