@@ -14,6 +14,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use keyswap::admin::client::{AdminClient, AdminTarget};
+use keyswap::learn::{
+    learn_rules, read_audit, render, replay, Filter, Observed, DEFAULT_MAX_CHILDREN,
+};
 use keyswap::ProxyOptions;
 use keyswap_tests::config::{ConfigBuilder, Entry, Rule, Secret};
 use keyswap_tests::harness::{TestEnv, AGENT_TOKEN, API_HOST, OTHER_HOST, TUNNEL_HOST};
@@ -383,5 +386,170 @@ async fn a_rule_that_matches_under_learn_mode_swaps_as_usual() {
     let record = env.audit_where(|r| r["path"] == "/echo/granted").await;
     assert_eq!(record["decision"], "allowed");
     assert_eq!(record["secrets"], serde_json::json!(["github"]));
+    env.assert_no_leaks();
+}
+
+// ---- keyswap learn: from the run's audit to a policy, and back ------------------------------
+
+/// The learned run's audit, read and verified as `keyswap learn --task agent` reads it.
+fn learned_records(audit: &Path) -> Vec<Observed> {
+    let filter = Filter {
+        task: Some("agent".into()),
+        ..Filter::default()
+    };
+    let read = read_audit(&[audit.to_path_buf()], &[], &filter, false).expect("audit verifies");
+    assert!(read.broken.is_none());
+    read.records
+}
+
+/// What `curl` got for a request the learned policy must refuse: status and reason.
+async fn refused(env: &TestEnv, method: &str, host: &str, path: &str, carry: Carry) -> String {
+    let status = curl(env, method, host, path, carry).await;
+    assert_eq!(status, 403, "{method} {host}{path}");
+    let record = env
+        .audit_where(|r| {
+            r["path"] == path
+                && r["host"] == host
+                && r["method"] == method
+                && r["decision"] == "denied"
+        })
+        .await;
+    record["reason"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn the_learned_policy_serves_the_same_run_and_refuses_what_it_never_did() {
+    if !tools_present() {
+        return;
+    }
+    let learning = TestEnv::start_with_options(&learning_config(), Alpn::Both, options()).await;
+    agent_run(&learning).await;
+    learning.audit(); // flushed
+    let records = learned_records(&learning.audit_path());
+    let rules = learn_rules(&records, DEFAULT_MAX_CHILDREN);
+    let policy = render("learned", &rules, "the test run");
+    learning.keep(&[], &policy);
+    // Deterministic: the same records in another order give the same text.
+    let mut reversed = records.clone();
+    reversed.reverse();
+    assert_eq!(
+        render(
+            "learned",
+            &learn_rules(&reversed, DEFAULT_MAX_CHILDREN),
+            "the test run"
+        ),
+        policy
+    );
+    for expected in [
+        r#"paths: ["/echo/repos/acme/widget/issues/*", "/echo/repos/acme/widget/issues/*/comments", "/git/demo.git/git-upload-pack", "/git/demo.git/info/refs"]"#,
+        r#"paths: ["/echo/commits/*", "/echo/listed", "/echo/reports/*", "/echo/users/*"]"#,
+        r#"secrets: ["github"]"#,
+        r#"headers: ["authorization"]"#,
+        r#"headers: ["x-api-key"]"#,
+        "tunnel: true",
+    ] {
+        assert!(
+            policy.contains(expected),
+            "{expected} missing from\n{policy}"
+        );
+    }
+    assert_eq!(policy.matches("secrets:").count(), 2, "{policy}");
+    assert_eq!(policy.matches("tunnel: true").count(), 1, "{policy}");
+    assert!(
+        policy.contains("# 4 requests, e.g. GET /echo/commits/9fceb02d"),
+        "{policy}"
+    );
+
+    // The policy passes the config's validation, and serves the same run without a refusal.
+    let yaml = base()
+        .task("agent", Entry::with_token().field("policy", "learned"))
+        .yaml()
+        + &policy;
+    let env = TestEnv::start_with_options(&yaml, Alpn::Both, options()).await;
+    agent_run(&env).await;
+    let refusals: Vec<String> = env
+        .audit()
+        .iter()
+        .filter(|r| r["event"] == "request")
+        .filter(|r| r["decision"] != "allowed" && r["reason"] != "no_task")
+        .map(|r| {
+            format!(
+                "{} {} {} {}",
+                r["reason"], r["method"], r["host"], r["path"]
+            )
+        })
+        .collect();
+    assert!(refusals.is_empty(), "{refusals:?}");
+    let real = format!("Basic {}", basic("x-access-token", GITHUB_REAL));
+    assert!(env
+        .upstream
+        .seen()
+        .iter()
+        .filter(|r| r.path_and_query.starts_with("/git/demo.git/"))
+        .all(|r| r.header("authorization") == Some(real.as_str())));
+
+    // What the run never did is refused.
+    let never = [
+        (
+            "GET",
+            API_HOST,
+            "/echo/repos/acme/widget/pulls/1",
+            Carry::GithubBearer,
+            "route_not_allowed",
+        ),
+        (
+            "DELETE",
+            API_HOST,
+            "/echo/repos/acme/widget/issues/42",
+            Carry::GithubBearer,
+            "route_not_allowed",
+        ),
+        (
+            "GET",
+            API_HOST,
+            "/echo/users/1f0c5a9e-3b1d-4c2e-9f0a-1234567890ab/keys",
+            Carry::Nothing,
+            "route_not_allowed",
+        ),
+        // A secret only where the run used it.
+        (
+            "GET",
+            API_HOST,
+            "/echo/users/1f0c5a9e-3b1d-4c2e-9f0a-1234567890ab",
+            Carry::GithubBearer,
+            "placeholder_not_allowed",
+        ),
+        (
+            "GET",
+            API_HOST,
+            "/echo/repos/acme/widget/issues/42",
+            Carry::OpenaiKey,
+            "placeholder_not_allowed",
+        ),
+    ];
+    for (method, host, path, carry, reason) in never {
+        assert_eq!(
+            refused(&env, method, host, path, carry).await,
+            reason,
+            "{method} {path}"
+        );
+    }
+    let unknown = "never.upstream.test";
+    assert_eq!(
+        curl(&env, "GET", unknown, "/echo/x", Carry::Nothing).await,
+        403
+    );
+    let record = env.audit_where(|r| r["host"] == unknown).await;
+    assert_eq!(record["reason"], "host_not_allowed");
+
+    // --replay: the learned policy refuses none of the run; one without the git rule does.
+    let config = keyswap_config::load_str(
+        &env.config_yaml,
+        &env.dir.path().join("keyswap.yaml"),
+        &keyswap_tests::harness::test_env_values(),
+    )
+    .expect("config loads");
+    assert_eq!(replay(&config, "learned", &records), Ok(Vec::new()));
+    learning.assert_no_leaks();
     env.assert_no_leaks();
 }
