@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use keyswap::admin::client::{AdminClient, AdminTarget};
+use keyswap::cli::learn::LearnArgs;
 use keyswap::learn::{
     learn_rules, read_audit, render, replay, Filter, Observed, DEFAULT_MAX_CHILDREN,
 };
@@ -551,5 +552,142 @@ async fn the_learned_policy_serves_the_same_run_and_refuses_what_it_never_did() 
     .expect("config loads");
     assert_eq!(replay(&config, "learned", &records), Ok(Vec::new()));
     learning.assert_no_leaks();
+    env.assert_no_leaks();
+}
+
+// ---- the command: --merge, --replay, a tampered audit ---------------------------------------
+
+fn args(audit: &Path) -> LearnArgs {
+    LearnArgs {
+        audit: vec![audit.to_path_buf()],
+        task: Some("agent".into()),
+        policy: None,
+        since: None,
+        name: "learned".into(),
+        max_children: DEFAULT_MAX_CHILDREN,
+        merge: None,
+        replay: false,
+        config: None,
+        force: false,
+        key_files: Vec::new(),
+    }
+}
+
+/// `keyswap learn ARGS`: whether it succeeded and what it printed (or the error).
+fn keyswap_learn(env: &TestEnv, args: &LearnArgs) -> (bool, String) {
+    let mut out = Vec::new();
+    let result = keyswap::cli::learn::run(args, &mut out);
+    let text = String::from_utf8(out).expect("utf-8");
+    env.keep(&[], &text);
+    match result {
+        Ok(ok) => (ok, text),
+        Err(e) => (false, format!("error: {e:#}")),
+    }
+}
+
+/// A config file holding `policies` (YAML text), with secrets read from files of its own.
+fn config_file(env: &TestEnv, name: &str, policies: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = env.dir.path();
+    let mut yaml = format!(
+        "version: 1\nlisten: 127.0.0.1:0\nca_dir: {0}/ca-{name}\naudit_log: {0}/audit-{name}.jsonl\nsecrets:\n",
+        dir.display()
+    );
+    for (secret, placeholder) in [
+        ("github", GITHUB_PLACEHOLDER),
+        ("openai", OPENAI_PLACEHOLDER),
+    ] {
+        let file = dir.join(format!("{secret}.secret"));
+        std::fs::write(&file, format!("KSREAL-learn-{secret}-value-0123456789")).expect("secret");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("mode");
+        yaml.push_str(&format!(
+            "  {secret}:\n    from_file: {}\n    placeholder: {placeholder}\n",
+            file.display()
+        ));
+    }
+    yaml.push_str(policies);
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml).expect("config");
+    path
+}
+
+#[tokio::test]
+async fn keyswap_learn_merges_replays_and_reports_a_tampered_audit() {
+    if !tools_present() {
+        return;
+    }
+    let env = TestEnv::start_with_options(&learning_config(), Alpn::Both, options()).await;
+    agent_run(&env).await;
+    env.audit(); // flushed
+    let audit = env.audit_path();
+
+    let (ok, policy) = keyswap_learn(&env, &args(&audit));
+    assert!(ok, "{policy}");
+    let full = config_file(&env, "full", &policy);
+    let replay_args = |config: &Path| LearnArgs {
+        replay: true,
+        task: None,
+        config: Some(config.to_path_buf()),
+        policy: Some("learned".into()),
+        ..args(&audit)
+    };
+    let (ok, out) = keyswap_learn(&env, &replay_args(&full));
+    assert!(ok, "{out}");
+    assert!(out.contains("policy learned would refuse 0 of"), "{out}");
+
+    // A policy with only the openai host: replay lists the rest; --merge prints what to add.
+    let partial = "policies:\n  learned:\n    allow:\n      - host: other.upstream.test\n        secrets: [openai]\n";
+    let partial = config_file(&env, "partial", partial);
+    let (ok, out) = keyswap_learn(&env, &replay_args(&partial));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("GET https://api.upstream.test:443/echo/listed: host_not_allowed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("CONNECT tunnel.upstream.test:443: host_not_allowed"),
+        "{out}"
+    );
+    let merge = LearnArgs {
+        merge: Some(partial.clone()),
+        ..args(&audit)
+    };
+    let (ok, add) = keyswap_learn(&env, &merge);
+    assert!(ok, "{add}");
+    assert!(
+        add.contains("Add these lines under policies.learned.allow"),
+        "{add}"
+    );
+    assert!(add.contains("- host: \"api.upstream.test\""), "{add}");
+    assert!(add.contains("- host: \"tunnel.upstream.test\""), "{add}");
+    assert!(!add.contains("other.upstream.test"), "{add}");
+    // The added lines make the policy whole.
+    let merged = format!(
+        "policies:\n  learned:\n    allow:\n      - host: other.upstream.test\n        secrets: [openai]\n{add}"
+    );
+    let merged = config_file(&env, "merged", &merged);
+    let (ok, out) = keyswap_learn(&env, &replay_args(&merged));
+    assert!(ok, "{out}");
+
+    // An edited record breaks the chain: reported, and learned from only with --force.
+    let text = std::fs::read_to_string(&audit).expect("audit");
+    assert!(text.contains("\"/echo/listed\""));
+    let tampered = env.dir.path().join("tampered.jsonl");
+    std::fs::write(
+        &tampered,
+        text.replace("\"/echo/listed\"", "\"/echo/lister\""),
+    )
+    .expect("write");
+    let (ok, out) = keyswap_learn(&env, &args(&tampered));
+    assert!(!ok);
+    assert!(out.contains("hash chain is broken"), "{out}");
+    assert!(out.contains("--force"), "{out}");
+    let forced = LearnArgs {
+        force: true,
+        ..args(&tampered)
+    };
+    let (ok, out) = keyswap_learn(&env, &forced);
+    assert!(ok, "{out}");
+    assert!(out.contains("/echo/lister"), "{out}");
     env.assert_no_leaks();
 }
