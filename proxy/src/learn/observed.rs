@@ -115,6 +115,13 @@ pub fn read_audit(
     force: bool,
 ) -> Result<ReadAudit, LearnError> {
     let mut read = ReadAudit::default();
+    // A file that cannot be read is that, not a broken chain.
+    for path in files {
+        std::fs::metadata(path).map_err(|error| LearnError::Read {
+            path: path.display().to_string(),
+            error,
+        })?;
+    }
     if let Err(broken) = verify(files, keys) {
         if !force {
             return Err(LearnError::Broken(broken.to_string()));

@@ -26,8 +26,8 @@ pub struct LearnArgs {
     /// The audit file(s) of the run, a rotated set oldest first.
     #[arg(long = "audit", required = true)]
     pub audit: Vec<PathBuf>,
-    /// Learn from this task's records only.
-    #[arg(long, conflicts_with = "replay")]
+    /// Learn from (or, with --replay, check) this task's records only.
+    #[arg(long)]
     pub task: Option<String>,
     /// Learn from the records of tasks issued from this policy; with --replay, the policy of
     /// --config to check.
