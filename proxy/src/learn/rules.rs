@@ -132,3 +132,98 @@ fn rule(key: Key, group: Group, max_children: usize) -> LearnedRule {
         example: group.example.unwrap_or_default(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::decision::Carried;
+
+    fn request(
+        method: &str,
+        path: &str,
+        secrets: &[&str],
+        carried: &[(&str, &[&str])],
+    ) -> Observed {
+        Observed {
+            event: Some("request".into()),
+            ts: None,
+            task: Some("agent".into()),
+            policy: None,
+            method: method.into(),
+            scheme: "https".into(),
+            host: "api.example.com".into(),
+            port: 443,
+            path: Some(path.into()),
+            secrets: secrets.iter().map(|s| s.to_string()).collect(),
+            carried: carried
+                .iter()
+                .map(|(secret, headers)| Carried {
+                    secret: secret.to_string(),
+                    headers: headers.iter().map(|h| h.to_string()).collect(),
+                    uri: false,
+                })
+                .collect(),
+            tunnel: false,
+            decision: "learned".into(),
+        }
+    }
+
+    #[test]
+    fn secrets_go_only_on_the_rule_of_the_requests_that_carried_them() {
+        let records = [
+            request("GET", "/public/1", &[], &[]),
+            request(
+                "POST",
+                "/repos/a/issues",
+                &[],
+                &[("github", &["authorization"])],
+            ),
+            request(
+                "GET",
+                "/repos/a/issues/7",
+                &[],
+                &[("github", &["authorization"])],
+            ),
+        ];
+        let rules = learn_rules(&records, DEFAULT_MAX_CHILDREN);
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].secrets, vec!["github"]);
+        assert_eq!(rules[0].methods, vec!["GET", "POST"]);
+        assert_eq!(rules[0].paths, vec!["/repos/a/issues", "/repos/a/issues/*"]);
+        assert_eq!(rules[0].headers, Some(vec!["authorization".to_string()]));
+        assert!(rules[1].secrets.is_empty());
+        assert_eq!(rules[1].paths, vec!["/public/*"]);
+    }
+
+    #[test]
+    fn a_secret_sent_under_an_existing_rule_leaves_its_headers_open() {
+        let records = [
+            request("GET", "/a", &["github"], &[]),
+            request("GET", "/b", &[], &[("github", &["authorization"])]),
+        ];
+        let rules = learn_rules(&records, DEFAULT_MAX_CHILDREN);
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].headers, None);
+        assert_eq!(rules[0].count, 2);
+        assert_eq!(rules[0].example, "GET /a");
+    }
+
+    #[test]
+    fn only_spliced_connections_become_tunnels() {
+        let mut tunnel = request("CONNECT", "/", &[], &[]);
+        tunnel.path = None;
+        tunnel.tunnel = true;
+        tunnel.host = "files.example.org".into();
+        let rules = learn_rules(
+            &[tunnel, request("GET", "/x", &[], &[])],
+            DEFAULT_MAX_CHILDREN,
+        );
+        assert_eq!(rules.len(), 2);
+        assert!(rules
+            .iter()
+            .any(|r| r.tunnel && r.host == "files.example.org" && r.paths.is_empty()));
+        assert!(rules
+            .iter()
+            .any(|r| !r.tunnel && r.host == "api.example.com"));
+    }
+}
