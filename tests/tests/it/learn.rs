@@ -1,11 +1,11 @@
-//! Learn mode (`on_unlisted: learn`) and `keyswap learn`: real clients (git over smart HTTP,
+//! Learn mode (`on_unlisted: learn`) and `keyswap learn`: real clients (git over smart HTTP, pip,
 //! curl) run against the local upstreams under a learning task; what no rule allows is
 //! forwarded with no secret (the upstream gets the placeholder's bytes) and recorded as
 //! `learned`; the policy learned from that audit then serves the same run with no refusal
 //! and refuses what the run never did.
 //!
-//! git and curl must be on PATH; without one a test prints a notice and passes, except under
-//! `CI=true`, where it fails.
+//! git, curl and python3 with pip must be on PATH; without one a test prints a notice and
+//! passes, except under `CI=true`, where it fails.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -233,12 +233,83 @@ async fn git_clone(env: &TestEnv, into: &str) {
     assert_eq!(readme, "learned\n");
 }
 
-/// The whole run: a git clone, then the scripted API calls, each answered 200.
+/// A PEP 503 index with one pure-Python wheel, `ksdemo 0.1`, written by python's zipfile.
+async fn write_index(env: &TestEnv, root: &Path) {
+    let files = root.join("files");
+    std::fs::create_dir_all(files.join("simple/ksdemo")).expect("index dirs");
+    let script = r#"
+import base64, hashlib, sys, zipfile
+out = sys.argv[1]
+name = "ksdemo-0.1-py3-none-any.whl"
+entries = {
+    "ksdemo/__init__.py": b"MESSAGE = 'installed through keyswap'\n",
+    "ksdemo-0.1.dist-info/METADATA": b"Metadata-Version: 2.1\nName: ksdemo\nVersion: 0.1\n",
+    "ksdemo-0.1.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: keyswap-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = []
+for path, data in entries.items():
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    record.append(f"{path},sha256={digest},{len(data)}")
+record.append("ksdemo-0.1.dist-info/RECORD,,")
+entries["ksdemo-0.1.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+with zipfile.ZipFile(f"{out}/{name}", "w") as z:
+    for path, data in entries.items():
+        z.writestr(path, data)
+sha = hashlib.sha256(open(f"{out}/{name}", "rb").read()).hexdigest()
+print(sha)
+"#;
+    let mut cmd = command(env, "python3", &BTreeMap::new());
+    cmd.arg("-c").arg(script).arg(&files);
+    let printed = run(env, "wheel builder", cmd).await;
+    let sha = printed.trim();
+    std::fs::write(
+        files.join("simple/index.html"),
+        "<!DOCTYPE html><html><body><a href=\"ksdemo/\">ksdemo</a></body></html>\n",
+    )
+    .expect("root index");
+    std::fs::write(
+        files.join("simple/ksdemo/index.html"),
+        format!(
+            "<!DOCTYPE html><html><body>\
+             <a href=\"../../ksdemo-0.1-py3-none-any.whl#sha256={sha}\">ksdemo-0.1-py3-none-any.whl</a>\
+             </body></html>\n"
+        ),
+    )
+    .expect("project page");
+}
+
+/// `pip install` from the private index, its URL holding the placeholder as a password.
+async fn pip_install(env: &TestEnv, into: &str) {
+    let index = format!("https://__token__:{GITHUB_PLACEHOLDER}@{API_HOST}/files/simple/");
+    let vars = BTreeMap::from([
+        ("HTTPS_PROXY", proxy_url(env)),
+        ("PIP_CERT", ca_bundle(env).display().to_string()),
+    ]);
+    let target = env.dir.path().join(into);
+    let mut cmd = command(env, "python3", &vars);
+    cmd.args([
+        "-m",
+        "pip",
+        "install",
+        "--no-cache-dir",
+        "--disable-pip-version-check",
+    ])
+    .args(["--no-input", "--no-deps", "--index-url", &index, "--target"])
+    .arg(&target)
+    .arg("ksdemo==0.1");
+    run(env, "pip install", cmd).await;
+    let installed = std::fs::read_to_string(target.join("ksdemo/__init__.py")).expect("installed");
+    assert!(installed.contains("installed through keyswap"));
+}
+
+/// The whole run: a git clone, a pip install, then the scripted API calls, each answered 200.
 async fn agent_run(env: &TestEnv) {
     let root = env.dir.path().join("www");
     write_repo(env, &root).await;
     env.upstream.serve_files(&root);
+    write_index(env, &root).await;
     git_clone(env, "clone").await;
+    pip_install(env, "site").await;
     for (method, host, path, carry) in SCRIPT {
         let status = curl(env, method, host, path, *carry).await;
         assert_eq!(status, 200, "{method} {host}{path}");
@@ -246,7 +317,9 @@ async fn agent_run(env: &TestEnv) {
 }
 
 fn tools_present() -> bool {
-    available("git", "--version") && available("curl", "--version")
+    available("git", "--version")
+        && available("curl", "--version")
+        && available("python3", "--version")
 }
 
 /// One GET of the metrics listener's `/metrics`.
@@ -442,7 +515,9 @@ async fn the_learned_policy_serves_the_same_run_and_refuses_what_it_never_did() 
         policy
     );
     for expected in [
-        r#"paths: ["/echo/repos/acme/widget/issues/*", "/echo/repos/acme/widget/issues/*/comments", "/git/demo.git/git-upload-pack", "/git/demo.git/info/refs"]"#,
+        r#""/echo/repos/acme/widget/issues/*", "/echo/repos/acme/widget/issues/*/comments", "#,
+        r#""/files/simple/ksdemo/""#,
+        r#""/git/demo.git/git-upload-pack", "/git/demo.git/info/refs"]"#,
         r#"paths: ["/echo/commits/*", "/echo/listed", "/echo/reports/*", "/echo/users/*"]"#,
         r#"secrets: ["github"]"#,
         r#"headers: ["authorization"]"#,
@@ -488,6 +563,13 @@ async fn the_learned_policy_serves_the_same_run_and_refuses_what_it_never_did() 
         .iter()
         .filter(|r| r.path_and_query.starts_with("/git/demo.git/"))
         .all(|r| r.header("authorization") == Some(real.as_str())));
+    let index = format!("Basic {}", basic("__token__", GITHUB_REAL));
+    assert!(
+        env.upstream
+            .authorization_for("/files/simple/ksdemo/")
+            .as_deref()
+            == Some(index.as_str())
+    );
 
     // What the run never did is refused.
     let never = [
