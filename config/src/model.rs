@@ -344,6 +344,9 @@ pub enum OnUnlisted {
     Deny,
     /// Held until a human answers or `approval.timeout` passes.
     Ask,
+    /// Forwarded with no secret swapped (a placeholder goes upstream as the placeholder) and
+    /// recorded as `learned`, for `keyswap learn` to turn into rules.
+    Learn,
 }
 
 /// `approve:` of a rule: how often a human must say yes.
@@ -378,7 +381,8 @@ pub struct Policy {
     pub ttl: Duration,
     /// The longest TTL a task issued from this policy may ask for (`ttl <= max_ttl`).
     pub max_ttl: Duration,
-    /// What a request no rule allows gets: refused, or held for a human (`on_unlisted`).
+    /// What a request no rule allows gets: refused, held for a human, or forwarded without
+    /// secrets and recorded (`on_unlisted`).
     pub on_unlisted: OnUnlisted,
     pub rules: Vec<Rule>,
 }

@@ -157,7 +157,8 @@ pub(crate) struct RawTask {
     pub expires: Option<L<String>>,
     /// A policy whose rules come first, before this task's allow.
     pub policy: Option<L<String>>,
-    /// deny (default) or ask: hold a request no rule allows until a human answers.
+    /// deny (default), ask (hold a request no rule allows until a human answers) or learn
+    /// (forward it without any secret and record it for `keyswap learn`).
     pub on_unlisted: Option<L<RawOnUnlisted>>,
     pub allow: Option<L<Vec<L<RawRule>>>>,
 }
@@ -170,7 +171,8 @@ pub(crate) struct RawPolicy {
     pub ttl: Option<L<String>>,
     /// The longest --ttl accepted (default 24h, never below ttl).
     pub max_ttl: Option<L<String>>,
-    /// deny (default) or ask: hold a request no rule allows until a human answers.
+    /// deny (default), ask (hold a request no rule allows until a human answers) or learn
+    /// (forward it without any secret and record it for `keyswap learn`).
     pub on_unlisted: Option<L<RawOnUnlisted>>,
     pub allow: Option<L<Vec<L<RawRule>>>>,
 }
@@ -304,6 +306,7 @@ pub(crate) struct RawApproval {
 pub(crate) enum RawOnUnlisted {
     Deny,
     Ask,
+    Learn,
 }
 
 /// `approve:` of a rule.

@@ -100,6 +100,10 @@ pub struct TaskInfo {
     pub expired: bool,
     pub open_connections: u64,
     pub requests: u64,
+    /// The task is in learn mode (`on_unlisted: learn`): what no rule allows is forwarded
+    /// without secrets and recorded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub learning: bool,
     /// Every rule of the task with a `budget:` or a `rate:`, with its counts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub budgets: Vec<RuleUsageInfo>,

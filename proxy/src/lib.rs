@@ -43,6 +43,8 @@ pub mod state;
 pub mod api;
 // Layer: the upstream leg — the only module that dials.
 pub mod upstream;
+// Layer: `keyswap learn`'s policy generation from audit records (pure: reads files only).
+pub mod learn;
 // Layer: decisions and their audit records, the sink, the hash chain, verification.
 pub mod audit;
 // Layer: what bytes on the wire mean — targets, headers, the ClientHello.

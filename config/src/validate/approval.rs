@@ -115,7 +115,29 @@ pub(super) fn on_unlisted(raw: Option<&Located<RawOnUnlisted>>) -> Option<OnUnli
     raw.map(|r| match r.value {
         RawOnUnlisted::Deny => OnUnlisted::Deny,
         RawOnUnlisted::Ask => OnUnlisted::Ask,
+        RawOnUnlisted::Learn => OnUnlisted::Learn,
     })
+}
+
+/// The warning for an `on_unlisted: learn` written at `raw` (of policy or task `owner`):
+/// while it is in force the agent reaches every host, without secrets.
+pub(super) fn warn_learning(
+    raw: Option<&Located<RawOnUnlisted>>,
+    owner: &str,
+    file: &std::path::Path,
+    checker: &mut super::Checker<'_>,
+) {
+    if let Some(raw) = raw.filter(|r| r.value == RawOnUnlisted::Learn) {
+        checker.warn(
+            file,
+            raw.pos,
+            &raw.path,
+            format!(
+                "{owner} is in learn mode: its tasks reach every host (without secrets) while it is in force; \
+                 run `keyswap learn` on the audit and replace it with the rules it prints"
+            ),
+        );
+    }
 }
 
 pub(super) fn approve(raw: Option<&Located<RawApprove>>) -> Option<Approve> {

@@ -12,7 +12,7 @@ use super::tasks::{valid_id, Defined};
 use super::{check_duration, Checker};
 use crate::error::Sink;
 use crate::model::{Policy, DEFAULT_POLICY_MAX_TTL, DEFAULT_POLICY_TTL};
-use crate::raw::RawPolicy;
+use crate::raw::{RawOnUnlisted, RawPolicy};
 use crate::read::{Entries, Located};
 
 const POLICY_NAME_FIX: &str =
@@ -37,7 +37,15 @@ pub(super) fn check_policies(
         }
         let (ttl, max_ttl) = check_ttls(&raw.value, sink);
         let (rules, sites) = check_rules(raw.value.allow.as_ref(), defined, sink, checker);
-        if raw.value.allow.as_ref().is_none_or(|a| a.value.is_empty()) {
+        let learning =
+            raw.value.on_unlisted.as_ref().map(|r| r.value) == Some(RawOnUnlisted::Learn);
+        super::approval::warn_learning(
+            raw.value.on_unlisted.as_ref(),
+            &format!("policy {}", name.value),
+            sink.file,
+            checker,
+        );
+        if raw.value.allow.as_ref().is_none_or(|a| a.value.is_empty()) && !learning {
             checker.warn(
                 sink.file,
                 raw.pos,

@@ -18,7 +18,7 @@ use super::{read_raw, sort, Checker, Site};
 use crate::error::{io_reason, ConfigError, Sink};
 use crate::locate::child;
 use crate::model::{Policy, Secret, SecretId, Task};
-use crate::raw::{RawConfig, RawTask};
+use crate::raw::{RawConfig, RawOnUnlisted, RawTask};
 use crate::read::{closest, Located};
 use crate::secrets;
 
@@ -288,7 +288,14 @@ fn check_task(
         .as_ref()
         .and_then(|name| check_policy_name(name, defined, sink));
     let (mut rules, sites) = check_rules(raw.allow.as_ref(), defined, sink, checker);
-    if raw.allow.as_ref().is_none_or(|a| a.value.is_empty()) && raw.policy.is_none() {
+    super::approval::warn_learning(
+        raw.on_unlisted.as_ref(),
+        &format!("task {id}"),
+        sink.file,
+        checker,
+    );
+    let learning = raw.on_unlisted.as_ref().map(|r| r.value) == Some(RawOnUnlisted::Learn);
+    if raw.allow.as_ref().is_none_or(|a| a.value.is_empty()) && raw.policy.is_none() && !learning {
         checker.warn(
             sink.file,
             site.pos,

@@ -78,3 +78,49 @@ tasks:
     assert_eq!(config.tasks["own"].on_unlisted, OnUnlisted::Ask);
     assert_eq!(config.tasks["own"].rules[0].approve, Some(Approve::Once));
 }
+
+#[test]
+fn learn_mode_loads_and_warns_where_it_is_written() {
+    let config = load(
+        r#"
+version: 1
+policies:
+  learning:
+    on_unlisted: learn
+tasks:
+  inherits:
+    token_env: KEYSWAP_FIXTURE_TOKEN
+    policy: learning
+  own:
+    token_env: KEYSWAP_FIXTURE_TOKEN
+    on_unlisted: learn
+"#,
+    );
+    assert_eq!(config.policies["learning"].on_unlisted, OnUnlisted::Learn);
+    assert_eq!(config.tasks["inherits"].on_unlisted, OnUnlisted::Learn);
+    assert_eq!(config.tasks["own"].on_unlisted, OnUnlisted::Learn);
+    let learning: Vec<&String> = config
+        .warnings
+        .iter()
+        .filter(|w| w.contains("learn mode"))
+        .collect();
+    assert_eq!(learning.len(), 2, "{:?}", config.warnings);
+    assert!(
+        learning[0].contains("policy learning is in learn mode"),
+        "{learning:?}"
+    );
+    assert!(learning[0].contains("reach every host"), "{learning:?}");
+    assert!(
+        learning[1].contains("task own is in learn mode"),
+        "{learning:?}"
+    );
+    // A learning policy or task with no rules is the point of learn mode, not a mistake.
+    assert!(
+        !config
+            .warnings
+            .iter()
+            .any(|w| w.contains("can reach nothing")),
+        "{:?}",
+        config.warnings
+    );
+}

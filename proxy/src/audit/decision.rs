@@ -53,6 +53,9 @@ pub enum Reason {
     /// The task (or keyswap as a whole) already holds as many requests in flight or upstream
     /// connections as `limits:` allows, and none came free in time (with `Retry-After`).
     TaskBusy,
+    /// No rule allows the request, and its task is in learn mode (`on_unlisted: learn`): it
+    /// was forwarded with no secret swapped in, and recorded for `keyswap learn`.
+    Learned,
 }
 
 impl Reason {
@@ -79,15 +82,18 @@ impl Reason {
             Reason::BudgetExhausted => "budget_exhausted",
             Reason::RateLimited => "rate_limited",
             Reason::TaskBusy => "task_busy",
+            Reason::Learned => "learned",
         }
     }
 
     /// The audit record's `decision`: `allowed`, `denied` (the policy refused: deny by
-    /// default), or `error` (keyswap would have let the request through but something
-    /// failed: the upstream, a secret's source, the agent's TLS).
+    /// default), `error` (keyswap would have let the request through but something
+    /// failed: the upstream, a secret's source, the agent's TLS), or `learned` (no rule
+    /// allowed it; learn mode forwarded it without secrets).
     pub fn decision(self) -> &'static str {
         match self {
             Reason::Allowed => "allowed",
+            Reason::Learned => "learned",
             Reason::UpstreamError | Reason::SecretUnavailable | Reason::AgentTlsFailed => "error",
             Reason::NoTask
             | Reason::BadToken
@@ -123,7 +129,7 @@ impl Reason {
     /// The status the agent gets when this reason refuses a request.
     pub fn status(self) -> StatusCode {
         match self {
-            Reason::Allowed => StatusCode::OK,
+            Reason::Allowed | Reason::Learned => StatusCode::OK,
             Reason::NoTask | Reason::BadToken => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Reason::BadRequest => StatusCode::BAD_REQUEST,
             Reason::UpstreamError => StatusCode::BAD_GATEWAY,
@@ -233,6 +239,21 @@ pub struct Decision {
     pub claimed_task: Option<String>,
     /// `upstream_error` through a parent proxy that refused the tunnel: its status.
     pub parent_status: Option<u16>,
+    /// Learn mode only: the placeholders the request carried (forwarded as placeholders).
+    pub carried: Vec<Carried>,
+    /// The connection was a `tunnel: true` pass-through (spliced, not intercepted).
+    pub tunnel: bool,
+}
+
+/// A secret whose placeholder a learned request carried, and where: the header names
+/// (lowercase, sorted) and whether the URI (path or query) held it too. Names only.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct Carried {
+    pub secret: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub uri: bool,
 }
 
 impl Decision {
@@ -243,6 +264,8 @@ impl Decision {
             secrets: Vec::new(),
             claimed_task: None,
             parent_status: None,
+            carried: Vec::new(),
+            tunnel: false,
         }
     }
 }
@@ -286,5 +309,7 @@ mod tests {
         assert_eq!(Reason::UpstreamError.decision(), "error");
         assert_eq!(Reason::AgentTlsFailed.decision(), "error");
         assert_eq!(Reason::AgentTlsFailed.as_str(), "agent_tls_failed");
+        assert_eq!(Reason::Learned.decision(), "learned");
+        assert_eq!(Reason::Learned.as_str(), "learned");
     }
 }

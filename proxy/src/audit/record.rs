@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 use keyswap_config::normalize_path;
 use serde::Serialize;
 
-use crate::audit::decision::{Decision, Reason};
+use crate::audit::decision::{Carried, Decision, Reason};
 
 /// The two front doors: the explicit proxy listener and the transparent listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +147,13 @@ pub struct AuditRecord {
     pub rule: Option<usize>,
     /// Names of the secrets whose real values were sent upstream (empty when nothing was).
     pub secrets: Vec<String>,
-    /// `allowed`, `denied` or `error`: [`crate::audit::decision::Reason::decision`].
+    /// Learn mode: the secrets whose placeholders the request carried, forwarded as they were.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub carried: Vec<Carried>,
+    /// A `tunnel: true` connection, spliced without interception.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tunnel: bool,
+    /// `allowed`, `denied`, `error` or `learned`: [`crate::audit::decision::Reason::decision`].
     pub decision: &'static str,
     pub reason: &'static str,
     /// The status the agent received; 0 when no HTTP response was sent.
@@ -261,6 +267,8 @@ impl AuditRecord {
             query_keys: subject.query_keys.clone(),
             rule: decision.rule,
             secrets: decision.secrets.clone(),
+            carried: decision.carried.clone(),
+            tunnel: decision.tunnel,
             decision: reason.decision(),
             reason: reason.as_str(),
             status: sent.status,
@@ -288,6 +296,7 @@ impl AuditRecord {
         let message = match self.decision {
             "allowed" => "request allowed",
             "denied" => "request refused",
+            "learned" => "request forwarded in learn mode",
             _ => "request failed",
         };
         // Where a refusal's or failure's cause lies: the agent, the upstream, or keyswap.

@@ -10,6 +10,7 @@ mod check;
 mod exec;
 mod health;
 mod import_env;
+pub mod learn;
 mod run;
 mod sandbox;
 mod scan;
@@ -102,6 +103,9 @@ pub enum Command {
     /// Move a .env's credentials into 0600 files outside the working tree, leave placeholders
     /// of the same shape in their place, and print (or --write) the config entries.
     ImportEnv(import_env::ImportEnvArgs),
+    /// Turn the audit of a learn-mode run (`on_unlisted: learn`) into a policy, or check a
+    /// policy against it (--replay).
+    Learn(learn::LearnArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +162,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
         Command::Audit { command } => return audit::audit(command),
         Command::Scan(args) => return scan::scan(args),
         Command::ImportEnv(args) => return import_env::import_env(args),
+        Command::Learn(args) => return learn::learn(args),
         Command::Task { command } => task::task(command),
         Command::Env(args) => task::env(args),
         Command::Reload { admin } => task::reload(admin),

@@ -188,10 +188,15 @@ fn task_table(tasks: &[TaskInfo]) -> String {
             (Some(at), false) => at.clone(),
             (None, _) => "never".into(),
         };
+        // A learning task reaches every host (without secrets): the list says so.
+        let id = match task.learning {
+            true => format!("{} (learning)", task.id),
+            false => task.id.clone(),
+        };
         let _ = writeln!(
             out,
             "{:<32} {:<16} {:<8} {:<26} {:>5} {:>9}",
-            task.id,
+            id,
             task.policy.as_deref().unwrap_or("-"),
             task.source,
             expires,

@@ -1,6 +1,7 @@
 //! The one decision both doors make once a connection's task and target are known, before
 //! any certificate is minted or any byte goes upstream: the task has not expired; a rule of
-//! the task names the host (or, under `on_unlisted: ask`, a human lets the connection through);
+//! the task names the host (or, under `on_unlisted: ask`, a human lets the connection through;
+//! under `on_unlisted: learn`, it is intercepted so each request in it is recorded);
 //! the rule says intercept or tunnel. A CONNECT and a redirected TLS connection are decided
 //! by the same call, so a feature added here works on both doors.
 
@@ -11,6 +12,7 @@ use keyswap_config::{first_rule_for_host, Scheme};
 
 use crate::audit::decision::{Denial, Reason};
 use crate::pipeline::approve::ask_connect;
+use crate::pipeline::learn::learning;
 use crate::state::shared::Shared;
 use crate::state::tasks::LiveTask;
 use crate::wire::target::Target;
@@ -66,6 +68,11 @@ pub async fn decide_target(
                 task.id
             ),
         );
+        // Under on_unlisted: learn the connection is intercepted (never tunnelled blind), so
+        // each request in it is decided, forwarded unswapped and recorded on its own.
+        if learning(&snapshot, task) {
+            return Ok(Handling::Intercept);
+        }
         // Under on_unlisted: ask the connection waits for a human; approved, it is
         // intercepted and each request in it is decided (and, unlisted, asked about) on its own.
         return match ask_connect(shared, &snapshot, task, conn, target, refusal).await {

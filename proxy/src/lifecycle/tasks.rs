@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-use keyswap_config::{Config, TtlError};
+use keyswap_config::{Config, OnUnlisted, TtlError};
 use secrecy::SecretString;
 
 use crate::api;
@@ -282,8 +282,18 @@ pub fn info(config: &Config, task: &LiveTask) -> api::TaskInfo {
         expired: task.is_expired(now),
         open_connections: task.open_connections(),
         requests: task.requests(),
+        learning: on_unlisted(config, task) == OnUnlisted::Learn,
         budgets: crate::lifecycle::budget::report(config, task),
     }
+}
+
+/// What `task` does with a request no rule allows under `config`.
+pub fn on_unlisted(config: &Config, task: &LiveTask) -> OnUnlisted {
+    match &task.source {
+        TaskSource::Config => config.task(&task.id).map(|t| t.on_unlisted),
+        TaskSource::Runtime { policy } => config.policy(policy).map(|p| p.on_unlisted),
+    }
+    .unwrap_or_default()
 }
 
 /// `<policy>-<8 hex digits>`, cut so the id stays within 64 characters.

@@ -16,11 +16,12 @@ use keyswap_config::{normalize_path, OnUnlisted, Rule, Scheme};
 
 use crate::audit::decision::{Denial, Reason};
 use crate::pipeline::context::ConnContext;
+use crate::pipeline::learn;
 use crate::pipeline::route::{Matched, Routed};
 use crate::state::approvals::{rule_key, Held, Outcome, Why};
 use crate::state::shared::Shared;
 use crate::state::snapshot::Snapshot;
-use crate::state::tasks::{LiveTask, TaskSource};
+use crate::state::tasks::LiveTask;
 use crate::wire::headers::METHOD_OVERRIDE_HEADERS;
 use crate::wire::target::Target;
 
@@ -30,7 +31,8 @@ const APPROVED_RULE_INDEX: usize = usize::MAX;
 
 /// The approve step: `decided` is what [`crate::pipeline::route::decide`] said. A request
 /// whose rule has `approve:` waits for a human ([`approve_rule`]); one that no rule allows
-/// waits under `on_unlisted: ask` ([`ask_unlisted`]); anything else stands as decided.
+/// waits under `on_unlisted: ask` ([`ask_unlisted`]) or goes on unswapped under
+/// `on_unlisted: learn` ([`crate::pipeline::learn::learn`]); anything else stands as decided.
 pub async fn approve<'c>(
     shared: &Shared,
     snapshot: &Snapshot,
@@ -51,6 +53,9 @@ pub async fn approve<'c>(
             .await?;
             Ok(routed)
         }
+        Err(denial) if learn::learning(snapshot, &ctx.task) => {
+            learn::learn(snapshot, ctx, parts, denial)
+        }
         Err(denial) => {
             let (rule, path) = ask_unlisted(shared, snapshot, ctx, parts, denial).await?;
             Ok(Routed {
@@ -63,11 +68,7 @@ pub async fn approve<'c>(
 
 /// What `task` does with a request no rule allows, in this snapshot.
 pub fn on_unlisted(snapshot: &Snapshot, task: &LiveTask) -> OnUnlisted {
-    match &task.source {
-        TaskSource::Config => snapshot.config.task(&task.id).map(|t| t.on_unlisted),
-        TaskSource::Runtime { policy } => snapshot.config.policy(policy).map(|p| p.on_unlisted),
-    }
-    .unwrap_or_default()
+    crate::lifecycle::tasks::on_unlisted(&snapshot.config, task)
 }
 
 /// A rule with `approve:` matched: waits for a human unless an earlier approval covers it.

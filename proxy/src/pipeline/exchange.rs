@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use keyswap_config::{normalize_path, PathError};
 use keyswap_scrub::body::ProxyBody;
 
-use crate::audit::decision::{Decision, Denial, Reason};
+use crate::audit::decision::{Carried, Decision, Denial, Reason};
 use crate::audit::record::{shown_path, Sent, Started, Subject};
 use crate::lifecycle::budget;
 use crate::pipeline::context::ConnContext;
@@ -27,7 +27,7 @@ use crate::pipeline::outbound::Outgoing;
 use crate::pipeline::route::Routed;
 use crate::pipeline::settle::{self, Settled};
 use crate::pipeline::swap::token_in_uri;
-use crate::pipeline::{approve, inbound, outbound, route};
+use crate::pipeline::{approve, inbound, learn, outbound, route};
 use crate::state::shared::Shared;
 use crate::state::snapshot::Snapshot;
 use crate::wire::headers::is_websocket_upgrade;
@@ -48,6 +48,10 @@ pub struct Exchange {
     pub held: Option<Arc<Held>>,
     /// The parent proxy's status when it refused the upstream connection.
     pub parent_status: Option<u16>,
+    /// Learn mode let it through: allowed, it is recorded as `learned`.
+    pub learned: bool,
+    /// Learn mode: the placeholders it carried, forwarded as they were.
+    pub carried: Vec<Carried>,
 }
 
 impl Exchange {
@@ -68,17 +72,25 @@ impl Exchange {
             req_bytes: Arc::new(AtomicU64::new(0)),
             held: None,
             parent_status: None,
+            learned: false,
+            carried: Vec::new(),
         }
     }
 
-    /// The request's one decision.
+    /// The request's one decision (a learned request that went through is `learned`).
     pub fn decision(&self, reason: Reason) -> Decision {
+        let reason = match reason {
+            Reason::Allowed if self.learned => Reason::Learned,
+            other => other,
+        };
         Decision {
-            reason,
-            rule: self.rule,
-            secrets: self.secrets.clone(),
-            claimed_task: None,
+            carried: self.carried.clone(),
             parent_status: self.parent_status,
+            ..Decision {
+                rule: self.rule,
+                secrets: self.secrets.clone(),
+                ..Decision::new(reason)
+            }
         }
     }
 
@@ -176,7 +188,13 @@ async fn forward(
     ex.subject.path = Some(routed.path.clone());
     ex.held = Some(fair::hold(shared, snapshot, &ctx.task).await?);
 
-    let swapped = outbound::swap_in(snapshot, ctx, &mut parts, &routed)?;
+    let swapped = if routed.matched.is_learned() {
+        ex.learned = true;
+        ex.carried = learn::carried(snapshot, &parts, &routed);
+        outbound::unswapped(&parts)
+    } else {
+        outbound::swap_in(snapshot, ctx, &mut parts, &routed)?
+    };
     budget::charge(&ctx.task, routed.matched.rule())?;
     let outgoing = outbound::rewrite(
         snapshot,

@@ -17,6 +17,7 @@ pub mod exchange;
 pub mod fair;
 pub mod inbound;
 pub mod intercept;
+pub mod learn;
 pub mod outbound;
 pub mod route;
 pub mod settle;

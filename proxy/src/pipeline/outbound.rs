@@ -18,6 +18,7 @@ use keyswap_scrub::decode;
 
 use crate::audit::decision::{Denial, Reason};
 use crate::pipeline::context::ConnContext;
+use crate::pipeline::fair::Held;
 use crate::pipeline::route::Routed;
 use crate::pipeline::settle::{watch, BodyWatch};
 use crate::pipeline::swap::{
@@ -27,7 +28,6 @@ use crate::pipeline::swap_body::{BodyRefusal, BodyRefused, ScanBody, SnapshotPla
 use crate::pipeline::token_body::TokenGuard;
 use crate::pipeline::trailers::{trailer_check, TrailerSecrets};
 use crate::state::snapshot::Snapshot;
-use crate::pipeline::fair::Held;
 use crate::wire::headers::strip_hop_by_hop;
 
 /// What the swap step found and did.
@@ -159,6 +159,15 @@ pub fn swap_in(
     })
 }
 
+/// What a learned request goes upstream with: nothing swapped, the query as sent.
+pub fn unswapped(parts: &Parts) -> Swapped {
+    Swapped {
+        used: BTreeSet::new(),
+        query: parts.uri.query().map(str::to_string),
+        swap_body: false,
+    }
+}
+
 /// The refusal of a placeholder the rule does not grant where it was found.
 pub(crate) fn misplaced_denial(
     snapshot: &Snapshot,
@@ -273,10 +282,18 @@ pub fn rewrite(
         parts.headers.remove(header::CONTENT_LENGTH);
     }
     let guarded = TokenGuard::new(counted, ctx.task.clone(), body_refused.clone());
+    // A learned request's rule grants nothing and nothing is swapped: a placeholder in its
+    // body goes upstream as the placeholder (every secret counts as granted, none swapped);
+    // the task's token is still refused.
+    let granted = if routed.matched.is_learned() {
+        (0..snapshot.config.secrets.len()).map(SecretId).collect()
+    } else {
+        rule.secrets.clone()
+    };
     let scanned = ScanBody::new(
         guarded,
         SnapshotPlaceholders(snapshot.clone()),
-        rule.secrets.clone(),
+        granted,
         swapped.swap_body,
         body_refused.clone(),
         trailer_check(

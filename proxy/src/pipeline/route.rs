@@ -22,13 +22,15 @@ use crate::wire::target::Target;
 pub enum Matched<'c> {
     Rule(&'c Rule),
     Approved(Box<Rule>),
+    /// Learn mode let an unlisted request through, unswapped ([`crate::pipeline::learn`]).
+    Learned(Box<Rule>),
 }
 
 impl Matched<'_> {
     pub fn rule(&self) -> &Rule {
         match self {
             Matched::Rule(rule) => rule,
-            Matched::Approved(rule) => rule,
+            Matched::Approved(rule) | Matched::Learned(rule) => rule,
         }
     }
 
@@ -36,8 +38,13 @@ impl Matched<'_> {
     pub fn index(&self) -> Option<usize> {
         match self {
             Matched::Rule(rule) => Some(rule.index),
-            Matched::Approved(_) => None,
+            Matched::Approved(_) | Matched::Learned(_) => None,
         }
+    }
+
+    /// Learn mode let it through: nothing is swapped in.
+    pub fn is_learned(&self) -> bool {
+        matches!(self, Matched::Learned(_))
     }
 }
 

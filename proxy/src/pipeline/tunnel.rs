@@ -103,6 +103,7 @@ pub async fn splice(
             drop(task_conn);
             let decision = Decision {
                 rule: Some(rule),
+                tunnel: true,
                 ..Decision::new(reason)
             };
             let subject = ctx.connection_subject(started);
@@ -155,6 +156,7 @@ pub async fn relay<IO>(
     drop(task_conn);
     let decision = Decision {
         rule: Some(rule),
+        tunnel: true,
         ..Decision::new(Reason::Allowed)
     };
     let sent = Sent {

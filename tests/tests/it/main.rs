@@ -13,6 +13,7 @@ mod docs;
 mod fairness;
 mod harness;
 mod java_client;
+mod learn;
 mod metrics;
 mod operator_log;
 mod placeholders;
