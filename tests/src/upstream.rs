@@ -392,6 +392,8 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<BoxBody> 
         bytes(n)
     } else if path == "/upload" {
         upload(req).await
+    } else if path == "/duplex" {
+        duplex(req)
     } else if path == "/discard" {
         discard(req).await
     } else if path == "/sink" {
@@ -756,6 +758,19 @@ async fn sink(req: Request<Incoming>, state: &State) -> Response<BoxBody> {
 
 /// Reads the body and answers with its length only: an upload sink that costs the server as
 /// little as possible (the bench), where `/upload` also checksums every byte.
+/// Full duplex: answers 200 at once and streams the request body back frame by frame, as
+/// it arrives (gRPC-style bidirectional streaming).
+fn duplex(req: Request<Incoming>) -> Response<BoxBody> {
+    let body = req
+        .into_body()
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .boxed();
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(body)
+        .expect("duplex response")
+}
+
 async fn discard(req: Request<Incoming>) -> Response<BoxBody> {
     let mut body = req.into_body();
     let mut count = 0u64;

@@ -231,11 +231,18 @@ async fn send_and_settle(
 ) -> Result<(Response<Incoming>, outbound::Sending), Denial> {
     let Outgoing {
         request,
-        meta,
+        mut meta,
         body_watch,
     } = outgoing;
     let sent = inbound::send(snapshot, request, &meta, ex).await;
+    // A success answer while the upstream still reads the body is full duplex (a stream of
+    // both ways, as gRPC and streaming APIs do): it is relayed now and only its end waits for
+    // the body. Any other answer waits here: an early refusal must not hide a refused body.
     let settled = match &sent {
+        Ok(response) if response.status().is_success() && body_watch.still_streaming() => {
+            meta.streaming_body = Some(body_watch);
+            Settled::Decided
+        }
         Ok(_) => settle::settle(body_watch).await,
         Err(_) => Settled::Decided,
     };
@@ -252,12 +259,7 @@ async fn send_and_settle(
         ));
     }
     if settled == Settled::TooLong {
-        return Err(Denial::new(
-            Reason::BadRequest,
-            "the upstream answered before reading the request body, and the rest of the body \
-             is longer than keyswap reads to check it; send a smaller body",
-        )
-        .closing());
+        return Err(Denial::new(Reason::BadRequest, outbound::UNREAD_TOO_LONG).closing());
     }
     let response = sent.map_err(|err| inbound::upstream_failed(shared, err, ex))?;
     if let Some(swapped) = meta.trailer_secrets.get() {

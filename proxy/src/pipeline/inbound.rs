@@ -20,6 +20,7 @@ use crate::error::ErrorChain;
 use crate::pipeline::context::ConnContext;
 use crate::pipeline::exchange::Exchange;
 use crate::pipeline::outbound::Sending;
+use crate::pipeline::settle::EndsAfterRequestBody;
 use crate::pipeline::websocket;
 use crate::state::shared::Shared;
 use crate::state::snapshot::Snapshot;
@@ -80,7 +81,7 @@ pub fn scrub(
     snapshot: &Snapshot,
     ctx: &ConnContext,
     mut response: Response<Incoming>,
-    sending: Sending,
+    mut sending: Sending,
     agent_upgrade: Option<OnUpgrade>,
     ex: &Exchange,
 ) -> Result<Response<ProxyBody>, Denial> {
@@ -136,6 +137,14 @@ pub fn scrub(
             "keyswap could not prepare the response decoder",
         )
     })?;
+    let body = match sending.streaming_body.take() {
+        Some(watch) => boxed(EndsAfterRequestBody::new(
+            body,
+            watch,
+            sending.body_refused.clone(),
+        )),
+        None => body,
+    };
     let body = NoteFailure {
         inner: body,
         failed: body_failed,
@@ -187,7 +196,7 @@ fn record_on_end(
         // (the upstream failed, a decoder or the bomb bound gave up, a real value was found
         // where it cannot be scrubbed) ends it as an error.
         let reason = match body_refused.get() {
-            Some(_) => Reason::PlaceholderNotAllowed,
+            Some(refused) => refused.reason(),
             None if body_failed.load(Ordering::Relaxed) => Reason::UpstreamError,
             None => Reason::Allowed,
         };

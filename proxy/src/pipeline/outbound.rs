@@ -49,7 +49,6 @@ pub struct Outgoing {
 }
 
 /// What the response side must know about the request that was sent.
-#[derive(Clone)]
 pub struct Sending {
     /// A WebSocket upgrade was asked for.
     pub upgrade: bool,
@@ -62,6 +61,9 @@ pub struct Sending {
     pub trailer_secrets: TrailerSecrets,
     /// Names of the secrets the request carries, audited once it is sent.
     pub secrets: Vec<String>,
+    /// The request body, when the response is relayed while it still streams: the response's
+    /// end waits for its verdict ([`crate::pipeline::settle::EndsAfterRequestBody`]).
+    pub streaming_body: Option<BodyWatch>,
 }
 
 /// Before any rule is looked at: hop-by-hop and `Proxy-*` headers are removed (they never go
@@ -218,6 +220,11 @@ pub(crate) fn body_denial(
             "the request trailers are larger than 64 KiB; send fewer or smaller trailers",
         )
         .closing(),
+        BodyRefused::UnreadTooLong => Denial::new(
+            Reason::BadRequest,
+            UNREAD_TOO_LONG,
+        )
+        .closing(),
         BodyRefused::SecretUnavailable(id) => Denial::new(
             Reason::SecretUnavailable,
             format!(
@@ -227,6 +234,11 @@ pub(crate) fn body_denial(
         ),
     }
 }
+
+/// Why a body the upstream stopped reading is refused when its rest is too long to check.
+pub const UNREAD_TOO_LONG: &str =
+    "the upstream answered before reading the request body, and the rest of the body \
+     is longer than keyswap reads to check it; send a smaller body";
 
 /// The request as it goes upstream: hop-by-hop headers and what could hide a secret from
 /// the scrubber removed, the URI rebuilt from the connection's target and the decided path,
@@ -318,6 +330,7 @@ pub fn rewrite(
             body_refused,
             trailer_secrets,
             secrets,
+            streaming_body: None,
         },
         body_watch,
     })

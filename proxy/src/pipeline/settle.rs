@@ -14,10 +14,15 @@
 //!   longer than the bound is refused as `bad_request`, because keyswap cannot say what it
 //!   carried.
 //!
-//! The cost is that a response is never relayed before its request body has ended: an
-//! exchange in which the agent waits for response bytes before it finishes its body (full
-//! duplex over h2) waits for the body. Requests without a body never wait.
+//! A *success* answer while the upstream is still reading the body is full duplex (gRPC's
+//! bidirectional streams, streaming APIs: the agent may wait for response bytes before it
+//! sends more), so it is not held: it is relayed at once, and only its end waits for the
+//! body ([`EndsAfterRequestBody`]). A body refused after that cuts the response instead of
+//! ending it, and the record says refused. Any other answer (an early 401, 413, 417…) waits
+//! as above. Requests without a body never wait. If the upstream neither reads the body nor
+//! closes the stream after a non-success answer, the exchange waits for the agent's body.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -26,6 +31,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use keyswap_scrub::body::{BoxError, ProxyBody};
 use tokio::sync::oneshot;
+
+use crate::pipeline::swap_body::{BodyRefusal, BodyRefused};
 
 /// The most request-body bytes keyswap reads to decide a body the upstream stopped reading.
 pub const UNREAD_BODY_LIMIT: u64 = 1024 * 1024;
@@ -145,4 +152,87 @@ async fn drain(mut rest: ProxyBody) -> Settled {
         }
     }
     Settled::Decided
+}
+
+impl BodyWatch {
+    /// Whether the request body is still streaming toward the upstream: neither ended, nor
+    /// failed, nor let go of.
+    pub fn still_streaming(&self) -> bool {
+        self.0.is_empty() && !self.0.is_terminated()
+    }
+}
+
+/// A response relayed while its request body still streams (a success answer while the
+/// upstream reads on: full duplex), whose *end* waits for the request body's verdict. Its
+/// frames go to the agent as they come; its last (trailers, or the end) is held until the
+/// request body has ended, and a refused body, or an unread rest past
+/// [`UNREAD_BODY_LIMIT`], cuts the response instead of ending it, so the agent never sees the
+/// exchange complete, and the record says why (the shared [`BodyRefusal`]).
+pub struct EndsAfterRequestBody {
+    inner: ProxyBody,
+    verdict: Option<Pin<Box<dyn Future<Output = Settled> + Send>>>,
+    refused: BodyRefusal,
+    /// The frame that ends the response, held while the verdict is awaited.
+    last: Option<Option<Frame<Bytes>>>,
+}
+
+impl EndsAfterRequestBody {
+    pub fn new(inner: ProxyBody, watch: BodyWatch, refused: BodyRefusal) -> Self {
+        EndsAfterRequestBody {
+            inner,
+            verdict: Some(Box::pin(settle(watch))),
+            refused,
+            last: None,
+        }
+    }
+}
+
+/// The error that cuts a response whose request body was refused after it began.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was refused while its response streamed")]
+pub struct RequestBodyRefused;
+
+impl Body for EndsAfterRequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(verdict) = this.verdict.as_mut().filter(|_| this.last.is_some()) {
+                let settled = std::task::ready!(verdict.as_mut().poll(cx));
+                this.verdict = None;
+                if settled == Settled::TooLong {
+                    let _ = this.refused.set(BodyRefused::UnreadTooLong);
+                }
+                if this.refused.get().is_some() {
+                    this.last = None;
+                    return Poll::Ready(Some(Err(Box::new(RequestBodyRefused))));
+                }
+            }
+            if this.verdict.is_none() {
+                if let Some(last) = this.last.take() {
+                    return Poll::Ready(last.map(Ok));
+                }
+            }
+            match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) if frame.is_data() => return Poll::Ready(Some(Ok(frame))),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Some(Ok(trailers)) if this.verdict.is_some() => this.last = Some(Some(trailers)),
+                None if this.verdict.is_some() => this.last = Some(None),
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.verdict.is_none() && self.last.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -37,6 +37,21 @@ pub enum BodyRefused {
     TrailersTooLarge,
     /// A trailer carries the placeholder of a secret that could not be refreshed.
     SecretUnavailable(SecretId),
+    /// The upstream stopped reading the body, and its rest was longer than keyswap reads to
+    /// check it ([`crate::pipeline::settle::UNREAD_BODY_LIMIT`]).
+    UnreadTooLong,
+}
+
+impl BodyRefused {
+    /// The reason a request refused for its body is recorded with.
+    pub fn reason(&self) -> crate::audit::decision::Reason {
+        use crate::audit::decision::Reason;
+        match self {
+            BodyRefused::Misplaced(_) => Reason::PlaceholderNotAllowed,
+            BodyRefused::TrailersTooLarge | BodyRefused::UnreadTooLong => Reason::BadRequest,
+            BodyRefused::SecretUnavailable(_) => Reason::SecretUnavailable,
+        }
+    }
 }
 
 /// The error a refused body fails with, which aborts the upstream request.

@@ -10,6 +10,7 @@ mod compression;
 mod corporate_proxy;
 mod deny;
 mod docs;
+mod duplex;
 mod fairness;
 mod harness;
 mod java_client;
