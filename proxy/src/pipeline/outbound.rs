@@ -263,19 +263,7 @@ pub fn rewrite(
         partial_refused,
         !swapped.used.is_empty(),
     );
-    let mut path_and_query = routed.path.clone();
-    if let Some(q) = &swapped.query {
-        path_and_query.push('?');
-        path_and_query.push_str(q);
-    }
-    parts.uri = Uri::builder()
-        .scheme(ctx.scheme.as_str())
-        .authority(ctx.target.to_string())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| {
-            Denial::new(Reason::BadRequest, "the request URI could not be rebuilt").closing()
-        })?;
+    parts.uri = upstream_uri(ctx, &routed.path, swapped.query.as_deref())?;
     parts.version = Version::HTTP_11;
     let head_request = parts.method == http::Method::HEAD;
     let counted = Counted::new(body, req_bytes.clone());
@@ -334,6 +322,24 @@ pub fn rewrite(
         },
         body_watch,
     })
+}
+
+/// The URI the upstream gets: the connection's scheme and target, the decided path, the
+/// (swapped) query.
+fn upstream_uri(ctx: &ConnContext, path: &str, query: Option<&str>) -> Result<Uri, Denial> {
+    let mut path_and_query = path.to_string();
+    if let Some(q) = query {
+        path_and_query.push('?');
+        path_and_query.push_str(q);
+    }
+    Uri::builder()
+        .scheme(ctx.scheme.as_str())
+        .authority(ctx.target.to_string())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| {
+            Denial::new(Reason::BadRequest, "the request URI could not be rebuilt").closing()
+        })
 }
 
 /// Removes hop-by-hop headers and what could let a secret past the scrubber.

@@ -314,6 +314,17 @@ async fn agent_run(env: &TestEnv) {
         let status = curl(env, method, host, path, *carry).await;
         assert_eq!(status, 200, "{method} {host}{path}");
     }
+    // A record is written when its response (or its tunnel) has ended, which can trail the
+    // client: wait for the run's records before anything reads the audit file.
+    for (method, host, path, _) in SCRIPT {
+        if *host == TUNNEL_HOST {
+            env.audit_where(|r| r["host"] == TUNNEL_HOST && r["method"] == "CONNECT")
+                .await;
+        } else {
+            env.audit_where(|r| r["method"] == *method && r["host"] == *host && r["path"] == *path)
+                .await;
+        }
+    }
 }
 
 fn tools_present() -> bool {
