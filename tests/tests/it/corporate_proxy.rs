@@ -173,6 +173,21 @@ async fn keyswap(proxy: &str, credentials: &str, allow_private: bool) -> TestEnv
     env
 }
 
+/// keyswap with `upstream.proxy` pointing at a tinyproxy that asks for the right credentials
+/// and allows CONNECT to the port `allowed` names.
+async fn behind_authed_parent(allowed: impl FnOnce(&TestEnv) -> u16) -> (TestEnv, Parent) {
+    let port = free_port();
+    let env = keyswap(
+        &format!("url: http://127.0.0.1:{port}\nauth_env: {AUTH_ENV}"),
+        &format!("{PROXY_USER}:{PROXY_PASSWORD}"),
+        false,
+    )
+    .await;
+    let parent =
+        Parent::tinyproxy(port, &[allowed(&env)], Some((PROXY_USER, PROXY_PASSWORD))).await;
+    (env, parent)
+}
+
 fn tools() -> bool {
     available("tinyproxy", "-v")
 }
@@ -182,19 +197,7 @@ async fn h1_and_h2_agents_reach_https_upstreams_through_connect() {
     if !tools() {
         return;
     }
-    let port = free_port();
-    let env = keyswap(
-        &format!("url: http://127.0.0.1:{port}\nauth_env: {AUTH_ENV}"),
-        &format!("{PROXY_USER}:{PROXY_PASSWORD}"),
-        false,
-    )
-    .await;
-    let parent = Parent::tinyproxy(
-        port,
-        &[env.upstream.port()],
-        Some((PROXY_USER, PROXY_PASSWORD)),
-    )
-    .await;
+    let (env, parent) = behind_authed_parent(|env| env.upstream.port()).await;
     for alpn in [Alpn::Http1Only, Alpn::Both] {
         let opts = env.agent(&format!("{API_HOST}:443"), alpn);
         let auth = bearer(GITHUB_PLACEHOLDER);
@@ -367,19 +370,7 @@ async fn tunnel_rule_goes_through_the_parent() {
     if !tools() {
         return;
     }
-    let port = free_port();
-    let env = keyswap(
-        &format!("url: http://127.0.0.1:{port}\nauth_env: {AUTH_ENV}"),
-        &format!("{PROXY_USER}:{PROXY_PASSWORD}"),
-        false,
-    )
-    .await;
-    let parent = Parent::tinyproxy(
-        port,
-        &[env.tunnel.port()],
-        Some((PROXY_USER, PROXY_PASSWORD)),
-    )
-    .await;
+    let (env, parent) = behind_authed_parent(|env| env.tunnel.port()).await;
     let mut opts = env.agent(&format!("{TUNNEL_HOST}:443"), Alpn::Http1Only);
     // Not intercepted: the agent verifies the upstream's own certificate.
     opts.trust = vec![env.upstream_ca.cert_der().clone()];
@@ -400,19 +391,7 @@ async fn websocket_goes_through_the_parent_and_is_scrubbed() {
     if !tools() {
         return;
     }
-    let port = free_port();
-    let env = keyswap(
-        &format!("url: http://127.0.0.1:{port}\nauth_env: {AUTH_ENV}"),
-        &format!("{PROXY_USER}:{PROXY_PASSWORD}"),
-        false,
-    )
-    .await;
-    let parent = Parent::tinyproxy(
-        port,
-        &[env.upstream.port()],
-        Some((PROXY_USER, PROXY_PASSWORD)),
-    )
-    .await;
+    let (env, parent) = behind_authed_parent(|env| env.upstream.port()).await;
     let opts = env.agent(&format!("{API_HOST}:443"), Alpn::Http1Only);
     let mut ws = client::websocket_through_proxy(
         &opts,

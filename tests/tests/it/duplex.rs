@@ -65,9 +65,10 @@ async fn read_echo(body: &mut hyper::body::Incoming, expected: &str) {
     assert_eq!(String::from_utf8_lossy(&got), expected);
 }
 
-#[tokio::test]
-async fn a_duplex_stream_is_relayed_while_the_agent_still_sends() {
-    let env = TestEnv::start().await;
+/// Opens a duplex stream to `/duplex`, sends a first chunk and reads its echo, with the
+/// request body still open: the connection (its driver ends with it), the agent's side of
+/// the body and the response body.
+async fn duplex_begun(env: &TestEnv) -> (client::ProxyConnection, Frames, hyper::body::Incoming) {
     let conn = env
         .open(&env.agent(&format!("{OTHER_HOST}:443"), Alpn::Http2Only))
         .await;
@@ -87,6 +88,13 @@ async fn a_duplex_stream_is_relayed_while_the_agent_still_sends() {
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
     read_echo(&mut body, "ping-1;").await;
+    (conn, frames, body)
+}
+
+#[tokio::test]
+async fn a_duplex_stream_is_relayed_while_the_agent_still_sends() {
+    let env = TestEnv::start().await;
+    let (_conn, frames, mut body) = duplex_begun(&env).await;
     // Only now, having read the echo, does the agent send more and end its body.
     send(&frames, "ping-2;").await;
     read_echo(&mut body, "ping-2;").await;
@@ -104,25 +112,7 @@ async fn a_duplex_stream_is_relayed_while_the_agent_still_sends() {
 #[tokio::test]
 async fn an_ungranted_placeholder_sent_mid_stream_cuts_the_response_and_is_recorded() {
     let env = TestEnv::start().await;
-    let conn = env
-        .open(&env.agent(&format!("{OTHER_HOST}:443"), Alpn::Http2Only))
-        .await;
-    let mut sender = conn.h2_sender().expect("h2");
-    let (frames, body) = streamed_body();
-    let request = client::request("POST", OTHER_HOST, "/duplex", true)
-        .body(body)
-        .expect("request");
-    send(&frames, "ping-1;").await;
-    let response = tokio::time::timeout(WAIT, async {
-        sender.ready().await?;
-        sender.send_request(request).await
-    })
-    .await
-    .expect("the answer's head came while the body was still open")
-    .expect("response");
-    assert_eq!(response.status(), 200);
-    let mut body = response.into_body();
-    read_echo(&mut body, "ping-1;").await;
+    let (_conn, frames, mut body) = duplex_begun(&env).await;
     // other.upstream.test grants the openai secret only: the github placeholder is refused.
     send(&frames, GITHUB_PLACEHOLDER).await;
     drop(frames);
