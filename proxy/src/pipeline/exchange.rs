@@ -55,14 +55,21 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    fn begin(ctx: &ConnContext, req: &Request<Incoming>, path: Result<&str, &PathError>) -> Self {
+    /// `uri_token`: the URI carries the task's token ([`token_in_uri`]), which the record
+    /// must not show.
+    fn begin(
+        ctx: &ConnContext,
+        req: &Request<Incoming>,
+        path: Result<&str, &PathError>,
+        uri_token: bool,
+    ) -> Self {
         let mut subject = ctx.request_subject_with_path(
             req.method(),
             req.uri(),
             shown_path(req.uri().path(), path.ok()),
             Started::now(),
         );
-        if let Some(token) = ctx.task.token_finder() {
+        if let Some(token) = ctx.task.token_finder().filter(|_| uri_token) {
             withhold_token(&mut subject, token, req.uri());
         }
         Exchange {
@@ -132,10 +139,34 @@ pub async fn exchange(
     let snapshot = shared.snapshot();
     // Normalised once: what is matched, forwarded and audited.
     let path = normalize_path(req.uri().path());
-    let mut ex = Exchange::begin(&ctx, &req, path.as_ref().map(String::as_str));
+    // Looked for once: the record withholds it, guard_head refuses the request for it.
+    let uri_token = ctx.task.token_finder().and_then(|token| {
+        let raw = req.uri().path();
+        token_in_uri(
+            token,
+            raw,
+            path.as_deref().unwrap_or(raw),
+            req.uri().query(),
+        )
+    });
+    let mut ex = Exchange::begin(
+        &ctx,
+        &req,
+        path.as_ref().map(String::as_str),
+        uri_token.is_some(),
+    );
     let version = req.version();
     ctx.task.count_request();
-    match forward(&shared, &snapshot, &ctx, req, path.as_deref(), &mut ex).await {
+    let forwarded = forward(
+        &shared,
+        &snapshot,
+        &ctx,
+        req,
+        path.as_deref(),
+        uri_token,
+        &mut ex,
+    );
+    match forwarded.await {
         Ok(response) => Ok(response),
         Err(mut denial) => {
             // h2 has no Connection header; its stream ends, the connection stays.
@@ -172,12 +203,13 @@ async fn forward(
     ctx: &ConnContext,
     mut req: Request<Incoming>,
     path: Result<&str, &PathError>,
+    uri_token: Option<&'static str>,
     ex: &mut Exchange,
 ) -> Result<Response<ProxyBody>, Denial> {
     let upgrade = is_websocket_upgrade(req.headers()) && req.version() == Version::HTTP_11;
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    outbound::guard_head(ctx, &mut parts, path.ok(), upgrade)?;
+    outbound::guard_head(ctx, &mut parts, uri_token, upgrade)?;
 
     let decided = route::decide(snapshot, ctx, &parts, path, SystemTime::now());
     if let Ok(routed) = &decided {

@@ -22,7 +22,7 @@ use crate::pipeline::fair::Held;
 use crate::pipeline::route::Routed;
 use crate::pipeline::settle::{watch, BodyWatch};
 use crate::pipeline::swap::{
-    check_uri, swap_headers, swap_query, token_in_headers, token_in_uri, Misplaced, NotGranted,
+    check_uri, swap_headers, swap_query, token_in_headers, Misplaced, NotGranted,
 };
 use crate::pipeline::swap_body::{BodyRefusal, BodyRefused, ScanBody, SnapshotPlaceholders};
 use crate::pipeline::token_body::TokenGuard;
@@ -69,20 +69,19 @@ pub struct Sending {
 /// Before any rule is looked at: hop-by-hop and `Proxy-*` headers are removed (they never go
 /// upstream, so what they carry is not checked: `Proxy-Authorization` carries the task's
 /// token), and the task's token anywhere in the URI or the headers refuses the request, before
-/// any refusal could quote the part that carries it.
+/// any refusal could quote the part that carries it. `uri_token`: the part of the URI that
+/// carries the token ([`crate::pipeline::swap::token_in_uri`], looked for by the caller).
 pub fn guard_head(
     ctx: &ConnContext,
     parts: &mut Parts,
-    path: Option<&str>,
+    uri_token: Option<&'static str>,
     upgrade: bool,
 ) -> Result<(), Denial> {
     strip_hop_by_hop(&mut parts.headers, upgrade);
     let Some(token) = ctx.task.token_finder() else {
         return Ok(());
     };
-    let raw = parts.uri.path();
-    let in_uri = token_in_uri(token, raw, path.unwrap_or(raw), parts.uri.query());
-    let part = in_uri.or_else(|| token_in_headers(token, &parts.headers).then_some("headers"));
+    let part = uri_token.or_else(|| token_in_headers(token, &parts.headers).then_some("headers"));
     match part {
         Some(part) => Err(token_denial(ctx, part)),
         None => Ok(()),
