@@ -246,7 +246,8 @@ pub struct Decision {
 }
 
 /// A secret whose placeholder a learned request carried, and where: the header names
-/// (lowercase, sorted) and whether the URI (path or query) held it too. Names only.
+/// (lowercase, sorted), whether the URI (path or query) held it, whether the body did. Names
+/// only.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Carried {
     pub secret: String,
@@ -254,6 +255,8 @@ pub struct Carried {
     pub headers: Vec<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub uri: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub body: bool,
 }
 
 impl Decision {

@@ -107,8 +107,8 @@ fn write_rule(out: &mut String, rule: &LearnedRule) {
         return;
     }
     field(out, "secrets", &list(&rule.secrets));
-    if rule.query {
-        field(out, "swap_in", "[headers, query]");
+    if rule.query || rule.body || !rule.in_headers {
+        field(out, "swap_in", &swap_in(rule));
     }
     if let Some(headers) = &rule.headers {
         field(out, "headers", &list(headers));
@@ -120,6 +120,21 @@ fn write_rule(out: &mut String, rule: &LearnedRule) {
         );
         field(out, "allow_cleartext", "true");
     }
+}
+
+/// The places a rule swaps in, as a flow list (`[headers]` alone is the default).
+fn swap_in(rule: &LearnedRule) -> String {
+    let places = [
+        (rule.in_headers, "headers"),
+        (rule.query, "query"),
+        (rule.body, "body"),
+    ];
+    let words: Vec<&str> = places
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, word)| *word)
+        .collect();
+    format!("[{}]", words.join(", "))
 }
 
 #[cfg(test)]
@@ -136,7 +151,9 @@ mod tests {
             paths: vec!["/a/*".into()],
             secrets: secrets.iter().map(|s| s.to_string()).collect(),
             headers: Some(vec!["authorization".into()]),
+            in_headers: true,
             query: false,
+            body: false,
             count: 2,
             example: "GET /a/1".into(),
         }
@@ -161,6 +178,17 @@ mod tests {
              \x20       secrets: [\"github\"]\n\
              \x20       headers: [\"authorization\"]\n"
         );
+    }
+
+    #[test]
+    fn swap_in_names_each_place_a_placeholder_was_seen() {
+        let mut both = rule("api.example.com", &["github"]);
+        both.body = true;
+        assert!(render("l", &[both.clone()], "1 record").contains("swap_in: [headers, body]\n"));
+        both.in_headers = false;
+        both.headers = None;
+        both.query = true;
+        assert!(render("l", &[both], "1 record").contains("swap_in: [query, body]\n"));
     }
 
     #[test]

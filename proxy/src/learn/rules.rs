@@ -28,8 +28,13 @@ pub struct LearnedRule {
     /// The only headers the secrets' placeholders were seen in (`None`: not known for every
     /// request, or seen in none).
     pub headers: Option<Vec<String>>,
+    /// A placeholder was seen in a header (or where is not known): the rule swaps in
+    /// headers, the default.
+    pub in_headers: bool,
     /// A placeholder was seen in the URI: the rule swaps in the query too.
     pub query: bool,
+    /// A placeholder was seen in a request body: the rule swaps in the body too.
+    pub body: bool,
     /// How many recorded requests (or tunnelled connections) the rule covers.
     pub count: usize,
     /// One of them (`METHOD /path`, the first in sort order).
@@ -55,6 +60,7 @@ struct Group {
     headers: BTreeSet<String>,
     scope_unknown: bool,
     query: bool,
+    body: bool,
     count: usize,
     example: Option<String>,
 }
@@ -107,6 +113,7 @@ fn add(group: &mut Group, record: &Observed) {
             Some(carried) => {
                 group.headers.extend(carried.headers.iter().cloned());
                 group.query |= carried.uri;
+                group.body |= carried.body;
             }
             // Sent by a rule that already granted it: where it was carried is not recorded.
             None => group.scope_unknown = true,
@@ -116,6 +123,7 @@ fn add(group: &mut Group, record: &Observed) {
 
 fn rule(key: Key, group: Group, max_children: usize) -> LearnedRule {
     let tunnel = key.order == 0;
+    let in_headers = group.scope_unknown || !group.headers.is_empty();
     let headers = (!key.secrets.is_empty() && !group.scope_unknown && !group.headers.is_empty())
         .then(|| group.headers.into_iter().collect());
     LearnedRule {
@@ -127,7 +135,9 @@ fn rule(key: Key, group: Group, max_children: usize) -> LearnedRule {
         paths: generalise(&group.paths, max_children),
         secrets: key.secrets,
         headers,
+        in_headers,
         query: group.query,
+        body: group.body,
         count: group.count,
         example: group.example.unwrap_or_default(),
     }
@@ -161,6 +171,7 @@ mod tests {
                     secret: secret.to_string(),
                     headers: headers.iter().map(|h| h.to_string()).collect(),
                     uri: false,
+                    body: false,
                 })
                 .collect(),
             tunnel: false,
@@ -206,6 +217,21 @@ mod tests {
         assert_eq!(rules[0].headers, None);
         assert_eq!(rules[0].count, 2);
         assert_eq!(rules[0].example, "GET /a");
+    }
+
+    #[test]
+    fn a_placeholder_seen_only_in_bodies_swaps_in_the_body_alone() {
+        let mut in_body = request("POST", "/login", &[], &[]);
+        in_body.carried.push(Carried {
+            secret: "npm".into(),
+            headers: Vec::new(),
+            uri: false,
+            body: true,
+        });
+        let rules = learn_rules(&[in_body], DEFAULT_MAX_CHILDREN);
+        assert_eq!(rules[0].secrets, vec!["npm"]);
+        assert!(rules[0].body && !rules[0].in_headers && !rules[0].query);
+        assert_eq!(rules[0].headers, None);
     }
 
     #[test]

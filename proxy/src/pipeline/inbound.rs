@@ -21,7 +21,7 @@ use crate::pipeline::context::ConnContext;
 use crate::pipeline::exchange::Exchange;
 use crate::pipeline::outbound::Sending;
 use crate::pipeline::settle::EndsAfterRequestBody;
-use crate::pipeline::websocket;
+use crate::pipeline::{learn, websocket};
 use crate::state::shared::Shared;
 use crate::state::snapshot::Snapshot;
 use crate::upstream::{connect_error, ConnectError};
@@ -78,7 +78,7 @@ pub fn upstream_failed(shared: &Shared, err: UpstreamFailure, ex: &mut Exchange)
 /// decoded and scrubbed as it streams; the exchange is recorded when the body ends.
 pub fn scrub(
     shared: &Arc<Shared>,
-    snapshot: &Snapshot,
+    snapshot: &Arc<Snapshot>,
     ctx: &ConnContext,
     mut response: Response<Incoming>,
     mut sending: Sending,
@@ -110,6 +110,7 @@ pub fn scrub(
     let body_failed = Arc::new(AtomicBool::new(false));
     let on_end = record_on_end(
         shared,
+        snapshot,
         ex,
         &sending,
         parts.status,
@@ -179,6 +180,7 @@ fn check_status(status: StatusCode, sending: &Sending) -> Result<bool, Denial> {
 /// What runs when the response body has been sent or dropped: the exchange's one record.
 fn record_on_end(
     shared: &Arc<Shared>,
+    snapshot: &Arc<Snapshot>,
     ex: &Exchange,
     sending: &Sending,
     status: StatusCode,
@@ -190,6 +192,10 @@ fn record_on_end(
     let body_refused = sending.body_refused.clone();
     let resp_bytes = resp_bytes.clone();
     let body_failed = body_failed.clone();
+    let body_seen = sending
+        .body_seen
+        .clone()
+        .map(|seen| (snapshot.clone(), seen));
     move || {
         // An upstream may answer before reading the whole body; a body refused after that
         // still ends the exchange as a refusal. A response body cut after its head was sent
@@ -201,7 +207,11 @@ fn record_on_end(
             None => Reason::Allowed,
         };
         let sent = exchange.sent(status.as_u16(), resp_bytes.load(Ordering::Relaxed));
-        shared.record(&exchange.subject, &exchange.decision(reason), sent, None);
+        let mut decision = exchange.decision(reason);
+        if let Some((snapshot, seen)) = &body_seen {
+            learn::with_body(snapshot, &mut decision.carried, seen);
+        }
+        shared.record(&exchange.subject, &decision, sent, None);
     }
 }
 

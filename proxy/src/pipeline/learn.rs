@@ -11,13 +11,14 @@
 use std::collections::BTreeMap;
 
 use http::request::Parts;
-use keyswap_config::{normalize_path, OnUnlisted, Rule};
+use keyswap_config::{normalize_path, OnUnlisted, Rule, SecretId};
 
 use crate::audit::decision::{Carried, Denial, Reason};
 use crate::lifecycle::tasks::on_unlisted;
 use crate::pipeline::context::ConnContext;
 use crate::pipeline::route::{Matched, Routed};
 use crate::pipeline::swap::{check_uri, find_in_headers};
+use crate::pipeline::swap_body::BodySeen;
 use crate::state::snapshot::Snapshot;
 use crate::state::tasks::LiveTask;
 use crate::wire::headers::METHOD_OVERRIDE_HEADERS;
@@ -67,9 +68,39 @@ pub fn learn<'c>(
     })
 }
 
+/// What the request body is scanned against: the rule's grants; for a learned request (whose
+/// rule grants nothing and swaps nothing) every secret, so that its placeholders go upstream
+/// as they are, noted in the returned cell for the record ([`with_body`]).
+pub fn body_grants(snapshot: &Snapshot, routed: &Routed<'_>) -> (Vec<SecretId>, Option<BodySeen>) {
+    if routed.matched.is_learned() {
+        let every = (0..snapshot.config.secrets.len()).map(SecretId).collect();
+        (every, Some(BodySeen::default()))
+    } else {
+        (routed.matched.rule().secrets.clone(), None)
+    }
+}
+
+/// Adds to `carried` the secrets whose placeholders the body carried (`seen`).
+pub fn with_body(snapshot: &Snapshot, carried: &mut Vec<Carried>, seen: &BodySeen) {
+    let seen = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for id in seen.iter() {
+        let secret = &snapshot.config.secret(*id).name;
+        match carried.iter_mut().find(|c| &c.secret == secret) {
+            Some(entry) => entry.body = true,
+            None => carried.push(Carried {
+                secret: secret.clone(),
+                headers: Vec::new(),
+                uri: false,
+                body: true,
+            }),
+        }
+    }
+    carried.sort();
+}
+
 /// The secrets whose placeholders a learned request carries in its headers (also inside a
-/// `Basic` credential) and its URI, each with the header names it was found in. The body is
-/// not read for this: it streams upstream as it is.
+/// `Basic` credential) and its URI, each with the header names it was found in. The body's
+/// are added as it streams ([`with_body`]).
 pub fn carried(snapshot: &Snapshot, parts: &Parts, routed: &Routed<'_>) -> Vec<Carried> {
     let mut by_id: BTreeMap<usize, (Vec<String>, bool)> = BTreeMap::new();
     for (name, id) in find_in_headers(&snapshot.placeholders, &parts.headers) {
@@ -101,6 +132,7 @@ pub fn carried(snapshot: &Snapshot, parts: &Parts, routed: &Routed<'_>) -> Vec<C
                 secret: snapshot.config.secrets[id].name.clone(),
                 headers,
                 uri,
+                body: false,
             }
         })
         .collect()

@@ -19,12 +19,15 @@ use keyswap_scrub::decode;
 use crate::audit::decision::{Denial, Reason};
 use crate::pipeline::context::ConnContext;
 use crate::pipeline::fair::Held;
+use crate::pipeline::learn;
 use crate::pipeline::route::Routed;
 use crate::pipeline::settle::{watch, BodyWatch};
 use crate::pipeline::swap::{
     check_uri, swap_headers, swap_query, token_in_headers, Misplaced, NotGranted,
 };
-use crate::pipeline::swap_body::{BodyRefusal, BodyRefused, ScanBody, SnapshotPlaceholders};
+use crate::pipeline::swap_body::{
+    BodyRefusal, BodyRefused, BodySeen, ScanBody, SnapshotPlaceholders,
+};
 use crate::pipeline::token_body::TokenGuard;
 use crate::pipeline::trailers::{trailer_check, TrailerSecrets};
 use crate::state::snapshot::Snapshot;
@@ -64,6 +67,8 @@ pub struct Sending {
     /// The request body, when the response is relayed while it still streams: the response's
     /// end waits for its verdict ([`crate::pipeline::settle::EndsAfterRequestBody`]).
     pub streaming_body: Option<BodyWatch>,
+    /// Learn mode: the secrets whose placeholders the body carried, for the record.
+    pub body_seen: Option<BodySeen>,
 }
 
 /// Before any rule is looked at: hop-by-hop and `Proxy-*` headers are removed (they never go
@@ -284,11 +289,7 @@ pub fn rewrite(
     // A learned request's rule grants nothing and nothing is swapped: a placeholder in its
     // body goes upstream as the placeholder (every secret counts as granted, none swapped);
     // the task's token is still refused.
-    let granted = if routed.matched.is_learned() {
-        (0..snapshot.config.secrets.len()).map(SecretId).collect()
-    } else {
-        rule.secrets.clone()
-    };
+    let (granted, body_seen) = learn::body_grants(snapshot, routed);
     let scanned = ScanBody::new(
         guarded,
         SnapshotPlaceholders(snapshot.clone()),
@@ -301,7 +302,8 @@ pub fn rewrite(
             rule,
             trailer_secrets.clone(),
         ),
-    );
+    )
+    .noting(body_seen.clone());
     let (body, body_watch) = watch(boxed(scanned));
     let secrets = swapped
         .used
@@ -318,6 +320,7 @@ pub fn rewrite(
             trailer_secrets,
             secrets,
             streaming_body: None,
+            body_seen,
         },
         body_watch,
     })

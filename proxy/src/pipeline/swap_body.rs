@@ -10,9 +10,9 @@
 //! Like [`crate::pipeline::swap`], this writes real values into the outgoing request and
 //! nowhere else.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -27,6 +27,10 @@ use crate::state::snapshot::Snapshot;
 
 /// Set by the request body's layers when they refuse it, for the refusal and the audit.
 pub type BodyRefusal = Arc<OnceLock<BodyRefused>>;
+
+/// The secrets whose placeholders a body carried, filled as it streams (learn mode only: the
+/// record names them, never a value).
+pub type BodySeen = Arc<Mutex<BTreeSet<SecretId>>>;
 
 /// Why a request body (its data or its trailers) was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +91,7 @@ pub struct ScanBody<B, P> {
     swap: bool,
     refused: BodyRefusal,
     trailer_check: TrailerCheck,
+    seen: Option<BodySeen>,
     carry: BytesMut,
     ready: VecDeque<Bytes>,
     trailers: Option<HeaderMap>,
@@ -110,11 +115,26 @@ impl<B, P: AsRef<Replacer>> ScanBody<B, P> {
             swap,
             refused,
             trailer_check,
+            seen: None,
             carry: BytesMut::new(),
             ready: VecDeque::new(),
             trailers: None,
             done: false,
             failed: false,
+        }
+    }
+
+    /// Notes in `seen` every granted placeholder the body carries.
+    pub fn noting(mut self, seen: Option<BodySeen>) -> Self {
+        self.seen = seen;
+        self
+    }
+
+    fn note(&self, id: usize) {
+        if let Some(seen) = &self.seen {
+            seen.lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(SecretId(id));
         }
     }
 
@@ -155,6 +175,7 @@ impl<B, P: AsRef<Replacer>> ScanBody<B, P> {
                 refused.push(SecretId(id));
                 continue;
             }
+            self.note(id);
             out.extend_from_slice(&junction[pos..range.start]);
             if self.swap {
                 out.extend_from_slice(replacer.replacement_of(id));
@@ -202,6 +223,7 @@ impl<B, P: AsRef<Replacer>> ScanBody<B, P> {
                 refused.push(SecretId(id));
                 continue;
             }
+            self.note(id);
             if self.swap {
                 let o = out.get_or_insert_with(|| BytesMut::with_capacity(buf.len()));
                 o.extend_from_slice(&buf[pos..range.start]);

@@ -4,7 +4,7 @@
 //! `learned`; the policy learned from that audit then serves the same run with no refusal
 //! and refuses what the run never did.
 //!
-//! git, curl and python3 with pip must be on PATH; without one a test prints a notice and
+//! git, curl, npm and python3 with pip must be on PATH; without one a test prints a notice and
 //! passes, except under `CI=true`, where it fails.
 
 use std::collections::BTreeMap;
@@ -66,6 +66,8 @@ enum Carry {
     Nothing,
     GithubBearer,
     OpenaiKey,
+    /// The placeholder inside a JSON request body.
+    GithubInBody,
 }
 
 /// The agent's API calls: ids, UUIDs, digests and dates in their paths.
@@ -101,6 +103,7 @@ const SCRIPT: &[(&str, &str, &str, Carry)] = &[
         Carry::Nothing,
     ),
     ("GET", API_HOST, "/echo/reports/2026-12-07", Carry::Nothing),
+    ("POST", API_HOST, "/sink", Carry::GithubInBody),
     ("GET", API_HOST, "/echo/listed", Carry::Nothing),
     (
         "POST",
@@ -176,6 +179,10 @@ async fn curl(env: &TestEnv, method: &str, host: &str, path: &str, carry: Carry)
         Carry::OpenaiKey => {
             cmd.arg("-H")
                 .arg(format!("x-api-key: {OPENAI_PLACEHOLDER}"));
+        }
+        Carry::GithubInBody => {
+            cmd.args(["-H", "content-type: application/json", "--data-binary"])
+                .arg(format!("{{\"token\":\"{GITHUB_PLACEHOLDER}\"}}"));
         }
     }
     cmd.arg(format!("https://{host}{path}"));
@@ -278,6 +285,77 @@ print(sha)
     .expect("project page");
 }
 
+/// An npm registry with one package, `ksdemo-npm 0.1.0`: its packument and its tarball
+/// (written by python's tarfile), under `/files/npm/`.
+async fn write_npm_registry(env: &TestEnv, root: &Path) {
+    let registry = root.join("files/npm");
+    std::fs::create_dir_all(&registry).expect("registry dir");
+    let script = r#"
+import base64, hashlib, io, json, sys, tarfile
+out, host = sys.argv[1], sys.argv[2]
+files = {
+    "package/package.json": json.dumps({"name": "ksdemo-npm", "version": "0.1.0", "main": "index.js"}).encode(),
+    "package/index.js": b"module.exports = 'installed through keyswap';\n",
+}
+raw = io.BytesIO()
+with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+    for path, data in files.items():
+        info = tarfile.TarInfo(path)
+        info.size = len(data)
+        info.mode = 0o644
+        tar.addfile(info, io.BytesIO(data))
+tgz = raw.getvalue()
+open(f"{out}/ksdemo-npm-0.1.0.tgz", "wb").write(tgz)
+integrity = "sha512-" + base64.b64encode(hashlib.sha512(tgz).digest()).decode()
+version = {"name": "ksdemo-npm", "version": "0.1.0", "dist": {
+    "tarball": f"https://{host}/files/npm/ksdemo-npm-0.1.0.tgz",
+    "integrity": integrity, "shasum": hashlib.sha1(tgz).hexdigest()}}
+packument = {"name": "ksdemo-npm", "dist-tags": {"latest": "0.1.0"}, "versions": {"0.1.0": version}}
+open(f"{out}/ksdemo-npm", "w").write(json.dumps(packument))
+"#;
+    let mut cmd = command(env, "python3", &BTreeMap::new());
+    cmd.arg("-c").arg(script).arg(&registry).arg(API_HOST);
+    run(env, "npm registry builder", cmd).await;
+}
+
+/// `npm install` from the private registry, its `.npmrc` holding the placeholder as the
+/// registry's `_authToken` (npm sends it as `Authorization: Bearer`).
+async fn npm_install(env: &TestEnv, into: &str) {
+    let registry = format!("https://{API_HOST}/files/npm/");
+    let target = env.dir.path().join(into);
+    std::fs::create_dir_all(&target).expect("npm prefix");
+    let npmrc = target.join(".npmrc");
+    std::fs::write(
+        &npmrc,
+        format!("//{API_HOST}/files/npm/:_authToken={GITHUB_PLACEHOLDER}\n"),
+    )
+    .expect(".npmrc");
+    let proxy = proxy_url(env);
+    let mut cmd = command(env, "npm", &BTreeMap::new());
+    cmd.args(["install", "--no-audit", "--no-fund", "--no-update-notifier"])
+        .args([
+            "--registry",
+            &registry,
+            "--proxy",
+            &proxy,
+            "--https-proxy",
+            &proxy,
+        ])
+        .arg("--userconfig")
+        .arg(&npmrc)
+        .arg("--cafile")
+        .arg(ca_bundle(env))
+        .arg("--cache")
+        .arg(env.dir.path().join(format!("{into}-npm-cache")))
+        .arg("--prefix")
+        .arg(&target)
+        .arg("ksdemo-npm@0.1.0");
+    run(env, "npm install", cmd).await;
+    let installed = std::fs::read_to_string(target.join("node_modules/ksdemo-npm/index.js"))
+        .expect("installed");
+    assert!(installed.contains("installed through keyswap"));
+}
+
 /// `pip install` from the private index, its URL holding the placeholder as a password.
 async fn pip_install(env: &TestEnv, into: &str) {
     let index = format!("https://__token__:{GITHUB_PLACEHOLDER}@{API_HOST}/files/simple/");
@@ -308,8 +386,10 @@ async fn agent_run(env: &TestEnv) {
     write_repo(env, &root).await;
     env.upstream.serve_files(&root);
     write_index(env, &root).await;
+    write_npm_registry(env, &root).await;
     git_clone(env, "clone").await;
     pip_install(env, "site").await;
+    npm_install(env, "node").await;
     for (method, host, path, carry) in SCRIPT {
         let status = curl(env, method, host, path, *carry).await;
         assert_eq!(status, 200, "{method} {host}{path}");
@@ -331,6 +411,7 @@ fn tools_present() -> bool {
     available("git", "--version")
         && available("curl", "--version")
         && available("python3", "--version")
+        && available("npm", "--version")
 }
 
 /// One GET of the metrics listener's `/metrics`.
@@ -397,6 +478,22 @@ async fn learning_task_forwards_unlisted_requests_with_placeholders_and_records_
     assert_eq!(learned["secrets"], serde_json::json!([]));
     assert_eq!(
         learned["carried"],
+        serde_json::json!([{"secret": "github", "headers": ["authorization"]}])
+    );
+    // A placeholder in a body goes upstream as it is and is recorded as carried there.
+    let bodies = env.upstream.bodies();
+    let body = String::from_utf8_lossy(&bodies.first().expect("the upstream saw the body").body);
+    assert!(body.contains(GITHUB_PLACEHOLDER), "{body}");
+    let in_body = env.audit_where(|r| r["path"] == "/sink").await;
+    assert_eq!(
+        in_body["carried"],
+        serde_json::json!([{"secret": "github", "body": true}])
+    );
+    let npm = env
+        .audit_where(|r| r["path"] == "/files/npm/ksdemo-npm-0.1.0.tgz")
+        .await;
+    assert_eq!(
+        npm["carried"],
         serde_json::json!([{"secret": "github", "headers": ["authorization"]}])
     );
     let plain = env
@@ -528,7 +625,9 @@ async fn the_learned_policy_serves_the_same_run_and_refuses_what_it_never_did() 
     for expected in [
         r#""/echo/repos/acme/widget/issues/*", "/echo/repos/acme/widget/issues/*/comments", "#,
         r#""/files/simple/ksdemo/""#,
-        r#""/git/demo.git/git-upload-pack", "/git/demo.git/info/refs"]"#,
+        r#""/files/npm/ksdemo-npm", "/files/npm/ksdemo-npm-0.1.0.tgz""#,
+        "swap_in: [headers, body]",
+        r#""/git/demo.git/git-upload-pack", "/git/demo.git/info/refs", "/sink"]"#,
         r#"paths: ["/echo/commits/*", "/echo/listed", "/echo/reports/*", "/echo/users/*"]"#,
         r#"secrets: ["github"]"#,
         r#"headers: ["authorization"]"#,
