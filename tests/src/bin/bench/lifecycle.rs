@@ -14,7 +14,7 @@ use keyswap::admin::client::{AdminClient, AdminTarget};
 use keyswap::api::{IssueRequest, IssuedTask};
 
 use crate::load::{self, Conn, Endpoint, Route};
-use crate::report::{Row, KEYSWAP};
+use crate::report::{quantile, sorted, Row, KEYSWAP};
 use crate::scenarios::{progress, Contender, CpuMeter, Plan};
 use crate::setup::POLICY;
 
@@ -47,7 +47,7 @@ fn not_measured(scenario: &str, unit: &'static str, e: anyhow::Error) -> Row {
 }
 
 /// Issues one task from the bench policy (a new admin connection per call, as the CLI does).
-async fn issue(admin: &AdminClient) -> anyhow::Result<IssuedTask> {
+pub async fn issue(admin: &AdminClient) -> anyhow::Result<IssuedTask> {
     let request = IssueRequest {
         policy: POLICY.into(),
         ttl: Some("1h".into()),
@@ -57,7 +57,7 @@ async fn issue(admin: &AdminClient) -> anyhow::Result<IssuedTask> {
 }
 
 /// `base` (keyswap's contender endpoint) acting as the issued task.
-fn endpoint_for(base: &Endpoint, task: &IssuedTask) -> anyhow::Result<Endpoint> {
+pub fn endpoint_for(base: &Endpoint, task: &IssuedTask) -> anyhow::Result<Endpoint> {
     let Route::Proxy { addr, .. } = base.route else {
         anyhow::bail!("keyswap's endpoint is not a proxy route");
     };
@@ -75,17 +75,6 @@ fn endpoint_for(base: &Endpoint, task: &IssuedTask) -> anyhow::Result<Endpoint> 
 
 fn millis_since(started: Instant) -> f64 {
     started.elapsed().as_secs_f64() * 1e3
-}
-
-/// The `q` quantile of sorted `values` (nearest rank).
-fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted.get(rank.clamp(1, sorted.len().max(1)) - 1).copied()
-}
-
-fn sorted(mut values: Vec<f64>) -> Vec<f64> {
-    values.sort_by(f64::total_cmp);
-    values
 }
 
 /// 7a: `revoke_tasks` tasks each hold `revoke_connections` intercepted connections (CONNECT,

@@ -271,6 +271,25 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// `POST path` whose body sends one small frame and then never ends (a flood's request,
+    /// which holds its slot for as long as the client keeps it); returns the response status
+    /// once a head arrives — a refusal's at once, an accepted request's only when the
+    /// upstream answers before the body ends.
+    pub async fn post_endless(&mut self, path: &str) -> io::Result<StatusCode> {
+        use futures_util::StreamExt;
+        let first = futures_util::stream::once(async {
+            Ok::<_, io::Error>(hyper::body::Frame::data(bytes::Bytes::from_static(
+                b"flood",
+            )))
+        });
+        let body = http_body_util::StreamBody::new(first.chain(futures_util::stream::pending()));
+        let req = self.request("POST", path, BodyExt::boxed(body));
+        let resp = self.send(req).await?;
+        Ok(resp.status())
+    }
+}
+
 async fn drain(resp: Response<Incoming>) -> io::Result<u64> {
     let status = resp.status();
     let mut body = resp.into_body();

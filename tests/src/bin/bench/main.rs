@@ -1,8 +1,9 @@
 //! `bench`: measures keyswap side by side with a direct connection, hudsucker and mitmproxy in
 //! one run, and reports ratios; then keyswap's task lifecycle alone (scenario 7), its
 //! transparent listener against its explicit one (scenario 8, root only), and what
-//! `keyswap exec`'s sandbox costs against `--no-sandbox` (scenario 9), and how fast
-//! `keyswap scan` searches a large working tree for plaintext secrets (scenario 10).
+//! `keyswap exec`'s sandbox costs against `--no-sandbox` (scenario 9), how fast
+//! `keyswap scan` searches a large working tree for plaintext secrets (scenario 10), and what
+//! one task's flood costs another task's requests (scenario 11).
 //!
 //! ```text
 //! cargo run --release -p keyswap-tests --bin bench -- [--quick] [--out results.json]
@@ -14,6 +15,7 @@
 //! are read from `/proc`. Every request through a proxy carries the placeholder and the
 //! upstream answers 401 unless it received the real value, so a swap happens on every request.
 
+mod fair;
 mod floor;
 mod lifecycle;
 mod load;
@@ -64,7 +66,8 @@ struct Args {
     no_pin: bool,
     /// Run only these scenarios (0 is the machine floor, 7 keyswap's task lifecycle, 8 the
     /// transparent listener against the explicit one, as root, 9 `keyswap exec`'s sandbox, 10
-    /// `keyswap scan` over a large tree), e.g. `--only 1,6`; 3 takes its rate from 1 unless
+    /// `keyswap scan` over a large tree, 11 one task's flood against another task's requests),
+    /// e.g. `--only 1,6`; 3 takes its rate from 1 unless
     /// `--latency-rate` is given.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -393,6 +396,11 @@ async fn run(args: &Args, secret: String, token: String) -> anyhow::Result<()> {
             client_cpu: cpu.map(|_| CLIENT_CPU),
         };
         rows.extend(tokio::task::block_in_place(|| sandbox::run(inputs)));
+    }
+    if args.runs("11") {
+        if let Some(keyswap) = contenders.iter().find(|c| c.column == KEYSWAP) {
+            rows.extend(fair::run(&plan, keyswap, &admin_socket).await);
+        }
     }
     if args.runs("10") && args.measures("keyswap") {
         let binary = args.keyswap.as_deref();

@@ -138,3 +138,15 @@ pub fn markdown(rows: &[Row]) -> String {
     }
     out
 }
+
+/// The `q` quantile of sorted `values` (nearest rank).
+pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len().max(1)) - 1).copied()
+}
+
+/// `values`, sorted for [`quantile`].
+pub fn sorted(mut values: Vec<f64>) -> Vec<f64> {
+    values.sort_by(f64::total_cmp);
+    values
+}

@@ -33,7 +33,7 @@ use rustls::pki_types::CertificateDer;
 use crate::load::{self, Endpoint, Route};
 use crate::peer::pinned_command;
 use crate::procfs;
-use crate::report::{Row, KEYSWAP};
+use crate::report::{quantile, Row, KEYSWAP};
 use crate::scenarios::{progress, Plan};
 use crate::setup::{self, PeerSetupOwned, POLICY, SECRET_ENV};
 
@@ -340,12 +340,6 @@ fn last_words(stderr: &[u8]) -> String {
 
 fn unix_nanos(t: SystemTime) -> anyhow::Result<u128> {
     Ok(t.duration_since(UNIX_EPOCH)?.as_nanos())
-}
-
-/// The `q` quantile of sorted `values` (nearest rank).
-fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted.get(rank.clamp(1, sorted.len().max(1)) - 1).copied()
 }
 
 /// 9a: milliseconds from spawning exec to the command's `main`, `runs` times.
