@@ -66,6 +66,19 @@ impl Door {
         reason: Reason,
         why: &str,
     ) {
+        self.refuse_with(task, target, scheme, &Decision::new(reason), why);
+    }
+
+    /// [`Door::refuse`] with a decision that says more than its reason (a parent proxy's
+    /// status).
+    fn refuse_with(
+        &self,
+        task: Option<&LiveTask>,
+        target: &Target,
+        scheme: &'static str,
+        decision: &Decision,
+        why: &str,
+    ) {
         let subject = Subject::connection(
             self.conn_id,
             Via::Transparent,
@@ -76,7 +89,7 @@ impl Door {
             self.started,
         );
         self.shared
-            .record(&subject, &Decision::new(reason), Sent::status(0), Some(why));
+            .record(&subject, decision, Sent::status(0), Some(why));
     }
 
     /// The original destination as a target (for records made before a name is known).
@@ -260,8 +273,13 @@ async fn tunnel_to(
         Ok(upstream) => upstream,
         Err(denial) => {
             drop(task_conn);
+            // Refused by a parent proxy: its status goes in the record, as on the other door.
+            let decision = Decision {
+                parent_status: denial.parent_status,
+                ..Decision::new(denial.reason)
+            };
             let why = &denial.message;
-            door.refuse(Some(&ctx.task), &ctx.target, "https", denial.reason, why);
+            door.refuse_with(Some(&ctx.task), &ctx.target, "https", &decision, why);
             return;
         }
     };

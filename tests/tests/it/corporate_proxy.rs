@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use keyswap::ProxyOptions;
 use keyswap_tests::client::{self, Alpn};
 use keyswap_tests::harness::{bearer, TestEnv, API_HOST, DEFAULT_CONFIG, OTHER_HOST, TUNNEL_HOST};
+use keyswap_tests::netns::{missing_requirements, AgentNet};
 use keyswap_tests::secrets::GITHUB_PLACEHOLDER;
 use keyswap_tests::tools::available;
 use tokio_tungstenite::tungstenite::Message;
@@ -324,6 +325,56 @@ async fn parent_refusing_the_port_is_upstream_error_with_its_status() {
         .audit_where(|r| r["path"] == "/public/x" && r["reason"] == "upstream_error")
         .await;
     assert_eq!(record["parent_status"], 403, "{record}");
+    env.assert_no_leaks();
+}
+
+/// The transparent door's tunnels go through the parent too: one the parent refuses is
+/// recorded with the parent's status, as on the explicit door.
+#[tokio::test]
+async fn transparent_tunnel_refused_by_the_parent_records_its_status() {
+    if !tools() {
+        return;
+    }
+    let missing = missing_requirements(&[("curl", "--version")]);
+    if !missing.is_empty() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "transparent mode needs {missing:?}; CI=true, so this is a failure"
+        );
+        eprintln!("skipped: transparent mode needs {missing:?}");
+        return;
+    }
+    let port = free_port();
+    let mut net = AgentNet::create();
+    let transparent = format!(
+        "\ntransparent:\n  listen: {}:0\n  sources:\n    \"{}/32\": agent\n  ports:\n    443: tls\n",
+        net.host_ip, net.agent_ip
+    );
+    let yaml = config(&format!("url: http://127.0.0.1:{port}"), false) + &transparent;
+    let env = TestEnv::start_with_options(&yaml, Alpn::Both, ProxyOptions::default()).await;
+    let listener = env.proxy.transparent_addr().expect("transparent listener");
+    net.redirect(&[443], listener.port());
+    // CONNECT is allowed to one port only, not the tunnel upstream's.
+    let _parent = Parent::tinyproxy(port, &[9], None).await;
+    let out = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &net.ns, "curl", "-sS", "--noproxy", "*"])
+        .args(["--max-time", "30", "--resolve"])
+        .arg(format!("{TUNNEL_HOST}:443:{}", net.host_ip))
+        .arg(format!("https://{TUNNEL_HOST}/echo"))
+        .output()
+        .await
+        .expect("curl runs");
+    env.keep(&[], &String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !out.status.success(),
+        "the refused tunnel carried a request"
+    );
+    let record = env
+        .audit_where(|r| r["host"] == TUNNEL_HOST && r["reason"] == "upstream_error")
+        .await;
+    assert_eq!(record["via"], "transparent", "{record}");
+    assert_eq!(record["parent_status"], 403, "{record}");
+    assert_eq!(env.tunnel.seen_count(), 0);
     env.assert_no_leaks();
 }
 
