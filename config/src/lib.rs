@@ -24,6 +24,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod aws;
 pub mod error;
 pub mod host;
 pub mod limits;
@@ -39,6 +40,7 @@ mod validate;
 
 use std::path::Path;
 
+pub use aws::AwsKeys;
 pub use error::{ConfigError, ConfigErrors};
 pub use host::{HostPattern, HostPatternError};
 pub use limits::{Budget, Rate, RatePer};

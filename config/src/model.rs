@@ -534,6 +534,35 @@ pub struct Secret {
     /// `headers:`: the only request headers (lower-case names) its placeholder may be
     /// swapped into, on any rule; `None` = any header.
     pub headers: Option<Vec<String>>,
+    /// `aws:`: a key pair that signs requests (SigV4); then `value` is the real access key id
+    /// and `placeholder` the one the agent holds.
+    pub aws: Option<Arc<crate::aws::AwsKeys>>,
+}
+
+impl Secret {
+    /// Where its values are read from (an `aws:` secret has two).
+    pub fn sources(&self) -> impl Iterator<Item = &SecretSource> {
+        let aws = self.aws.as_ref().map(|a| &a.secret_access_key_source);
+        std::iter::once(&self.source).chain(aws)
+    }
+
+    /// The variables `keyswap exec` and `task issue` give the agent for this secret, with the
+    /// placeholders (and an `aws:` secret's region) as their values.
+    pub fn agent_env(&self) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self
+            .env
+            .iter()
+            .map(|name| (name.clone(), self.placeholder.clone()))
+            .collect();
+        if let Some(aws) = &self.aws {
+            let key = aws.secret_access_key_placeholder.clone();
+            env.push((crate::aws::SECRET_ACCESS_KEY_ENV.to_string(), key));
+            for name in aws.region.iter().flat_map(|_| crate::aws::REGION_ENVS) {
+                env.push((name.to_string(), aws.region.clone().unwrap_or_default()));
+            }
+        }
+        env
+    }
 }
 
 /// Where a secret's value comes from. Names a variable, a path or a command, never a value.
@@ -571,6 +600,7 @@ impl fmt::Debug for Secret {
             .field("env", &self.env)
             .field("refresh", &self.refresh)
             .field("headers", &self.headers)
+            .field("aws", &self.aws)
             .finish_non_exhaustive()
     }
 }

@@ -145,6 +145,9 @@ pub(crate) struct RawSecret {
     pub refresh: Option<L<String>>,
     /// The only headers this secret is swapped into (default any).
     pub headers: Option<L<Vec<L<String>>>>,
+    /// An AWS key pair requests are re-signed with (SigV4) instead of a value to swap; then
+    /// placeholder (optional) is the access key id the agent holds.
+    pub aws: Option<L<crate::aws::RawAws>>,
 }
 
 /// One task: an entry of `tasks:` or the whole body of a file in `tasks_dir`.

@@ -67,9 +67,11 @@ pub fn protected_paths(config: &Config, config_file: Option<&Path>) -> Vec<Prote
     use Protection::{Hide, ReadOnly};
     let mut protected = Vec::new();
     for secret in &config.secrets {
-        if let SecretSource::File(path) = &secret.source {
-            let why = format!("secret {} (from_file)", secret.name);
-            protected.push(Protected::new(path.clone(), why, Hide));
+        for source in secret.sources() {
+            if let SecretSource::File(path) = source {
+                let why = format!("secret {} (from_file)", secret.name);
+                protected.push(Protected::new(path.clone(), why, Hide));
+            }
         }
     }
     let ca_key = config.ca_dir.join(CA_KEY_FILE);

@@ -13,6 +13,7 @@ pub mod config;
 pub mod files;
 pub mod harness;
 pub mod logged_child;
+pub mod moto;
 pub mod netns;
 pub mod output;
 pub mod secrets;

@@ -13,6 +13,7 @@
 
 mod admin;
 mod approval;
+mod aws;
 mod fairness;
 mod limits;
 mod policies;

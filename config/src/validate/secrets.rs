@@ -26,6 +26,17 @@ pub(super) fn check_secrets(
     let mut envs: HashMap<&str, &str> = HashMap::new();
     for (name, raw) in entries {
         check_secret_name(name, sink);
+        if let Some(aws) = &raw.value.aws {
+            let env = check_env(name, raw, &mut envs, sink);
+            let id = SecretId(secrets.len());
+            if let Some((secret, site)) =
+                super::aws::check_aws_secret(id, name, raw, aws, env, sink, checker)
+            {
+                secrets.push(secret);
+                sites.push(site);
+            }
+            continue;
+        }
         let placeholder = check_placeholder(raw, sink);
         let env = check_env(name, raw, &mut envs, sink);
         let refresh = check_refresh(raw, sink);
@@ -61,6 +72,7 @@ pub(super) fn check_secrets(
                 env,
                 refresh,
                 headers,
+                aws: None,
             });
             sites.push((Site::from(placeholder), source_site));
         }

@@ -31,7 +31,7 @@ pub fn issued_task(
         .unwrap_or_default()
         .into_iter()
         .map(|id| snapshot.config.secret(id))
-        .filter_map(|s| s.env.clone().map(|env| (env, s.placeholder.clone())))
+        .flat_map(|s| s.agent_env())
         .collect();
     let env = task_env(
         ProxyEndpoint {
@@ -69,10 +69,15 @@ pub fn issued_task(
 /// and `admin.token_env` (sorted, once each). Names are not secret; `keyswap exec` keeps
 /// them out of its command's environment.
 pub fn credential_variables(config: &Config) -> Vec<String> {
-    let secrets = config.secrets.iter().filter_map(|s| match &s.source {
-        SecretSource::Env(name) => Some(name.clone()),
-        SecretSource::File(_) | SecretSource::Command(_) => None,
-    });
+    let secrets =
+        config
+            .secrets
+            .iter()
+            .flat_map(|s| s.sources())
+            .filter_map(|source| match source {
+                SecretSource::Env(name) => Some(name.clone()),
+                SecretSource::File(_) | SecretSource::Command(_) => None,
+            });
     let tasks = config.tasks.values().filter_map(|t| t.token_env.clone());
     let names: BTreeSet<String> = secrets
         .chain(tasks)

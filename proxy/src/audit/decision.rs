@@ -56,6 +56,9 @@ pub enum Reason {
     /// No rule allows the request, and its task is in learn mode (`on_unlisted: learn`): it
     /// was forwarded with no secret swapped in, and recorded for `keyswap learn`.
     Learned,
+    /// An AWS request signed in a way keyswap does not re-sign (chunk-signed streaming,
+    /// SigV4A, a presigned URL) with a placeholder key id.
+    SignatureUnsupported,
 }
 
 impl Reason {
@@ -83,6 +86,7 @@ impl Reason {
             Reason::RateLimited => "rate_limited",
             Reason::TaskBusy => "task_busy",
             Reason::Learned => "learned",
+            Reason::SignatureUnsupported => "signature_unsupported",
         }
     }
 
@@ -111,7 +115,8 @@ impl Reason {
             | Reason::ApprovalQueueFull
             | Reason::BudgetExhausted
             | Reason::RateLimited
-            | Reason::TaskBusy => "denied",
+            | Reason::TaskBusy
+            | Reason::SignatureUnsupported => "denied",
         }
     }
 
@@ -131,7 +136,7 @@ impl Reason {
         match self {
             Reason::Allowed | Reason::Learned => StatusCode::OK,
             Reason::NoTask | Reason::BadToken => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-            Reason::BadRequest => StatusCode::BAD_REQUEST,
+            Reason::BadRequest | Reason::SignatureUnsupported => StatusCode::BAD_REQUEST,
             Reason::UpstreamError => StatusCode::BAD_GATEWAY,
             Reason::SecretUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             // Never sent (no HTTP exchange took place); listed for completeness.

@@ -131,6 +131,8 @@ pub const DEPENDENCY_LOG_CAPS: &[&str] = &[
     "hyper_util=info",
     "rustls=info",
     "tokio_rustls=info",
+    // The AWS signer traces the request it signs (header values, a session token).
+    "aws_sigv4=info",
 ];
 
 pub fn init_logging(format: LogFormat) {

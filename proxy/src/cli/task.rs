@@ -242,7 +242,7 @@ pub fn env(args: EnvArgs) -> anyhow::Result<()> {
     let placeholders: Vec<(String, String)> = keyswap_config::granted_secrets(&task.rules)
         .into_iter()
         .map(|id| config.secret(id))
-        .filter_map(|s| s.env.clone().map(|env| (env, s.placeholder.clone())))
+        .flat_map(|s| s.agent_env())
         .collect();
     let env = task_env(
         ProxyEndpoint {

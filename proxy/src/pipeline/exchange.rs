@@ -1,8 +1,8 @@
 //! One request through an allowed connection, as named steps over one per-request
 //! [`Exchange`]: decide ([`route::decide`]) → approve ([`approve::approve`]) → hold the
 //! task's slots ([`fair::hold`]) → swap
-//! ([`outbound::swap_in`]) → charge ([`budget::charge`]) → rewrite ([`outbound::rewrite`]) →
-//! send ([`inbound::send`]) → settle (the request body decided, [`settle::settle`]) → scrub
+//! ([`outbound::swap_in`]; an AWS signature is taken off first, [`sign_aws::prepare`]) → charge ([`budget::charge`]) → rewrite ([`outbound::rewrite`]) →
+//! sign AWS requests again ([`sign_aws::sign`]) → send ([`inbound::send`]) → settle (the request body decided, [`settle::settle`]) → scrub
 //! ([`inbound::scrub`]) → record (one [`Decision`], written by [`Shared::record`]). Before
 //! any of them, [`outbound::guard_head`] strips hop-by-hop headers and refuses the task's
 //! token in the head. Used for intercepted HTTPS and for plain-HTTP forwarding alike,
@@ -27,7 +27,7 @@ use crate::pipeline::outbound::Outgoing;
 use crate::pipeline::route::Routed;
 use crate::pipeline::settle::{self, Settled};
 use crate::pipeline::swap::token_in_uri;
-use crate::pipeline::{approve, inbound, learn, outbound, route};
+use crate::pipeline::{approve, inbound, learn, outbound, route, sign_aws};
 use crate::state::shared::Shared;
 use crate::state::snapshot::Snapshot;
 use crate::wire::headers::is_websocket_upgrade;
@@ -220,15 +220,17 @@ async fn forward(
     ex.subject.path = Some(routed.path.clone());
     ex.held = Some(fair::hold(shared, snapshot, &ctx.task).await?);
 
+    let mut signing = None;
     let swapped = if routed.matched.is_learned() {
         ex.learned = true;
         ex.carried = learn::carried(snapshot, &parts, &routed);
         outbound::unswapped(&parts)
     } else {
+        signing = sign_aws::prepare(snapshot, ctx, &mut parts, routed.matched.rule())?;
         outbound::swap_in(snapshot, ctx, &mut parts, &routed)?
     };
     budget::charge(&ctx.task, routed.matched.rule())?;
-    let outgoing = outbound::rewrite(
+    let mut outgoing = outbound::rewrite(
         snapshot,
         ctx,
         parts,
@@ -239,6 +241,10 @@ async fn forward(
         &ex.req_bytes,
         ex.held.clone(),
     )?;
+    if let Some(signing) = &signing {
+        let rule = routed.matched.rule();
+        sign_aws::sign(snapshot, ctx, rule, &routed.path, signing, &mut outgoing).await?;
+    }
     let response = send_and_settle(shared, snapshot, ctx, &routed, outgoing, ex).await?;
     inbound::scrub(
         shared,

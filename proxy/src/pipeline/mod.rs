@@ -21,6 +21,7 @@ pub mod learn;
 pub mod outbound;
 pub mod route;
 pub mod settle;
+pub mod sign_aws;
 pub mod swap;
 pub mod swap_body;
 pub mod token_body;

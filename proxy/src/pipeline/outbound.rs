@@ -370,11 +370,14 @@ fn clean_headers(parts: &mut Parts, upgrade: bool, partial_refused: bool, sends_
 }
 
 /// Whether any of the task's rules for this host and port grants a secret: then a value may
-/// be stored there and read back, so partial responses are not allowed.
+/// be stored there and read back, so partial responses are not allowed. An `aws:` secret
+/// does not count: its keys sign, and no request carries them to be stored.
 fn could_hold_secret(snapshot: &Snapshot, ctx: &ConnContext) -> bool {
     snapshot.rules_of(&ctx.task).is_some_and(|rules| {
         rules.iter().any(|rule| {
-            !rule.secrets.is_empty()
+            rule.secrets
+                .iter()
+                .any(|id| snapshot.config.secret(*id).aws.is_none())
                 && rule.matches_host(ctx.scheme, &ctx.target.host, ctx.target.port)
         })
     })

@@ -111,9 +111,15 @@ impl Snapshot {
                 .secrets
                 .iter()
                 .map(|s| {
+                    // An `aws:` key id is never swapped in (it is signed with, by
+                    // pipeline::sign_aws): its placeholder is found, and replaced by itself.
+                    let value = match &s.aws {
+                        Some(_) => s.placeholder.as_bytes(),
+                        None => s.value.expose_secret().as_bytes(),
+                    };
                     (
                         s.placeholder.as_bytes().to_vec(),
-                        Bytes::copy_from_slice(s.value.expose_secret().as_bytes()),
+                        Bytes::copy_from_slice(value),
                     )
                 })
                 .collect(),
@@ -138,10 +144,16 @@ impl Snapshot {
 /// scrubbed once, to the first one's replacement (the scrubber keeps the first).
 fn scrub_pairs(config: &Config, retired: &[(SecretId, SecretString)]) -> Vec<(Vec<u8>, Bytes)> {
     let current = config.secrets.iter().map(|s| (&s.value, &s.placeholder));
+    // An `aws:` secret's secret access key is scrubbed like its key id (the secret's value).
+    let aws_keys = config.secrets.iter().filter_map(|s| {
+        let aws = s.aws.as_ref()?;
+        Some((&aws.secret_access_key, &aws.secret_access_key_placeholder))
+    });
     let old = retired
         .iter()
         .map(|(id, value)| (value, &config.secret(*id).placeholder));
     current
+        .chain(aws_keys)
         .chain(old)
         .flat_map(|(value, placeholder)| encodings::forms(value.expose_secret(), placeholder))
         .collect()

@@ -4,5 +4,6 @@
 
 pub mod client_hello;
 pub mod headers;
+pub mod sigv4;
 pub mod target;
 pub mod token;

@@ -4,6 +4,7 @@
 mod admin_api;
 mod approval;
 mod audit_chain;
+mod aws;
 mod budgets;
 mod clients;
 mod compression;
