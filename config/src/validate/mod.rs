@@ -17,6 +17,7 @@ mod fairness;
 mod limits;
 mod policies;
 mod proxy;
+mod requestable;
 mod rules;
 mod sandbox;
 mod secrets;
