@@ -115,6 +115,19 @@ pub fn decide<'c>(
             format!("the request path was refused: {e}; send a plain, normalised path"),
         )
     })?;
+    match_rules(snapshot, rules, ctx, parts, path)
+}
+
+/// The first configured rule that matches, else the first rule a human's grant made
+/// ([`Matched::Granted`]), else the refusal that names what is missing.
+fn match_rules<'c>(
+    snapshot: &Snapshot,
+    rules: &'c [Rule],
+    ctx: &ConnContext,
+    parts: &Parts,
+    path: String,
+) -> Result<Routed<'c>, Denial> {
+    let task = &ctx.task;
     let method = parts.method.as_str();
     let (host, port) = (&ctx.target.host, ctx.target.port);
     let by_config = match match_route(rules, ctx.scheme, host, port, method, &path) {
