@@ -431,6 +431,16 @@ async fn denied_grant_shows_the_reason_and_outside_the_bounds_is_refused_at_once
             got.body
         );
     }
+    // A path that would write to the approving human's terminal is refused before the bounds.
+    let escape = json!({"host": API_HOST, "methods": ["GET"], "paths": ["/echo/\u{1b}[2J"]});
+    let got = post(
+        &env,
+        "agent",
+        "https://keyswap.internal/v1/self/requests",
+        &escape,
+    )
+    .await;
+    assert_eq!(got.status, 400, "{}", got.body);
     // Nothing was held for a human.
     assert!(admin(&env)
         .approvals(Some("agent"))

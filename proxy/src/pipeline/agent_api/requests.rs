@@ -175,6 +175,16 @@ fn checked_grant(asked: &AskBody) -> Result<Grant, (StatusCode, Reason, String)>
     let paths = match &asked.paths {
         Some(list) if list.is_empty() => return Err(bad("paths is empty; omit it for any")),
         Some(list) => {
+            // Shown to the human in `keyswap approvals`: no control character may reach a
+            // terminal, and a path has no whitespace.
+            if list
+                .iter()
+                .any(|p| p.chars().any(|c| c.is_control() || c.is_whitespace()))
+            {
+                return Err(bad(
+                    "paths: a path pattern holds a control character or whitespace",
+                ));
+            }
             PathPatterns::new(list).map_err(|errors| {
                 let e = &errors[0];
                 bad(format!("paths: {}; {}", e.message, e.fix))
