@@ -34,6 +34,7 @@ pub mod parent_proxy;
 pub mod path;
 mod raw;
 mod read;
+pub mod requestable;
 pub mod sandbox;
 pub mod secrets;
 mod validate;
@@ -52,6 +53,7 @@ pub use model::{
 };
 pub use parent_proxy::{NoProxy, ParentAuth, ParentKind, ParentProxy};
 pub use path::{normalize_path, PathError, PathPatternError, PathPatterns};
+pub use requestable::{granted_rule, within, GrantAsk, Requestable};
 pub use sandbox::{
     credential_stores, protected_paths, sandbox_plan_paths, Protected, Protection, SandboxPaths,
 };

@@ -385,6 +385,8 @@ pub struct Policy {
     /// secrets and recorded (`on_unlisted`).
     pub on_unlisted: OnUnlisted,
     pub rules: Vec<Rule>,
+    /// `requestable:`: what its tasks' agents may ask for at runtime.
+    pub requestable: Vec<crate::requestable::Requestable>,
 }
 
 impl Policy {
@@ -620,6 +622,8 @@ pub struct Task {
     pub rules: Vec<Rule>,
     /// The task's own `on_unlisted`, else its policy's, else `deny`.
     pub on_unlisted: OnUnlisted,
+    /// The task's own `requestable:`, else its policy's.
+    pub requestable: Vec<crate::requestable::Requestable>,
 }
 
 /// The outcome of matching a request against a task.

@@ -164,6 +164,9 @@ pub(crate) struct RawTask {
     /// (forward it without any secret and record it for `keyswap learn`).
     pub on_unlisted: Option<L<RawOnUnlisted>>,
     pub allow: Option<L<Vec<L<RawRule>>>>,
+    /// What the task's agent may ask for at runtime (instead of its policy's bounds); a
+    /// human approves each request.
+    pub requestable: Option<L<Vec<L<RawRequestable>>>>,
 }
 
 /// One entry of `policies:` (the key is the policy's name).
@@ -178,6 +181,25 @@ pub(crate) struct RawPolicy {
     /// (forward it without any secret and record it for `keyswap learn`).
     pub on_unlisted: Option<L<RawOnUnlisted>>,
     pub allow: Option<L<Vec<L<RawRule>>>>,
+    /// What its tasks' agents may ask for at runtime (POST https://keyswap.internal/v1/self/requests);
+    /// a human approves each request. Absent: every request is refused.
+    pub requestable: Option<L<Vec<L<RawRequestable>>>>,
+}
+
+/// One entry of `requestable:`: the bound of what an agent may ask for.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRequestable {
+    /// Exact name or "*.example.com": the hosts that may be asked for.
+    pub host: Option<L<String>>,
+    /// The port (default 443).
+    pub port: Option<L<u64>>,
+    /// The methods that may be asked for (default any).
+    pub methods: Option<L<Vec<L<String>>>>,
+    /// Path patterns that may be asked for, or narrowed (default any).
+    pub paths: Option<L<Vec<L<String>>>>,
+    /// Secrets that may be asked for.
+    pub secrets: Option<L<Vec<L<String>>>>,
 }
 
 /// `admin:`.

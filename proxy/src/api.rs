@@ -175,6 +175,10 @@ pub struct ApprovalInfo {
     pub why: String,
     /// Names of the secrets the request would have swapped in if approved.
     pub secrets: Vec<String>,
+    /// `why: grant`: the agent's own reason for asking (sanitised, at most 200 characters).
+    /// Shown as the agent's words, never as keyswap's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_why: Option<String>,
     /// RFC 3339.
     pub waiting_since: String,
     pub waited_secs: f64,

@@ -18,6 +18,7 @@ mod fairness;
 mod limits;
 mod policies;
 mod proxy;
+mod requestable;
 mod rules;
 mod sandbox;
 mod secrets;

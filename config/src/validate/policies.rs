@@ -65,6 +65,11 @@ pub(super) fn check_policies(
             on_unlisted: super::approval::on_unlisted(raw.value.on_unlisted.as_ref())
                 .unwrap_or_default(),
             rules,
+            requestable: super::requestable::check_requestable(
+                raw.value.requestable.as_ref(),
+                defined,
+                sink,
+            ),
         };
         policies.insert(name.value.clone(), policy);
     }

@@ -326,7 +326,7 @@ fn check_cleartext(
     }
 }
 
-fn check_port(port: &Located<u64>, sink: &mut Sink<'_>) -> Option<u16> {
+pub(super) fn check_port(port: &Located<u64>, sink: &mut Sink<'_>) -> Option<u16> {
     match u16::try_from(port.value) {
         Ok(p) if p > 0 => Some(p),
         _ => {
@@ -338,7 +338,10 @@ fn check_port(port: &Located<u64>, sink: &mut Sink<'_>) -> Option<u16> {
 }
 
 /// Methods as tokens, uppercased (matching is case-sensitive, so `get` in the file means GET).
-fn check_methods(list: &Located<Vec<Located<String>>>, sink: &mut Sink<'_>) -> Vec<String> {
+pub(super) fn check_methods(
+    list: &Located<Vec<Located<String>>>,
+    sink: &mut Sink<'_>,
+) -> Vec<String> {
     if list.value.is_empty() {
         sink.at(
             list,
@@ -361,7 +364,10 @@ fn check_methods(list: &Located<Vec<Located<String>>>, sink: &mut Sink<'_>) -> V
     methods
 }
 
-fn check_paths(list: &Located<Vec<Located<String>>>, sink: &mut Sink<'_>) -> Option<PathPatterns> {
+pub(super) fn check_paths(
+    list: &Located<Vec<Located<String>>>,
+    sink: &mut Sink<'_>,
+) -> Option<PathPatterns> {
     if list.value.is_empty() {
         sink.at(
             list,
@@ -381,7 +387,7 @@ fn check_paths(list: &Located<Vec<Located<String>>>, sink: &mut Sink<'_>) -> Opt
 }
 
 /// The secrets a rule grants, each once, in the order written.
-fn check_granted(
+pub(super) fn check_granted(
     list: &Located<Vec<Located<String>>>,
     defined: &Defined<'_>,
     sink: &mut Sink<'_>,

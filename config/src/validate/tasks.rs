@@ -328,6 +328,11 @@ fn check_task(
     let on_unlisted = super::approval::on_unlisted(raw.on_unlisted.as_ref())
         .or(policy.map(|p| p.on_unlisted))
         .unwrap_or_default();
+    // The task's own bounds replace its policy's.
+    let requestable = match &raw.requestable {
+        Some(list) => super::requestable::check_requestable(Some(list), defined, sink),
+        None => policy.map(|p| p.requestable.clone()).unwrap_or_default(),
+    };
     Task {
         id: id.to_string(),
         token,
@@ -336,6 +341,7 @@ fn check_task(
         policy: raw.policy.as_ref().map(|p| p.value.clone()),
         rules,
         on_unlisted,
+        requestable,
     }
 }
 

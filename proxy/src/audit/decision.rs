@@ -13,6 +13,9 @@ use keyswap_scrub::body::{full, ProxyBody};
 
 use crate::error::Origin;
 
+/// The last line of every refusal body: where an agent sees what it may do and asks for more.
+pub const SEE_GRANTS: &str = "See this task's grants and ask for more: MCP tool keyswap_grants, or GET https://keyswap.internal/v1/self";
+
 /// Name of the response header that carries the reason of a refusal.
 pub const REASON_HEADER: &str = "x-keyswap-reason";
 
@@ -195,11 +198,13 @@ impl Denial {
     /// The response the agent receives; with `Connection: close` when the refusal ends its
     /// connection (malformed input must not be followed by more requests on it).
     pub fn response(&self) -> Response<ProxyBody> {
-        let mut body = String::with_capacity(self.message.len() + 40);
+        let mut body = String::with_capacity(self.message.len() + 40 + SEE_GRANTS.len());
         body.push_str("keyswap refused this request (");
         body.push_str(self.reason.as_str());
         body.push_str("): ");
         body.push_str(&self.message);
+        body.push('\n');
+        body.push_str(SEE_GRANTS);
         body.push('\n');
         let mut response = Response::new(full(Bytes::from(body)));
         *response.status_mut() = self.reason.status();
@@ -248,6 +253,8 @@ pub struct Decision {
     pub carried: Vec<Carried>,
     /// The connection was a `tunnel: true` pass-through (spliced, not intercepted).
     pub tunnel: bool,
+    /// Answered by keyswap itself (`keyswap.internal`): nothing was resolved or sent upstream.
+    pub internal: bool,
 }
 
 /// A secret whose placeholder a learned request carried, and where: the header names
@@ -274,6 +281,7 @@ impl Decision {
             parent_status: None,
             carried: Vec::new(),
             tunnel: false,
+            internal: false,
         }
     }
 }

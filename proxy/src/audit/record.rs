@@ -153,6 +153,9 @@ pub struct AuditRecord {
     /// A `tunnel: true` connection, spliced without interception.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub tunnel: bool,
+    /// Answered by keyswap itself (`keyswap.internal`), never resolved or dialled.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
     /// `allowed`, `denied`, `error` or `learned`: [`crate::audit::decision::Reason::decision`].
     pub decision: &'static str,
     pub reason: &'static str,
@@ -176,6 +179,9 @@ pub fn elapsed_ms(started: std::time::Instant) -> f64 {
 /// A lifecycle event, in the same file as the request records.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
+// One is built per lifecycle event (not per request) and handed to the sink by value: the
+// size of the approval variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum LifecycleRecord {
     TaskIssued {
         ts: String,
@@ -213,6 +219,12 @@ pub enum LifecycleRecord {
         path: Option<String>,
         rule: Option<usize>,
         secrets: Vec<String>,
+        /// `grant` for a grant the agent asked for (keyswap.internal); absent otherwise.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kind: Option<&'static str>,
+        /// A grant request: the agent's own reason, sanitised.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        agent_why: Option<String>,
         /// `approved`, `denied`, `timeout` or `task_ended`.
         answer: &'static str,
         /// `once`, `task` or `rule` when approved.
@@ -269,6 +281,7 @@ impl AuditRecord {
             secrets: decision.secrets.clone(),
             carried: decision.carried.clone(),
             tunnel: decision.tunnel,
+            internal: decision.internal,
             decision: reason.decision(),
             reason: reason.as_str(),
             status: sent.status,

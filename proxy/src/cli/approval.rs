@@ -147,6 +147,9 @@ pub fn table(approvals: &[ApprovalInfo]) -> String {
             secrets,
             a.waited_secs
         );
+        if let Some(words) = &a.agent_why {
+            let _ = writeln!(out, "{:<10} the agent says: \"{words}\"", "");
+        }
     }
     out
 }
@@ -157,17 +160,22 @@ pub fn describe(a: &ApprovalInfo) -> String {
         Some(path) => format!("{} {}://{}:{}{}", a.method, a.scheme, a.host, a.port, path),
         None => format!("CONNECT {}:{}", a.host, a.port),
     };
-    let why = match a.rule {
-        Some(rule) => format!("rule {rule} asks for approval ({})", a.why),
-        None => "no rule allows it".to_string(),
+    let why = match (a.rule, a.why.as_str()) {
+        (Some(rule), _) => format!("rule {rule} asks for approval ({})", a.why),
+        (None, "grant") => "its agent asks for this grant for the task's lifetime".to_string(),
+        (None, _) => "no rule allows it".to_string(),
     };
     let secrets = if a.secrets.is_empty() {
         "no secret".to_string()
     } else {
         format!("secret(s) {}", a.secrets.join(", "))
     };
-    format!(
+    let mut text = format!(
         "[{}] task {} wants {what}\n      {why}; would swap in {secrets}; waiting {:.0}s",
         a.id, a.task, a.waited_secs
-    )
+    );
+    if let Some(words) = &a.agent_why {
+        text.push_str(&format!("\n      the agent says: \"{words}\""));
+    }
+    text
 }

@@ -1,5 +1,6 @@
 //! The `keyswap` command line: `run`, `check`, `ca export`, `exec` ([`exec`]), `task` and
-//! `env` ([`task`]), `approvals`, `approve` and `deny` ([`approval`]). This is the edge
+//! `env` ([`task`]), `approvals`, `approve` and `deny` ([`approval`]), `mcp` (the agent's MCP
+//! server over keyswap.internal). This is the edge
 //! where errors become messages for a person; nothing here prints a secret value (`task issue` prints the new task's token: that is its job).
 
 mod approval;
@@ -11,6 +12,7 @@ mod exec;
 mod health;
 mod import_env;
 pub mod learn;
+mod mcp;
 mod run;
 mod sandbox;
 mod scan;
@@ -106,6 +108,10 @@ pub enum Command {
     /// Turn the audit of a learn-mode run (`on_unlisted: learn`) into a policy, or check a
     /// policy against it (--replay).
     Learn(learn::LearnArgs),
+    /// A Model Context Protocol server over stdio for an agent run under `keyswap exec`: its
+    /// grants, its refusals explained, and asking a human for more (keyswap.internal).
+    /// Register it with e.g. `claude mcp add keyswap -- keyswap mcp`.
+    Mcp(mcp::McpArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,6 +182,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
         Command::Approve(args) => approval::approve(args),
         Command::Deny(args) => approval::deny(args),
         Command::Health(args) => health::health(args),
+        Command::Mcp(args) => mcp::mcp(args),
         Command::Ca {
             command:
                 CaCommand::Export {

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use keyswap_config::{first_rule_for_host, Scheme};
 
 use crate::audit::decision::{Denial, Reason};
+use crate::pipeline::agent_api::INTERNAL_HOST;
 use crate::pipeline::approve::ask_connect;
 use crate::pipeline::learn::learning;
 use crate::state::shared::Shared;
@@ -24,6 +25,9 @@ pub enum Handling {
     Intercept,
     /// A `tunnel: true` rule: bytes are spliced, nothing swapped or scrubbed.
     Tunnel { rule: usize },
+    /// `keyswap.internal:443`: TLS is terminated and every request is answered by keyswap
+    /// itself ([`crate::pipeline::agent_api`]); nothing is resolved or dialled.
+    Internal,
 }
 
 /// A refused target.
@@ -59,6 +63,31 @@ pub async fn decide_target(
             denial,
             tunnel_host,
         });
+    }
+    if target.host == INTERNAL_HOST {
+        return match target.port {
+            443 => Ok(Handling::Internal),
+            _ => Err(TargetRefusal {
+                denial: Denial::new(
+                    Reason::HostNotAllowed,
+                    format!("{INTERNAL_HOST} answers on port 443 only: use https://{INTERNAL_HOST}/v1/self"),
+                ),
+                tunnel_host: false,
+            }),
+        };
+    }
+    // No configured rule: a grant a human approved for the task may name the host (grants
+    // are never tunnels).
+    if rule.is_none()
+        && first_rule_for_host(
+            &snapshot.granted_rules_of(task),
+            Scheme::Https,
+            &target.host,
+            target.port,
+        )
+        .is_some()
+    {
+        return Ok(Handling::Intercept);
     }
     let Some(rule) = rule else {
         let refusal = Denial::new(

@@ -23,7 +23,7 @@ use crate::doors::refusal;
 use crate::pipeline::conn::{http1_server, refuse_oversized_head, serve_until};
 use crate::pipeline::context::ConnContext;
 use crate::pipeline::exchange;
-use crate::pipeline::{intercept, tunnel};
+use crate::pipeline::{agent_api, intercept, tunnel};
 use crate::state::metrics::Metrics;
 use crate::state::shared::Shared;
 use crate::state::tasks::{LiveTask, TaskConnection};
@@ -220,6 +220,10 @@ async fn connect(
         }
         Ok(Handling::Intercept) => {
             tokio::spawn(intercept::run(shared.clone(), ctx, on_upgrade));
+            connect_ok()
+        }
+        Ok(Handling::Internal) => {
+            tokio::spawn(agent_api::run(shared.clone(), ctx, on_upgrade));
             connect_ok()
         }
     }

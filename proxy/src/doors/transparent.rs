@@ -41,7 +41,7 @@ use crate::doors::redirected::{compare, compare_resolution, original_destination
 use crate::pipeline::conn::{http1_server, refuse_oversized_head, serve_until, Rewind};
 use crate::pipeline::context::ConnContext;
 use crate::pipeline::exchange;
-use crate::pipeline::{intercept, tunnel};
+use crate::pipeline::{agent_api, intercept, tunnel};
 use crate::state::shared::Shared;
 use crate::state::tasks::{LiveTask, TaskConnection};
 use crate::wire::client_hello::{peek_client_hello, PeekError, PeekLimits};
@@ -221,6 +221,12 @@ async fn tls(door: Door, task: Arc<LiveTask>, task_conn: TaskConnection, mut str
     };
     match handling {
         Handling::Tunnel { rule } => tunnel_to(door, ctx, rule, stream, buffered, task_conn).await,
+        // Only an agent that dials some address with SNI keyswap.internal gets here (the name
+        // resolves nowhere): answered by keyswap as on the explicit door, never dialled.
+        Handling::Internal => {
+            drop(task_conn);
+            agent_api::run_stream(door.shared, ctx, Rewind::new(buffered, stream)).await;
+        }
         Handling::Intercept => {
             let dialer = door.shared.snapshot().upstream.dialer.clone();
             // The comparison is only for the log: it must not delay the handshake.

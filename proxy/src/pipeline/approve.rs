@@ -151,6 +151,7 @@ pub async fn ask_connect(
         rule: None,
         secrets: Vec::new(),
         why: Why::Unlisted,
+        agent_why: None,
     };
     wait(shared, snapshot, task, held, None).await
 }
@@ -167,6 +168,7 @@ fn held_request(ctx: &ConnContext, parts: &Parts, path: &str, why: Why) -> Held 
         rule: None,
         secrets: Vec::new(),
         why,
+        agent_why: None,
     }
 }
 

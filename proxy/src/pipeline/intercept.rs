@@ -103,7 +103,7 @@ async fn serve<IO>(
 }
 
 /// The CONNECT upgrade, then [`handshake`]; `None` when the connection is to end.
-async fn accept_tls(
+pub(crate) async fn accept_tls(
     shared: &Shared,
     ctx: &ConnContext,
     on_upgrade: OnUpgrade,

@@ -10,6 +10,7 @@
 //! [`conn::Rewind`], and serving a connection for as long as its task lives. [`fair`] bounds
 //! what one task may hold at once (requests in flight, upstream connections).
 
+pub mod agent_api;
 pub mod approve;
 pub mod conn;
 pub mod context;

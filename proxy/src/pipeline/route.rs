@@ -24,13 +24,16 @@ pub enum Matched<'c> {
     Approved(Box<Rule>),
     /// Learn mode let an unlisted request through, unswapped ([`crate::pipeline::learn`]).
     Learned(Box<Rule>),
+    /// A grant the task's agent asked for and a human approved (keyswap.internal), made a
+    /// rule for the task's lifetime.
+    Granted(Box<Rule>),
 }
 
 impl Matched<'_> {
     pub fn rule(&self) -> &Rule {
         match self {
             Matched::Rule(rule) => rule,
-            Matched::Approved(rule) | Matched::Learned(rule) => rule,
+            Matched::Approved(rule) | Matched::Learned(rule) | Matched::Granted(rule) => rule,
         }
     }
 
@@ -38,7 +41,7 @@ impl Matched<'_> {
     pub fn index(&self) -> Option<usize> {
         match self {
             Matched::Rule(rule) => Some(rule.index),
-            Matched::Approved(_) | Matched::Learned(_) => None,
+            Matched::Approved(_) | Matched::Learned(_) | Matched::Granted(_) => None,
         }
     }
 
@@ -112,34 +115,58 @@ pub fn decide<'c>(
             format!("the request path was refused: {e}; send a plain, normalised path"),
         )
     })?;
+    match_rules(snapshot, rules, ctx, parts, path)
+}
+
+/// The first configured rule that matches, else the first rule a human's grant made
+/// ([`Matched::Granted`]), else the refusal that names what is missing.
+fn match_rules<'c>(
+    snapshot: &Snapshot,
+    rules: &'c [Rule],
+    ctx: &ConnContext,
+    parts: &Parts,
+    path: String,
+) -> Result<Routed<'c>, Denial> {
+    let task = &ctx.task;
     let method = parts.method.as_str();
-    match match_route(
-        rules,
-        ctx.scheme,
-        &ctx.target.host,
-        ctx.target.port,
-        method,
-        &path,
-    ) {
+    let (host, port) = (&ctx.target.host, ctx.target.port);
+    let by_config = match match_route(rules, ctx.scheme, host, port, method, &path) {
         RouteMatch::Rule(rule) => {
             check_method_overrides(rule, parts, &path, ctx, task)?;
-            Ok(Routed {
+            return Ok(Routed {
                 matched: Matched::Rule(rule),
                 path,
-            })
+            });
         }
-        RouteMatch::HostNotAllowed => Err(refused(
-            Reason::HostNotAllowed,
-            format!(
-                "{} is not in task {}'s allowlist; ask the operator to add a rule",
-                ctx.target, task.id
-            ),
-        )),
-        RouteMatch::RouteNotAllowed => Err(refused(
+        other => other,
+    };
+    // No configured rule: the grants a human approved for this task come next.
+    let granted = snapshot.granted_rules_of(task);
+    let by_grant = match match_route(&granted, ctx.scheme, host, port, method, &path) {
+        RouteMatch::Rule(rule) => {
+            check_method_overrides(rule, parts, &path, ctx, task)?;
+            return Ok(Routed {
+                matched: Matched::Granted(Box::new(rule.clone())),
+                path,
+            });
+        }
+        other => other,
+    };
+    let route_not_allowed = matches!(by_config, RouteMatch::RouteNotAllowed)
+        || matches!(by_grant, RouteMatch::RouteNotAllowed);
+    match route_not_allowed {
+        true => Err(refused(
             Reason::RouteNotAllowed,
             format!(
                 "{method} {path} on {} is not allowed for task {}; ask the operator to add a rule for this route",
                 ctx.target.host, task.id
+            ),
+        )),
+        false => Err(refused(
+            Reason::HostNotAllowed,
+            format!(
+                "{} is not in task {}'s allowlist; ask the operator to add a rule",
+                ctx.target, task.id
             ),
         )),
     }

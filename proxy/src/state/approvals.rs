@@ -93,7 +93,7 @@ impl Approvals {
                 g.rules.contains(&(key.clone(), held.host.clone()))
                     || (*approve == Approve::Once && g.once.contains(key))
             }
-            (Why::Rule(_), None) => false,
+            (Why::Rule(_), None) | (Why::Grant, _) => false,
         }
     }
 
@@ -218,6 +218,11 @@ impl Approvals {
     }
 
     fn grant(&self, task: &Arc<LiveTask>, held: &Held, scope: Scope) {
+        if held.why == Why::Grant {
+            // The grant itself is added by whoever asked for it, for the task's lifetime,
+            // whatever the scope: nothing here may open the host to unlisted requests.
+            return;
+        }
         let Ok(mut all) = self.grants.lock() else {
             return;
         };
@@ -336,6 +341,7 @@ fn info(w: &Waiting) -> ApprovalInfo {
         rule: w.held.rule.as_ref().map(|(index, _)| *index),
         why: w.held.why.as_str().to_string(),
         secrets: w.held.secrets.clone(),
+        agent_why: w.held.agent_why.clone(),
         waiting_since: timestamp(w.since),
         waited_secs: w.started.elapsed().as_secs_f64(),
     }
@@ -361,6 +367,8 @@ fn record(
         path: w.held.path.clone(),
         rule: w.held.rule.as_ref().map(|(index, _)| *index),
         secrets: w.held.secrets.clone(),
+        kind: (w.held.why == Why::Grant).then_some("grant"),
+        agent_why: w.held.agent_why.clone(),
         answer,
         scope,
         by,

@@ -63,6 +63,8 @@ pub enum Why {
     Unlisted,
     /// The rule it matched has `approve:`.
     Rule(Approve),
+    /// The agent asked for a grant inside its `requestable:` bounds (keyswap.internal).
+    Grant,
 }
 
 impl Why {
@@ -70,6 +72,7 @@ impl Why {
         match self {
             Why::Unlisted => "unlisted",
             Why::Rule(approve) => approve.as_str(),
+            Why::Grant => "grant",
         }
     }
 }
@@ -88,6 +91,8 @@ pub struct Held {
     pub rule: Option<(usize, String)>,
     pub secrets: Vec<String>,
     pub why: Why,
+    /// A grant request: the agent's own reason, sanitised ([`sanitise_note`]).
+    pub agent_why: Option<String>,
 }
 
 /// Why an answer was not taken.

@@ -11,6 +11,7 @@
 //! - [`metrics`]: the counters the metrics listener reads ([`metrics_fair`]: those of
 //!   `limits:`).
 
+pub mod agent_side;
 pub mod approvals;
 pub mod fair;
 pub mod held;

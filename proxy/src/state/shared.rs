@@ -13,6 +13,7 @@ use keyswap_certs::LeafCache;
 use crate::audit::decision::Decision;
 use crate::audit::record::{AuditRecord, Sent, Subject};
 use crate::audit::sink::AuditSink;
+use crate::state::agent_side::Refusal;
 use crate::state::approvals::Approvals;
 use crate::state::fair::UpstreamCap;
 use crate::state::metrics::Metrics;
@@ -123,6 +124,14 @@ impl Shared {
     /// `why` is a refusal's explanation, for the log line.
     pub fn record(&self, subject: &Subject, decision: &Decision, sent: Sent, why: Option<&str>) {
         let record = AuditRecord::new(subject, decision, sent);
+        if record.decision == "denied" {
+            // The task's own refusals, for its agent to read at keyswap.internal.
+            let task = subject.task.as_ref().and_then(|t| self.tasks.get(&t.id));
+            if let Some(task) = task {
+                let refusal = Refusal::of(subject, decision.reason.as_str(), why);
+                task.agent.note_refusal(refusal);
+            }
+        }
         record.log(decision.reason, why);
         self.metrics
             .request(record.reason, record.policy_label(), record.ms / 1000.0);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use keyswap_config::{Config, Rule, SecretId};
+use keyswap_config::{Config, Requestable, Rule, SecretId};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::error::ProxyError;
@@ -45,6 +45,24 @@ impl Snapshot {
                 self.config.policy(policy).map(|p| p.rules.as_slice())
             }
         }
+    }
+
+    /// What `task`'s agent may ask for in this snapshot: a static task's `requestable:` (or its
+    /// policy's), a runtime task's policy's. Empty if none (or the config no longer has it).
+    pub fn requestable_of(&self, task: &LiveTask) -> &[Requestable] {
+        match &task.source {
+            TaskSource::Config => self.config.task(&task.id).map(|t| t.requestable.as_slice()),
+            TaskSource::Runtime { policy } => {
+                self.config.policy(policy).map(|p| p.requestable.as_slice())
+            }
+        }
+        .unwrap_or_default()
+    }
+
+    /// The rules `task` acts under: its configured ones, then those its approved grants make
+    /// (inside the current bounds).
+    pub fn granted_rules_of(&self, task: &LiveTask) -> Vec<Rule> {
+        task.agent.rules(&self.config, self.requestable_of(task))
     }
 
     pub fn build(

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::audit::record::TaskName;
+use crate::state::agent_side::AgentSide;
 use crate::state::fair::TaskSlots;
 use crate::state::metrics::Metrics;
 use crate::state::usage::TaskUsage;
@@ -94,6 +95,8 @@ pub struct LiveTask {
     pub usage: TaskUsage,
     /// Requests in flight and upstream connections held, bounded by `limits.per_task`.
     pub slots: TaskSlots,
+    /// Its refusals and its agent's grant requests and approved grants (keyswap.internal).
+    pub agent: AgentSide,
     /// Set once by whoever ends the task, so it is audited exactly once.
     ended: Mutex<bool>,
 }
@@ -141,6 +144,7 @@ impl LiveTask {
             requests: AtomicU64::new(0),
             usage: TaskUsage::default(),
             slots: TaskSlots::default(),
+            agent: AgentSide::default(),
             ended: Mutex::new(false),
         }
     }

@@ -6,6 +6,7 @@ mod ca_access;
 mod cli;
 mod deployment;
 mod exec;
+mod mcp;
 mod plaintext;
 mod sandbox;
 mod tidy;

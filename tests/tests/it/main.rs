@@ -2,6 +2,7 @@
 //! (each binary links hyper, rustls and tokio again, and a link is most of a build).
 
 mod admin_api;
+mod agent_side;
 mod approval;
 mod audit_chain;
 mod aws;

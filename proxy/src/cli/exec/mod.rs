@@ -132,6 +132,7 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         withheld,
     } = issue(&args, target, &request).await?;
     tracing::info!(task = %issued.id, policy = %issued.policy, expires = %issued.expires, sandboxed, "running the command as a task");
+    eprintln!("{MCP_HINT}");
     let prompter = tty.map(|tty| {
         let source = match &issuer {
             Issuer::Remote(_) => super::ask::Source::Remote(AdminClient::new(ask_target)),
@@ -162,6 +163,10 @@ async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     end_task(issuer, &issued.id, lifeline).await;
     status
 }
+
+/// The one line exec prints on how an agent registers keyswap's MCP server.
+const MCP_HINT: &str = "keyswap exec: the agent can see its grants and ask for more over MCP \
+    (claude mcp add keyswap -- keyswap mcp; any MCP client: the command `keyswap mcp`)";
 
 /// The issue request: a lifeline, so a killed exec leaves no task behind.
 fn issue_request(args: &ExecArgs) -> IssueRequest {
