@@ -26,6 +26,7 @@
 
 pub mod error;
 pub mod host;
+pub mod lease_sources;
 pub mod limits;
 mod locate;
 pub mod model;
@@ -41,6 +42,7 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use host::{HostPattern, HostPatternError};
+pub use lease_sources::{GithubApp, GithubScope, LeaseScope, LeaseSource, OAuth2};
 pub use limits::{Budget, Rate, RatePer};
 pub use model::{
     first_rule_for_host, granted_secrets, match_route, valid_task_id, Admin, Approval, Approve,

@@ -385,6 +385,8 @@ pub struct Policy {
     /// secrets and recorded (`on_unlisted`).
     pub on_unlisted: OnUnlisted,
     pub rules: Vec<Rule>,
+    /// `github:` / `oauth2:`: what lease secrets mint for this policy's tasks.
+    pub lease_scope: crate::lease_sources::LeaseScope,
 }
 
 impl Policy {
@@ -534,6 +536,9 @@ pub struct Secret {
     /// `headers:`: the only request headers (lower-case names) its placeholder may be
     /// swapped into, on any rule; `None` = any header.
     pub headers: Option<Vec<String>>,
+    /// A lease source (`github_app:`, `oauth2:`): the value is minted per task, and `value`
+    /// holds a marker that is never sent.
+    pub lease: Option<Arc<crate::lease_sources::LeaseSource>>,
 }
 
 /// Where a secret's value comes from. Names a variable, a path or a command, never a value.
@@ -542,6 +547,8 @@ pub enum SecretSource {
     Env(String),
     File(PathBuf),
     Command(Vec<String>),
+    /// Minted per task ([`Secret::lease`]).
+    Lease,
 }
 
 impl fmt::Debug for SecretSource {
@@ -556,6 +563,7 @@ impl fmt::Debug for SecretSource {
                 .field("program", &argv.first().map_or("", String::as_str))
                 .field("args", &argv.len().saturating_sub(1))
                 .finish(),
+            SecretSource::Lease => f.write_str("Lease"),
         }
     }
 }
@@ -571,6 +579,7 @@ impl fmt::Debug for Secret {
             .field("env", &self.env)
             .field("refresh", &self.refresh)
             .field("headers", &self.headers)
+            .field("lease", &self.lease)
             .finish_non_exhaustive()
     }
 }

@@ -145,6 +145,10 @@ pub(crate) struct RawSecret {
     pub refresh: Option<L<String>>,
     /// The only headers this secret is swapped into (default any).
     pub headers: Option<L<Vec<L<String>>>>,
+    /// Lease sources (instead of from_*): a GitHub App installation token minted per task.
+    pub github_app: Option<L<crate::lease_sources::RawGithubApp>>,
+    /// Lease sources (instead of from_*): an OAuth2 access token minted per task from a refresh token.
+    pub oauth2: Option<L<crate::lease_sources::RawOauth2>>,
 }
 
 /// One task: an entry of `tasks:` or the whole body of a file in `tasks_dir`.
@@ -175,6 +179,10 @@ pub(crate) struct RawPolicy {
     /// (forward it without any secret and record it for `keyswap learn`).
     pub on_unlisted: Option<L<RawOnUnlisted>>,
     pub allow: Option<L<Vec<L<RawRule>>>>,
+    /// What the installation tokens of github_app secrets are narrowed to for this policy's tasks.
+    pub github: Option<L<crate::lease_sources::RawPolicyGithub>>,
+    /// What the access tokens of oauth2 secrets are narrowed to for this policy's tasks.
+    pub oauth2: Option<L<crate::lease_sources::RawPolicyOauth2>>,
 }
 
 /// `admin:`.

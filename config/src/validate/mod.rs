@@ -14,6 +14,7 @@
 mod admin;
 mod approval;
 mod fairness;
+mod leases;
 mod limits;
 mod policies;
 mod proxy;

@@ -65,6 +65,7 @@ pub(super) fn check_policies(
             on_unlisted: super::approval::on_unlisted(raw.value.on_unlisted.as_ref())
                 .unwrap_or_default(),
             rules,
+            lease_scope: super::leases::check_scope(&raw.value, sink),
         };
         policies.insert(name.value.clone(), policy);
     }

@@ -69,9 +69,10 @@ pub fn issued_task(
 /// and `admin.token_env` (sorted, once each). Names are not secret; `keyswap exec` keeps
 /// them out of its command's environment.
 pub fn credential_variables(config: &Config) -> Vec<String> {
-    let secrets = config.secrets.iter().filter_map(|s| match &s.source {
-        SecretSource::Env(name) => Some(name.clone()),
-        SecretSource::File(_) | SecretSource::Command(_) => None,
+    let secrets = config.secrets.iter().flat_map(|s| match &s.source {
+        SecretSource::Env(name) => vec![name.clone()],
+        SecretSource::File(_) | SecretSource::Command(_) => Vec::new(),
+        SecretSource::Lease => s.lease.iter().flat_map(|l| l.env_vars().to_vec()).collect(),
     });
     let tasks = config.tasks.values().filter_map(|t| t.token_env.clone());
     let names: BTreeSet<String> = secrets

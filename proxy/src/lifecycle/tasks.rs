@@ -146,6 +146,7 @@ pub fn end(
         requests: revoked.requests,
     });
     shared.metrics.task_revoked(why.as_str());
+    crate::lifecycle::leases::release(shared, task, why.as_str());
     Some(revoked)
 }
 

@@ -27,7 +27,7 @@ use crate::pipeline::outbound::Outgoing;
 use crate::pipeline::route::Routed;
 use crate::pipeline::settle::{self, Settled};
 use crate::pipeline::swap::token_in_uri;
-use crate::pipeline::{approve, inbound, learn, outbound, route};
+use crate::pipeline::{approve, inbound, learn, lease, outbound, route};
 use crate::state::shared::Shared;
 use crate::state::snapshot::Snapshot;
 use crate::wire::headers::is_websocket_upgrade;
@@ -225,7 +225,9 @@ async fn forward(
         ex.carried = learn::carried(snapshot, &parts, &routed);
         outbound::unswapped(&parts)
     } else {
-        outbound::swap_in(snapshot, ctx, &mut parts, &routed)?
+        let leased = lease::lease(shared, snapshot, ctx, &parts, &routed).await?;
+        let placeholders = leased.as_deref().unwrap_or(&snapshot.placeholders);
+        outbound::swap_in(snapshot, placeholders, ctx, &mut parts, &routed)?
     };
     budget::charge(&ctx.task, routed.matched.rule())?;
     let outgoing = outbound::rewrite(
