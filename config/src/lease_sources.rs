@@ -33,6 +33,14 @@ pub(crate) struct RawValueSource {
     pub from_command: Option<L<Vec<L<String>>>>,
 }
 
+/// `oauth2.refresh_token`: only a file, as keyswap writes a rotated token back to it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRefreshToken {
+    /// The file holding the refresh token.
+    pub from_file: Option<L<String>>,
+}
+
 /// `github_app:`: installation tokens minted per task from a GitHub App's key.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -57,8 +65,8 @@ pub(crate) struct RawOauth2 {
     pub client_id: Option<L<RawValueSource>>,
     /// The OAuth client's secret.
     pub client_secret: Option<L<RawValueSource>>,
-    /// The refresh token: from_file only, as a rotated token is written back there (0600).
-    pub refresh_token: Option<L<RawValueSource>>,
+    /// The refresh token's file: a rotated token is written back there (0600).
+    pub refresh_token: Option<L<RawRefreshToken>>,
     /// The scope asked for on every refresh (space-separated); a policy's oauth2.scope narrows it.
     pub scope: Option<L<String>>,
 }

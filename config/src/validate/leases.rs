@@ -149,15 +149,14 @@ fn check_oauth2(
     let client_id = read("client_id", r.client_id.as_ref());
     let client_secret = read("client_secret", r.client_secret.as_ref());
     let refresh = match r.refresh_token.as_ref() {
-        Some(v) if v.value.from_file.is_none() => {
-            sink.at(
-                v,
-                "refresh_token must be read from_file",
-                "providers rotate refresh tokens: write `refresh_token: {from_file: ./state/NAME.refresh}` so keyswap can keep the new one",
-            );
-            None
-        }
-        other => read("refresh_token", other),
+        Some(v) => match &v.value.from_file {
+            Some(path) => read_refresh_token(path, sink, checker),
+            None => {
+                sink.missing(v, "from_file", "providers rotate refresh tokens: write `refresh_token: {from_file: ./state/NAME.refresh}` so keyswap can keep the new one");
+                None
+            }
+        },
+        None => read("refresh_token", None),
     };
     let scope = r.scope.as_ref().map(|s| s.value.trim().to_string());
     let (refresh_token, file, _) = refresh?;
@@ -244,6 +243,21 @@ fn read_source(
         Ok(value) => Some((value, file, r.from_env.as_ref().map(|e| e.value.clone()))),
         Err(e) => {
             sink.error(site.pos, &site.path, e.message, e.fix);
+            None
+        }
+    }
+}
+
+/// The refresh token's file, read like a `from_file` value.
+fn read_refresh_token(
+    path: &Located<String>,
+    sink: &mut Sink<'_>,
+    checker: &Checker<'_>,
+) -> Option<(SecretString, Option<PathBuf>, Option<String>)> {
+    match secrets::read_value(&Source::File(Path::new(&path.value)), checker.env) {
+        Ok(value) => Some((value, Some(PathBuf::from(&path.value)), None)),
+        Err(e) => {
+            sink.at(path, e.message, e.fix);
             None
         }
     }
