@@ -10,7 +10,7 @@
 //! reflects it, for the scrubber). Issued tokens start with `KSREAL`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -79,6 +79,8 @@ struct State {
     lifetime: Mutex<Duration>,
     tokens: Mutex<Vec<IssuedToken>>,
     mints: AtomicUsize,
+    /// Answer 503 to revocations (GitHub is down).
+    down: AtomicBool,
     /// Revocations asked for, answered 204 (the token was live) or 401.
     revocations: Mutex<Vec<(String, u16)>>,
     /// (token, path) of every API request that passed.
@@ -106,6 +108,7 @@ impl FakeGithub {
             lifetime: Mutex::new(Duration::from_secs(3600)),
             tokens: Mutex::default(),
             mints: AtomicUsize::new(0),
+            down: AtomicBool::new(false),
             revocations: Mutex::default(),
             served: Mutex::default(),
         });
@@ -122,6 +125,11 @@ impl FakeGithub {
     /// Tokens issued from now on live this long (GitHub's: 1 hour).
     pub fn set_lifetime(&self, lifetime: Duration) {
         *self.state.lifetime.lock().unwrap() = lifetime;
+    }
+
+    /// While `down`, revocations are answered 503.
+    pub fn set_down(&self, down: bool) {
+        self.state.down.store(down, Ordering::SeqCst);
     }
 
     pub fn mints(&self) -> usize {
@@ -268,6 +276,10 @@ fn mint(state: &State, req: &Request<Bytes>) -> Response<Bytes> {
 
 fn revoke(state: &State, req: &Request<Bytes>) -> Response<Bytes> {
     let token = credential(req).unwrap_or_default();
+    if state.down.load(Ordering::SeqCst) {
+        state.revocations.lock().unwrap().push((token, 503));
+        return json(503, json!({"message": "Service unavailable"}));
+    }
     let mut tokens = state.tokens.lock().unwrap();
     let live = tokens
         .iter_mut()

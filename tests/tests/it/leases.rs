@@ -357,6 +357,65 @@ async fn ended_tasks_tokens_are_revoked_upstream_on_revoke_expiry_and_reload() {
     lab.assert_no_leaks();
 }
 
+#[tokio::test]
+async fn a_token_is_refreshed_before_expiry_and_a_failed_revocation_is_retried() {
+    let lab = start().await;
+    // Refreshed a quarter of its lifetime before it expires: about 3 s after the mint.
+    lab.github.set_lifetime(Duration::from_secs(4));
+    let task = lab.issue("widget", "30m");
+    let reply = lab
+        .get(&task, "api.github.test", "/repos/acme/widget", PLACEHOLDER)
+        .await;
+    assert_eq!(reply.status, 200);
+    lab.github.set_lifetime(Duration::from_secs(3600));
+    let first = lab.github.tokens()[0].token.clone();
+    let refreshed = lab
+        .env
+        .audit_where(|r| r["event"] == "credential_refreshed" && r["task"] == task.id.as_str())
+        .await;
+    assert_eq!(refreshed["secret"], "github");
+    let replaced = lab
+        .env
+        .audit_where(|r| r["event"] == "credential_revoked" && r["why"] == "replaced")
+        .await;
+    assert_eq!(replaced["status"], 204);
+    assert_eq!(
+        lab.github.status_for(&first, "widget"),
+        401,
+        "the replaced token still works"
+    );
+    let reply = lab
+        .get(&task, "api.github.test", "/repos/acme/widget", PLACEHOLDER)
+        .await;
+    assert_eq!(reply.status, 200);
+    let second = lab.github.tokens()[1].token.clone();
+    assert_eq!(
+        lab.github.tokens_used_for("/repos/acme/widget").last(),
+        Some(&second)
+    );
+
+    // GitHub is down when the task ends: the failure is audited and the revocation retried.
+    lab.github.set_down(true);
+    lab.env
+        .proxy
+        .revoke(&task.id, RevokeWhy::Api)
+        .expect("revoke");
+    let failed = lab
+        .env
+        .audit_where(|r| r["event"] == "credential_revoke_failed" && r["task"] == task.id.as_str())
+        .await;
+    assert_eq!(failed["retry"], true);
+    assert_eq!(failed["attempt"], 1);
+    lab.github.set_down(false);
+    let revoked = lab
+        .env
+        .audit_where(|r| r["event"] == "credential_revoked" && r["why"] == "api")
+        .await;
+    assert_eq!(revoked["status"], 204);
+    assert_eq!(lab.github.status_for(&second, "widget"), 401);
+    lab.assert_no_leaks();
+}
+
 /// The status and reason of every reply that is not 200.
 fn failed(replies: &[Reply]) -> Vec<(u16, Option<String>)> {
     replies
