@@ -27,6 +27,7 @@
 pub mod aws;
 pub mod error;
 pub mod host;
+pub mod lease_sources;
 pub mod limits;
 mod locate;
 pub mod model;
@@ -44,6 +45,7 @@ use std::path::Path;
 pub use aws::AwsKeys;
 pub use error::{ConfigError, ConfigErrors};
 pub use host::{HostPattern, HostPatternError};
+pub use lease_sources::{GithubApp, GithubScope, LeaseScope, LeaseSource, OAuth2};
 pub use limits::{Budget, Rate, RatePer};
 pub use model::{
     first_rule_for_host, granted_secrets, match_route, valid_task_id, Admin, Approval, Approve,

@@ -387,6 +387,8 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// `requestable:`: what its tasks' agents may ask for at runtime.
     pub requestable: Vec<crate::requestable::Requestable>,
+    /// `github:` / `oauth2:`: what lease secrets mint for this policy's tasks.
+    pub lease_scope: crate::lease_sources::LeaseScope,
 }
 
 impl Policy {
@@ -539,6 +541,9 @@ pub struct Secret {
     /// `aws:`: a key pair that signs requests (SigV4); then `value` is the real access key id
     /// and `placeholder` the one the agent holds.
     pub aws: Option<Arc<crate::aws::AwsKeys>>,
+    /// A lease source (`github_app:`, `oauth2:`): the value is minted per task, and `value`
+    /// holds a marker that is never sent.
+    pub lease: Option<Arc<crate::lease_sources::LeaseSource>>,
 }
 
 impl Secret {
@@ -573,6 +578,8 @@ pub enum SecretSource {
     Env(String),
     File(PathBuf),
     Command(Vec<String>),
+    /// Minted per task ([`Secret::lease`]).
+    Lease,
 }
 
 impl fmt::Debug for SecretSource {
@@ -587,6 +594,7 @@ impl fmt::Debug for SecretSource {
                 .field("program", &argv.first().map_or("", String::as_str))
                 .field("args", &argv.len().saturating_sub(1))
                 .finish(),
+            SecretSource::Lease => f.write_str("Lease"),
         }
     }
 }
@@ -603,6 +611,7 @@ impl fmt::Debug for Secret {
             .field("refresh", &self.refresh)
             .field("headers", &self.headers)
             .field("aws", &self.aws)
+            .field("lease", &self.lease)
             .finish_non_exhaustive()
     }
 }

@@ -148,6 +148,10 @@ pub(crate) struct RawSecret {
     /// An AWS key pair requests are re-signed with (SigV4) instead of a value to swap; then
     /// placeholder (optional) is the access key id the agent holds.
     pub aws: Option<L<crate::aws::RawAws>>,
+    /// Lease sources (instead of from_*): a GitHub App installation token minted per task.
+    pub github_app: Option<L<crate::lease_sources::RawGithubApp>>,
+    /// Lease sources (instead of from_*): an OAuth2 access token minted per task from a refresh token.
+    pub oauth2: Option<L<crate::lease_sources::RawOauth2>>,
 }
 
 /// One task: an entry of `tasks:` or the whole body of a file in `tasks_dir`.
@@ -184,6 +188,10 @@ pub(crate) struct RawPolicy {
     /// What its tasks' agents may ask for at runtime (POST https://keyswap.internal/v1/self/requests);
     /// a human approves each request. Absent: every request is refused.
     pub requestable: Option<L<Vec<L<RawRequestable>>>>,
+    /// What the installation tokens of github_app secrets are narrowed to for this policy's tasks.
+    pub github: Option<L<crate::lease_sources::RawPolicyGithub>>,
+    /// What the access tokens of oauth2 secrets are narrowed to for this policy's tasks.
+    pub oauth2: Option<L<crate::lease_sources::RawPolicyOauth2>>,
 }
 
 /// One entry of `requestable:`: the bound of what an agent may ask for.

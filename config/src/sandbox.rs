@@ -73,6 +73,14 @@ pub fn protected_paths(config: &Config, config_file: Option<&Path>) -> Vec<Prote
                 protected.push(Protected::new(path.clone(), why, Hide));
             }
         }
+        for path in secret.lease.iter().flat_map(|lease| lease.files()) {
+            let why = format!(
+                "secret {} ({} source)",
+                secret.name,
+                secret.lease.as_ref().map_or("", |l| l.kind())
+            );
+            protected.push(Protected::new(path, why, Hide));
+        }
     }
     let ca_key = config.ca_dir.join(CA_KEY_FILE);
     protected.push(Protected::new(ca_key, "CA private key", Hide));

@@ -103,6 +103,7 @@ pub fn reread(source: &SecretSource, env: &dyn EnvSource) -> Result<SecretString
         SecretSource::Env(name) => Source::Env(name),
         SecretSource::File(path) => Source::File(path),
         SecretSource::Command(argv) => Source::Command(argv),
+        SecretSource::Lease => return Err("a lease secret is minted, not read".to_string()),
     };
     read_value(&source, env).map_err(|e| format!("{}; {}", e.message, e.fix))
 }
@@ -154,6 +155,40 @@ pub(crate) fn read_value(
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| source_error(format!("the value from {what} is not valid UTF-8"), fix))?;
     // An exact-size copy: `bytes` (zeroized on drop) is the only other copy.
+    Ok(SecretString::from(Box::<str>::from(text)))
+}
+
+/// Reads a PEM private key (several lines): the text as read, which must be UTF-8 and hold a
+/// `PRIVATE KEY` block. Errors name the source, never a byte of the key.
+pub(crate) fn read_pem(
+    source: &Source<'_>,
+    env: &dyn EnvSource,
+) -> Result<SecretString, SourceError> {
+    let what = source.describe();
+    let bytes = match source {
+        Source::Env(name) => Zeroizing::new(
+            env.var(name)
+                .ok_or_else(|| {
+                    source_error(
+                        format!("{what} is not set"),
+                        format!("export {name} before starting keyswap"),
+                    )
+                })?
+                .into_bytes(),
+        ),
+        Source::File(path) => read_file(path)?,
+        Source::Command(argv) => run(argv)?,
+    };
+    let fix =
+        "use the PEM file GitHub gave for the App (BEGIN RSA PRIVATE KEY or BEGIN PRIVATE KEY)";
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| source_error(format!("the key from {what} is not valid UTF-8"), fix))?;
+    if !text.contains("-----BEGIN") || !text.contains("PRIVATE KEY-----") {
+        return Err(source_error(
+            format!("the key from {what} is not a PEM private key"),
+            fix,
+        ));
+    }
     Ok(SecretString::from(Box::<str>::from(text)))
 }
 

@@ -107,6 +107,19 @@ pub struct TaskInfo {
     /// Every rule of the task with a `budget:` or a `rate:`, with its counts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub budgets: Vec<RuleUsageInfo>,
+    /// The credentials minted for the task (credential leases), never a value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<LeaseInfo>,
+}
+
+/// One credential lease of a task in [`TaskInfo`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeaseInfo {
+    pub secret: String,
+    pub minted: String,
+    pub expires: String,
+    /// The last 4 hex digits of the SHA-256 of the credential.
+    pub fingerprint: String,
 }
 
 /// One limited rule of a task in [`TaskInfo`].

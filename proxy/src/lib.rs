@@ -15,8 +15,9 @@
 //! metrics.
 //!
 //! Nothing in this crate formats a real secret value: values are exposed only inside
-//! [`pipeline::swap`] (to write them on the wire) and [`state::snapshot`] (to build the
-//! scrubber).
+//! [`pipeline::swap`] (to write them on the wire), [`state::snapshot`] (to build the
+//! scrubber), [`state::leases`] (the same for minted credentials) and
+//! [`lifecycle::leases`] (to mint and revoke them).
 #![forbid(unsafe_code)]
 
 // Layer: commands.

@@ -10,6 +10,9 @@
 pub mod agent_user;
 pub mod client;
 pub mod config;
+pub mod fake_github;
+pub mod fake_oauth;
+pub mod fake_server;
 pub mod files;
 pub mod harness;
 pub mod logged_child;

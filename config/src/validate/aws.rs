@@ -73,21 +73,24 @@ pub(super) fn check_aws_secret(
         refresh: None,
         headers: None,
         aws: Some(Arc::new(keys)),
+        lease: None,
     };
     Some((secret, (placeholder_site, value_site)))
 }
 
-/// `from_*`, `refresh` and `headers` describe a value swapped into a header: an `aws:` key
-/// pair is never swapped, it signs.
+/// `from_*`, `refresh` and `headers` describe a value swapped into a header, `github_app` and
+/// `oauth2` one minted per task: an `aws:` key pair is never swapped, it signs.
 fn refuse_plain_fields(raw: &Located<RawSecret>, sink: &mut Sink<'_>) {
     let r = &raw.value;
     let fix = "read the keys with aws.access_key_id and aws.secret_access_key";
-    let sites: [(&str, Option<Site>); 5] = [
+    let sites: [(&str, Option<Site>); 7] = [
         ("from_env", r.from_env.as_ref().map(Site::from)),
         ("from_file", r.from_file.as_ref().map(Site::from)),
         ("from_command", r.from_command.as_ref().map(Site::from)),
         ("refresh", r.refresh.as_ref().map(Site::from)),
         ("headers", r.headers.as_ref().map(Site::from)),
+        ("github_app", r.github_app.as_ref().map(Site::from)),
+        ("oauth2", r.oauth2.as_ref().map(Site::from)),
     ];
     for (field, site) in sites {
         if let Some(site) = site {

@@ -15,6 +15,7 @@ mod admin;
 mod approval;
 mod aws;
 mod fairness;
+mod leases;
 mod limits;
 mod policies;
 mod proxy;

@@ -70,6 +70,7 @@ pub(super) fn check_policies(
                 defined,
                 sink,
             ),
+            lease_scope: super::leases::check_scope(&raw.value, sink),
         };
         policies.insert(name.value.clone(), policy);
     }

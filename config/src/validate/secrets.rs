@@ -45,7 +45,17 @@ pub(super) fn check_secrets(
             .headers
             .as_ref()
             .map(|list| super::rules::check_header_names(list, sink));
-        let value = read_secret_value(name, raw, sink, checker);
+        let leased = raw.value.github_app.is_some() || raw.value.oauth2.is_some();
+        let (value, lease) = if leased {
+            let lease = super::leases::check_lease(name, raw, sink, checker);
+            let marker = super::leases::unminted_marker(&name.value);
+            let value = lease
+                .as_ref()
+                .map(|(_, site)| (marker, SecretSource::Lease, site.clone()));
+            (value, lease.map(|(lease, _)| std::sync::Arc::new(lease)))
+        } else {
+            (read_secret_value(name, raw, sink, checker), None)
+        };
         if let (Some(placeholder), Some((value, source, source_site)), Some(headers)) = (
             placeholder,
             value,
@@ -73,6 +83,7 @@ pub(super) fn check_secrets(
                 refresh,
                 headers,
                 aws: None,
+                lease,
             });
             sites.push((Site::from(placeholder), source_site));
         }

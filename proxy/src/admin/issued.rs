@@ -69,15 +69,16 @@ pub fn issued_task(
 /// and `admin.token_env` (sorted, once each). Names are not secret; `keyswap exec` keeps
 /// them out of its command's environment.
 pub fn credential_variables(config: &Config) -> Vec<String> {
-    let secrets =
-        config
-            .secrets
-            .iter()
-            .flat_map(|s| s.sources())
+    let secrets = config.secrets.iter().flat_map(|s| {
+        let leased = s.lease.iter().flat_map(|l| l.env_vars().to_vec());
+        s.sources()
             .filter_map(|source| match source {
                 SecretSource::Env(name) => Some(name.clone()),
-                SecretSource::File(_) | SecretSource::Command(_) => None,
-            });
+                SecretSource::File(_) | SecretSource::Command(_) | SecretSource::Lease => None,
+            })
+            .chain(leased)
+            .collect::<Vec<_>>()
+    });
     let tasks = config.tasks.values().filter_map(|t| t.token_env.clone());
     let names: BTreeSet<String> = secrets
         .chain(tasks)

@@ -55,7 +55,7 @@ pub(super) async fn list(State(state): State<AdminState>) -> Response {
         .tasks
         .all()
         .iter()
-        .map(|t| tasks::info(&snapshot.config, t))
+        .map(|t| tasks::info(&snapshot.config, &state.shared.leases, t))
         .collect();
     Json(TaskList { tasks }).into_response()
 }
@@ -65,7 +65,12 @@ pub(super) async fn show(
     UrlPath(id): UrlPath<String>,
 ) -> Response {
     match state.shared.tasks.get(&id) {
-        Some(task) => Json(tasks::info(&state.shared.snapshot().config, &task)).into_response(),
+        Some(task) => Json(tasks::info(
+            &state.shared.snapshot().config,
+            &state.shared.leases,
+            &task,
+        ))
+        .into_response(),
         None => task_failure(TaskError::UnknownTask(id)),
     }
 }

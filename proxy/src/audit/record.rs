@@ -233,6 +233,9 @@ pub enum LifecycleRecord {
         note: Option<String>,
         waited_ms: f64,
     },
+    /// A credential lease's mint, refresh or revocation ([`crate::audit::credential`]).
+    #[serde(untagged)]
+    Credential(crate::audit::credential::CredentialRecord),
 }
 
 pub fn timestamp(at: SystemTime) -> String {

@@ -89,6 +89,14 @@ impl RecordingEnv<'_> {
                         secret.name
                     );
                 }
+                SecretSource::Lease => {
+                    let kind = secret.lease.as_ref().map_or("", |l| l.kind());
+                    let _ = writeln!(
+                        out,
+                        "  secret {} is minted per task ({kind}) and revoked when the task ends",
+                        secret.name
+                    );
+                }
             }
         }
         if !read.is_empty() || !config.secrets.is_empty() {

@@ -206,6 +206,13 @@ fn task_table(tasks: &[TaskInfo]) -> String {
         for rule in &task.budgets {
             let _ = writeln!(out, "  {}", budget_line(rule));
         }
+        for lease in &task.leases {
+            let _ = writeln!(
+                out,
+                "  lease {}: minted {}, expires {}, fingerprint ...{}",
+                lease.secret, lease.minted, lease.expires, lease.fingerprint
+            );
+        }
     }
     out
 }

@@ -14,6 +14,7 @@ use secrecy::SecretString;
 
 use crate::api;
 use crate::audit::record::{timestamp, LifecycleRecord};
+use crate::state::leases::Leases;
 use crate::state::shared::Shared;
 use crate::state::tasks::{IssuedBy, LiveTask, RevokeWhy, TaskSource};
 
@@ -146,6 +147,7 @@ pub fn end(
         requests: revoked.requests,
     });
     shared.metrics.task_revoked(why.as_str());
+    crate::lifecycle::leases::release(shared, task, why.as_str());
     Some(revoked)
 }
 
@@ -266,7 +268,7 @@ pub fn end_all(shared: &Shared) {
 
 /// The listing of one task (never its token), with the counts of its limited rules in
 /// `config`.
-pub fn info(config: &Config, task: &LiveTask) -> api::TaskInfo {
+pub fn info(config: &Config, leases: &Leases, task: &LiveTask) -> api::TaskInfo {
     let now = SystemTime::now();
     api::TaskInfo {
         id: task.id.clone(),
@@ -284,6 +286,16 @@ pub fn info(config: &Config, task: &LiveTask) -> api::TaskInfo {
         requests: task.requests(),
         learning: on_unlisted(config, task) == OnUnlisted::Learn,
         budgets: crate::lifecycle::budget::report(config, task),
+        leases: leases
+            .of_task(&task.id)
+            .iter()
+            .map(|lease| api::LeaseInfo {
+                secret: lease.secret.clone(),
+                minted: timestamp(lease.minted_at),
+                expires: timestamp(lease.expires),
+                fingerprint: lease.fingerprint.clone(),
+            })
+            .collect(),
     }
 }
 

@@ -27,7 +27,7 @@ use crate::pipeline::outbound::Outgoing;
 use crate::pipeline::route::Routed;
 use crate::pipeline::settle::{self, Settled};
 use crate::pipeline::swap::token_in_uri;
-use crate::pipeline::{approve, inbound, learn, outbound, route, sign_aws};
+use crate::pipeline::{approve, inbound, learn, lease, outbound, route, sign_aws};
 use crate::state::shared::Shared;
 use crate::state::snapshot::Snapshot;
 use crate::wire::headers::is_websocket_upgrade;
@@ -227,7 +227,9 @@ async fn forward(
         outbound::unswapped(&parts)
     } else {
         signing = sign_aws::prepare(snapshot, ctx, &mut parts, routed.matched.rule())?;
-        outbound::swap_in(snapshot, ctx, &mut parts, &routed)?
+        let leased = lease::lease(shared, snapshot, ctx, &parts, &routed).await?;
+        let placeholders = leased.as_deref().unwrap_or(&snapshot.placeholders);
+        outbound::swap_in(snapshot, placeholders, ctx, &mut parts, &routed)?
     };
     budget::charge(&ctx.task, routed.matched.rule())?;
     let mut outgoing = outbound::rewrite(

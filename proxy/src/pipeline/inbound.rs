@@ -87,7 +87,8 @@ pub fn scrub(
 ) -> Result<Response<ProxyBody>, Denial> {
     let switching = check_status(response.status(), &sending)?;
     let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut response));
-    let scrubber = &snapshot.scrubber;
+    // The snapshot's scrubber, or one that also knows every minted lease value.
+    let scrubber = &shared.leases.scrubber(snapshot);
     let (mut parts, body) = response.into_parts();
     // Before strip_hop_by_hop: Transfer-Encoding names codings the body still carries.
     let bodyless = sending.head_request

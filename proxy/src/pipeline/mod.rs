@@ -19,6 +19,7 @@ pub mod fair;
 pub mod inbound;
 pub mod intercept;
 pub mod learn;
+pub mod lease;
 pub mod outbound;
 pub mod route;
 pub mod settle;

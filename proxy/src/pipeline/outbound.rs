@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use keyswap_config::{Rule, Secret, SecretId};
 use keyswap_scrub::body::{boxed, Counted, ProxyBody};
 use keyswap_scrub::decode;
+use keyswap_scrub::replace::Replacer;
 
 use crate::audit::decision::{Denial, Reason};
 use crate::pipeline::context::ConnContext;
@@ -106,10 +107,12 @@ pub(crate) fn token_denial(ctx: &ConnContext, part: &str) -> Denial {
 }
 
 /// The swap step: placeholders in the URI, headers and query are checked against the rule's
-/// grants; granted ones in headers and query are replaced. A secret whose refresh has failed
-/// is not sent.
+/// grants; granted ones in headers and query are replaced through `placeholders` (the
+/// snapshot's, or the task's with its leases: [`crate::pipeline::lease`]). A secret whose
+/// refresh has failed is not sent.
 pub fn swap_in(
     snapshot: &Snapshot,
+    placeholders: &Replacer,
     ctx: &ConnContext,
     parts: &mut Parts,
     routed: &Routed<'_>,
@@ -127,7 +130,7 @@ pub fn swap_in(
     )
     .map_err(not_granted)?;
     let header_swap = swap_headers(
-        &snapshot.placeholders,
+        placeholders,
         &mut parts.headers,
         rule,
         &snapshot.config,
@@ -138,7 +141,7 @@ pub fn swap_in(
     let mut query = parts.uri.query().map(str::to_string);
     if let (true, Some(q)) = (rule.swap_in.query, query.as_deref()) {
         if let Some(swapped) =
-            swap_query(&snapshot.placeholders, q, Some(rule), &mut used).map_err(not_granted)?
+            swap_query(placeholders, q, Some(rule), &mut used).map_err(not_granted)?
         {
             query = Some(swapped);
         }

@@ -6,6 +6,7 @@
 //! - [`usage`]: per task and rule, what its budget and rate have used;
 //! - [`approvals`]: requests waiting for a human, and what humans granted ([`held`]: what
 //!   a held request is and how it can be answered);
+//! - [`leases`]: credentials minted per (task, secret), what swaps and scrubs them;
 //! - [`fair`]: per task, the requests in flight and upstream connections held (`limits:`),
 //!   and keyswap's cap on upstream connections;
 //! - [`metrics`]: the counters the metrics listener reads ([`metrics_fair`]: those of
@@ -15,6 +16,7 @@ pub mod agent_side;
 pub mod approvals;
 pub mod fair;
 pub mod held;
+pub mod leases;
 pub mod metrics;
 pub mod metrics_fair;
 pub mod shared;

@@ -16,6 +16,7 @@ use crate::audit::sink::AuditSink;
 use crate::state::agent_side::Refusal;
 use crate::state::approvals::Approvals;
 use crate::state::fair::UpstreamCap;
+use crate::state::leases::Leases;
 use crate::state::metrics::Metrics;
 use crate::state::snapshot::Snapshot;
 use crate::state::tasks::{MemoryTasks, TaskStore};
@@ -55,6 +56,8 @@ pub struct Shared {
     pub tasks: Box<dyn TaskStore>,
     /// Requests waiting for a human, and what humans granted.
     pub approvals: Approvals,
+    /// Credentials minted per (task, secret) ([`crate::state::leases`]).
+    pub leases: Arc<Leases>,
     pub metrics: Arc<Metrics>,
     next_conn: AtomicU64,
     pub(crate) provider: Arc<rustls::crypto::CryptoProvider>,
@@ -86,6 +89,7 @@ impl Shared {
             audit,
             tasks: Box::new(MemoryTasks::default()),
             approvals: Approvals::default(),
+            leases: Arc::default(),
             metrics,
             next_conn: AtomicU64::new(0),
             provider,

@@ -117,6 +117,13 @@ impl Snapshot {
         )
     }
 
+    /// Every form of every real value → the same form of its placeholder (what
+    /// [`Snapshot::scrubber`] was built from), for a scrubber that adds lease values
+    /// ([`crate::state::leases`]).
+    pub fn scrub_pairs(&self) -> Vec<(Vec<u8>, Bytes)> {
+        scrub_pairs(&self.config, &self.retired)
+    }
+
     fn assemble(
         config: Config,
         upstream: UpstreamClients,

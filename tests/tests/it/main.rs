@@ -17,6 +17,7 @@ mod fairness;
 mod harness;
 mod java_client;
 mod learn;
+mod leases;
 mod metrics;
 mod operator_log;
 mod placeholders;
