@@ -20,6 +20,7 @@ mod proxy;
 mod rules;
 mod sandbox;
 mod secrets;
+mod store;
 mod tasks;
 mod top;
 mod transparent;
@@ -146,6 +147,7 @@ fn check(
     tasks::warn_unused_secrets(&secrets, &tasks, &policies, sink.file, checker);
     let sandbox = sandbox::check_sandbox(raw.sandbox.as_ref(), sink, checker);
     let limits = fairness::check_limits(raw.limits.as_ref(), sink, checker);
+    let store = store::check_store(raw.store.as_ref(), sink, checker);
     let config = Config {
         listen,
         ca_dir,
@@ -162,6 +164,7 @@ fn check(
         tasks_dir: raw.tasks_dir.as_ref().map(|d| PathBuf::from(&d.value)),
         sandbox: sandbox.sandbox.clone(),
         limits,
+        store,
         warnings: std::mem::take(&mut checker.warnings),
     };
     sandbox::check_expose(&sandbox, &config, sink);
