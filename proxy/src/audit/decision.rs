@@ -56,6 +56,9 @@ pub enum Reason {
     /// No rule allows the request, and its task is in learn mode (`on_unlisted: learn`): it
     /// was forwarded with no secret swapped in, and recorded for `keyswap learn`.
     Learned,
+    /// keyswap shares its tasks through a store (`store:`) it cannot reach: no task is
+    /// issued meanwhile, and past `store.grace` no request is served until it is back.
+    StoreUnavailable,
 }
 
 impl Reason {
@@ -83,6 +86,7 @@ impl Reason {
             Reason::RateLimited => "rate_limited",
             Reason::TaskBusy => "task_busy",
             Reason::Learned => "learned",
+            Reason::StoreUnavailable => "store_unavailable",
         }
     }
 
@@ -94,7 +98,10 @@ impl Reason {
         match self {
             Reason::Allowed => "allowed",
             Reason::Learned => "learned",
-            Reason::UpstreamError | Reason::SecretUnavailable | Reason::AgentTlsFailed => "error",
+            Reason::UpstreamError
+            | Reason::SecretUnavailable
+            | Reason::AgentTlsFailed
+            | Reason::StoreUnavailable => "error",
             Reason::NoTask
             | Reason::BadToken
             | Reason::TaskExpired
@@ -121,7 +128,7 @@ impl Reason {
     pub fn origin(self) -> Origin {
         match self {
             Reason::UpstreamError | Reason::PrivateAddress => Origin::Upstream,
-            Reason::SecretUnavailable => Origin::Internal,
+            Reason::SecretUnavailable | Reason::StoreUnavailable => Origin::Internal,
             _ => Origin::Agent,
         }
     }
@@ -133,7 +140,7 @@ impl Reason {
             Reason::NoTask | Reason::BadToken => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Reason::BadRequest => StatusCode::BAD_REQUEST,
             Reason::UpstreamError => StatusCode::BAD_GATEWAY,
-            Reason::SecretUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::SecretUnavailable | Reason::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             // Never sent (no HTTP exchange took place); listed for completeness.
             Reason::AgentTlsFailed => StatusCode::BAD_GATEWAY,
             Reason::ApprovalQueueFull

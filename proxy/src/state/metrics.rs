@@ -234,6 +234,8 @@ pub struct Metrics {
     policies: Names,
     secrets: Names,
     budgets: BudgetSlot,
+    /// `keyswap_store_state` (`store:`).
+    store: crate::state::metrics_store::StoreSlot,
     /// `task_busy` refusals, accept failures, in-flight requests per task.
     pub fair: FairMetrics,
 }
@@ -303,6 +305,10 @@ impl Metrics {
         registry.register_collector(Box::new(SourceCollector(sources)));
         let budgets = BudgetSlot::default();
         registry.register_collector(Box::new(BudgetCollector(budgets.clone())));
+        let store = crate::state::metrics_store::StoreSlot::default();
+        registry.register_collector(Box::new(crate::state::metrics_store::StoreCollector(
+            store.clone(),
+        )));
         Metrics {
             fair: FairMetrics::register(&mut registry),
             registry,
@@ -317,7 +323,18 @@ impl Metrics {
             policies: Names::new(),
             secrets: Names::new(),
             budgets,
+            store,
         }
+    }
+
+    /// Where `keyswap_store_state` and `/healthz` read the shared store's state (set once).
+    pub fn set_store_health(&self, health: Arc<crate::state::fleet::StoreHealth>) {
+        let _ = self.store.0.set(health);
+    }
+
+    /// The shared store's state, if this replica has one (`store:`).
+    pub fn store_state(&self) -> Option<crate::state::fleet::StoreState> {
+        self.store.state()
     }
 
     /// Where `keyswap_budget_*` are read from at scrape time (set once, when the task registry
