@@ -11,28 +11,8 @@ use tokio::sync::mpsc;
 
 use crate::audit::decision::{Denial, Reason};
 use crate::state::fleet_conn::StoreConn;
+pub use crate::state::metrics_store::StoreState;
 use crate::state::tasks::RevokeWhy;
-
-/// Where a replica stands with the shared store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreState {
-    /// Reachable: tasks are issued, revoked and served fleet-wide.
-    Connected,
-    /// Unreachable for less than `store.grace`: known tasks are served, none is issued.
-    Grace,
-    /// Unreachable for longer: every request is refused until the store is back.
-    Down,
-}
-
-impl StoreState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StoreState::Connected => "connected",
-            StoreState::Grace => "grace",
-            StoreState::Down => "down",
-        }
-    }
-}
 
 /// Whether the store is reachable, and since when it is not. Read on the request path: one
 /// atomic load (and a clock read while the store is lost).

@@ -10,16 +10,60 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
-use crate::state::fleet::{StoreHealth, StoreState};
+use prometheus_client::registry::Registry;
 
-/// Where the store's health is put once the fleet link exists.
-#[derive(Clone, Default, Debug)]
-pub struct StoreSlot(pub(crate) Arc<OnceLock<Arc<StoreHealth>>>);
+/// Where a replica stands with the shared store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreState {
+    /// Reachable: tasks are issued, revoked and served fleet-wide.
+    Connected,
+    /// Unreachable for less than `store.grace`: known tasks are served, none is issued.
+    Grace,
+    /// Unreachable for longer: every request is refused until the store is back.
+    Down,
+}
+
+impl StoreState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreState::Connected => "connected",
+            StoreState::Grace => "grace",
+            StoreState::Down => "down",
+        }
+    }
+}
+
+/// Reads the store's state at scrape time.
+pub type StoreSource = Box<dyn Fn() -> StoreState + Send + Sync>;
+
+/// Where the store's state is read from once the fleet link exists.
+#[derive(Clone, Default)]
+pub struct StoreSlot(Arc<OnceLock<StoreSource>>);
+
+impl fmt::Debug for StoreSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreSlot")
+            .field("set", &self.0.get().is_some())
+            .finish()
+    }
+}
 
 impl StoreSlot {
+    /// A slot whose `keyswap_store_state` is encoded by `registry`.
+    pub fn register(registry: &mut Registry) -> StoreSlot {
+        let slot = StoreSlot::default();
+        registry.register_collector(Box::new(StoreCollector(slot.clone())));
+        slot
+    }
+
+    /// Where the state is read from (set once; a second call is ignored).
+    pub fn set(&self, source: StoreSource) {
+        let _ = self.0.set(source);
+    }
+
     /// The current state, if this replica has a store.
     pub fn state(&self) -> Option<StoreState> {
-        self.0.get().map(|h| h.state())
+        self.0.get().map(|read| read())
     }
 }
 
@@ -30,7 +74,7 @@ struct StateLabel {
 
 /// Encodes [`StoreSlot`] on each scrape.
 #[derive(Debug)]
-pub struct StoreCollector(pub StoreSlot);
+struct StoreCollector(StoreSlot);
 
 impl Collector for StoreCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {

@@ -20,6 +20,7 @@ pub mod held;
 pub mod metrics;
 pub mod metrics_fair;
 pub mod metrics_store;
+pub mod metrics_tasks;
 pub mod shared;
 pub mod snapshot;
 pub mod tasks;

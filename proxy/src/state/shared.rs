@@ -108,7 +108,8 @@ impl Shared {
 
     /// The same state as one replica of a fleet sharing its tasks through a store.
     pub fn with_fleet(mut self, link: FleetLink) -> Shared {
-        self.metrics.set_store_health(link.health.clone());
+        let health = link.health.clone();
+        self.metrics.store.set(Box::new(move || health.state()));
         self.fleet = Some(link);
         self
     }

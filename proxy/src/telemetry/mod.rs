@@ -134,7 +134,7 @@ async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
 /// `ok`; with a shared store (`store:`), which state it is in, and 503 once the store has
 /// been lost for longer than `store.grace` (a load balancer then sends agents elsewhere).
 async fn healthy(State(metrics): State<Arc<Metrics>>) -> Response {
-    match metrics.store_state() {
+    match metrics.store.state() {
         None => plain(StatusCode::OK, "ok"),
         Some(StoreState::Connected) => plain(StatusCode::OK, "ok store=connected\n"),
         Some(StoreState::Grace) => plain(StatusCode::OK, "ok store=grace\n"),
