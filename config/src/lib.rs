@@ -38,6 +38,7 @@ mod read;
 pub mod requestable;
 pub mod sandbox;
 pub mod secrets;
+pub mod store;
 mod validate;
 
 use std::path::Path;
@@ -60,6 +61,7 @@ pub use sandbox::{
     credential_stores, protected_paths, sandbox_plan_paths, Protected, Protection, SandboxPaths,
 };
 pub use secrets::{EnvSource, ProcessEnv};
+pub use store::{RedisAddr, RedisStore, Store};
 
 /// Loads and validates the config at `path`, reading `from_env`/`token_env` from the process
 /// environment.

@@ -53,6 +53,8 @@ pub struct Config {
     pub sandbox: Sandbox,
     /// `limits:`: how much one task and one agent connection may hold at once.
     pub limits: Limits,
+    /// `store:`; `None` = everything in memory (one replica).
+    pub store: Option<crate::store::Store>,
     /// Non-fatal notes for `keyswap check`; never contain a secret value.
     pub warnings: Vec<String>,
 }

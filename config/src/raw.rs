@@ -53,6 +53,8 @@ pub(crate) struct RawConfig {
     pub sandbox: Option<L<RawSandbox>>,
     /// How much of keyswap one task and one agent connection may hold at once.
     pub limits: Option<L<RawLimits>>,
+    /// State shared by several keyswap replicas (tasks, revocations), in Redis.
+    pub store: Option<L<crate::store::RawStore>>,
 }
 
 /// `limits:`: fair use of keyswap's connections among tasks.

@@ -290,6 +290,18 @@ pub(crate) fn read_proxy_auth(
     Ok(credentials)
 }
 
+/// Reads the shared store's password from `store.redis.password_env`.
+pub(crate) fn read_store_password(
+    name: &str,
+    env: &dyn EnvSource,
+) -> Result<SecretString, SourceError> {
+    read_env_token(
+        name,
+        env,
+        "set it to the store's password (Redis `requirepass` or an ACL user's)",
+    )
+}
+
 fn read_env_token(
     name: &str,
     env: &dyn EnvSource,

@@ -54,6 +54,9 @@ pub enum ProxyError {
     /// The secret matchers could not be built.
     #[error("could not build the placeholder matcher: {0}")]
     Matcher(#[from] aho_corasick::BuildError),
+    /// The shared store of `store:` could not be set up (its address, never its password).
+    #[error("store: {0}")]
+    Fleet(String),
 }
 
 /// Displays an error with its sources, for logs.

@@ -34,6 +34,8 @@ pub mod host;
 pub mod doors;
 // Layer: one request as named steps; the intercept, tunnel and WebSocket connection handlers.
 pub mod pipeline;
+// Layer: the fleet — replicas sharing their tasks and revocations through a store (Redis).
+pub mod fleet;
 // Layer: what changes the live state — issuing, revoking and expiring tasks, budgets, secret
 // refresh, reloads.
 pub mod lifecycle;

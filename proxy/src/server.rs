@@ -19,6 +19,7 @@ use crate::host::child_env::{write_trust_files, TrustFiles};
 use crate::host::fds;
 use crate::host::listen::bind;
 use crate::lifecycle::tasks::{self, TaskError};
+use crate::state::fleet::FleetLink;
 use crate::state::metrics::{MetricSources, Metrics};
 use crate::state::metrics_fair::FairSample;
 use crate::state::shared::Shared;
@@ -31,7 +32,7 @@ fn build_shared(
     config: Config,
     ca: CertificateAuthority,
     listen: SocketAddr,
-) -> Result<Arc<Shared>, ProxyError> {
+) -> Result<(Arc<Shared>, Option<FleetEvents>), ProxyError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let audit = Arc::new(FileSink::open_chained(
         &config.audit_log,
@@ -50,10 +51,20 @@ fn build_shared(
         },
     }));
     let upstream_cap = fds::upstream_cap(fds::raise_nofile());
-    let shared = Arc::new(
-        Shared::new(snapshot, leaves, audit, metrics, provider, listen)
-            .with_upstream_cap(upstream_cap),
-    );
+    let store = snapshot.config.store.clone();
+    let mut shared = Shared::new(snapshot, leaves, audit, metrics, provider, listen)
+        .with_upstream_cap(upstream_cap);
+    let mut fleet_events = None;
+    if let Some(store) = store {
+        let (link, events) = FleetLink::new(store.grace, replica_name(), &store.redis.prefix);
+        tracing::info!(replica = %link.replica, store = %store.redis.display(), "sharing tasks with a fleet");
+        shared = shared.with_fleet(link);
+        fleet_events = Some(FleetEvents {
+            store: store.redis,
+            events,
+        });
+    }
+    let shared = Arc::new(shared);
     tasks::sync(&shared, &shared.snapshot().config);
     shared.metrics.set_budget_source({
         let shared = Arc::downgrade(&shared);
@@ -71,7 +82,23 @@ fn build_shared(
                 .unwrap_or_default()
         })
     });
-    Ok(shared)
+    Ok((shared, fleet_events))
+}
+
+/// What the fleet worker starts from: the store and the events this replica sends it.
+struct FleetEvents {
+    store: keyswap_config::RedisStore,
+    events: tokio::sync::mpsc::UnboundedReceiver<crate::state::fleet::FleetEvent>,
+}
+
+/// This replica's name in the fleet's store: host name and process id.
+fn replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "keyswap".into());
+    format!("{host}-{}", std::process::id())
 }
 
 /// The scrape-time values of the fair-use gauges.
@@ -128,7 +155,7 @@ impl ProxyHandle {
         let admin_config = config.admin.clone();
         let metrics_config = config.metrics.clone().filter(|_| options.metrics);
         let (listener, addr) = bind(listen, "proxy").await?;
-        let shared = build_shared(config, ca, addr)?;
+        let (shared, fleet_events) = build_shared(config, ca, addr)?;
         let (shutdown, stop) = watch::channel(false);
         let mut handle = ProxyHandle {
             addr,
@@ -164,12 +191,20 @@ impl ProxyHandle {
         if options.admin {
             let (trust, path) = (handle.trust.clone(), options.config_path);
             let served =
-                crate::admin::start(shared.clone(), trust, &admin_config, path, stop).await?;
+                crate::admin::start(shared.clone(), trust, &admin_config, path, stop.clone())
+                    .await?;
             handle.admin_socket = Some(admin_config.socket.clone());
             handle.admin_addr = served.tcp_addr;
             handle.tasks.extend(served.handles);
         }
         tracing::info!(%addr, "keyswap listening");
+        // After the listeners: until the store answers, the replica is in its grace (it
+        // serves static tasks and issues none).
+        if let Some(fleet) = fleet_events {
+            let worker = crate::fleet::start(&shared, &fleet.store, fleet.events, stop)
+                .map_err(|e| ProxyError::Fleet(e.to_string()))?;
+            handle.tasks.extend(worker);
+        }
         Ok(handle)
     }
 

@@ -23,6 +23,7 @@ mod requestable;
 mod rules;
 mod sandbox;
 mod secrets;
+mod store;
 mod tasks;
 mod top;
 mod transparent;
@@ -149,6 +150,7 @@ fn check(
     tasks::warn_unused_secrets(&secrets, &tasks, &policies, sink.file, checker);
     let sandbox = sandbox::check_sandbox(raw.sandbox.as_ref(), sink, checker);
     let limits = fairness::check_limits(raw.limits.as_ref(), sink, checker);
+    let store = store::check_store(raw.store.as_ref(), sink, checker);
     let config = Config {
         listen,
         ca_dir,
@@ -165,6 +167,7 @@ fn check(
         tasks_dir: raw.tasks_dir.as_ref().map(|d| PathBuf::from(&d.value)),
         sandbox: sandbox.sandbox.clone(),
         limits,
+        store,
         warnings: std::mem::take(&mut checker.warnings),
     };
     sandbox::check_expose(&sandbox, &config, sink);

@@ -23,6 +23,7 @@ pub(super) fn task_failure(e: TaskError) -> Response {
         TaskError::UnknownTask(_) => StatusCode::NOT_FOUND,
         TaskError::DuplicateId(_) | TaskError::StaticTask(_) => StatusCode::CONFLICT,
         TaskError::Random => StatusCode::INTERNAL_SERVER_ERROR,
+        TaskError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_REQUEST,
     };
     failure(status, e.reason(), e.to_string())

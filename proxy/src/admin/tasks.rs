@@ -25,7 +25,7 @@ pub(super) async fn issue(
         Ok(request) => request,
         Err(refused) => return *refused,
     };
-    let issued = match tasks::issue(&state.shared, &request) {
+    let issued = match crate::fleet::issue(&state.shared, &request).await {
         Ok(issued) => issued,
         Err(e) => return task_failure(e),
     };

@@ -62,6 +62,9 @@ pub enum Reason {
     /// An AWS request signed in a way keyswap does not re-sign (chunk-signed streaming,
     /// SigV4A, a presigned URL) with a placeholder key id.
     SignatureUnsupported,
+    /// keyswap shares its tasks through a store (`store:`) it cannot reach: no task is
+    /// issued meanwhile, and past `store.grace` no request is served until it is back.
+    StoreUnavailable,
 }
 
 impl Reason {
@@ -90,6 +93,7 @@ impl Reason {
             Reason::TaskBusy => "task_busy",
             Reason::Learned => "learned",
             Reason::SignatureUnsupported => "signature_unsupported",
+            Reason::StoreUnavailable => "store_unavailable",
         }
     }
 
@@ -101,7 +105,10 @@ impl Reason {
         match self {
             Reason::Allowed => "allowed",
             Reason::Learned => "learned",
-            Reason::UpstreamError | Reason::SecretUnavailable | Reason::AgentTlsFailed => "error",
+            Reason::UpstreamError
+            | Reason::SecretUnavailable
+            | Reason::AgentTlsFailed
+            | Reason::StoreUnavailable => "error",
             Reason::NoTask
             | Reason::BadToken
             | Reason::TaskExpired
@@ -129,7 +136,7 @@ impl Reason {
     pub fn origin(self) -> Origin {
         match self {
             Reason::UpstreamError | Reason::PrivateAddress => Origin::Upstream,
-            Reason::SecretUnavailable => Origin::Internal,
+            Reason::SecretUnavailable | Reason::StoreUnavailable => Origin::Internal,
             _ => Origin::Agent,
         }
     }
@@ -141,7 +148,7 @@ impl Reason {
             Reason::NoTask | Reason::BadToken => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Reason::BadRequest | Reason::SignatureUnsupported => StatusCode::BAD_REQUEST,
             Reason::UpstreamError => StatusCode::BAD_GATEWAY,
-            Reason::SecretUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::SecretUnavailable | Reason::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             // Never sent (no HTTP exchange took place); listed for completeness.
             Reason::AgentTlsFailed => StatusCode::BAD_GATEWAY,
             Reason::ApprovalQueueFull

@@ -51,6 +51,12 @@ pub async fn decide_target(
     let rules = snapshot.rules_of(task).unwrap_or_default();
     let rule = first_rule_for_host(rules, Scheme::Https, &target.host, target.port);
     let tunnel_host = rule.is_some_and(|r| r.tunnel);
+    if let Some(denial) = shared.store_refusal() {
+        return Err(TargetRefusal {
+            denial,
+            tunnel_host,
+        });
+    }
     if task.is_expired(SystemTime::now()) {
         let denial = Denial::new(
             Reason::TaskExpired,

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::decision::{Decision, Denial, Reason};
 use crate::audit::record::{audit_path, Sent, Started, Subject, Via};
 use crate::doors::decide::{decide_target, Handling, TargetRefusal};
-use crate::doors::identify::{identify, Unidentified};
+use crate::doors::identify::{claimed_task_id, identify, Unidentified};
 use crate::doors::refusal;
 use crate::pipeline::conn::{http1_server, refuse_oversized_head, serve_until};
 use crate::pipeline::context::ConnContext;
@@ -121,17 +121,27 @@ async fn proxy_request(
 
 /// The task of a request on the explicit door, from its `Proxy-Authorization`; `local` is
 /// where the agent reached keyswap (what a 407 tells it to put in its proxy URL).
-fn identify_agent<B>(
-    shared: &Shared,
-    req: &Request<B>,
+///
+/// In a fleet, a task this replica does not know yet (issued on another a moment ago) is
+/// looked up once in the store; a known task never is.
+async fn identify_agent(
+    shared: &Arc<Shared>,
+    headers: &http::HeaderMap,
     local: SocketAddr,
 ) -> Result<Arc<LiveTask>, Unidentified> {
-    identify(
-        &shared.snapshot().config,
-        &*shared.tasks,
-        req.headers(),
-        local,
-    )
+    let found = identify(&shared.snapshot().config, &*shared.tasks, headers, local);
+    let unknown = match (&found, &shared.fleet) {
+        (Err(refused), Some(_)) if refused.claimed_task.is_none() => {
+            claimed_task_id(headers).filter(|id| shared.tasks.get(id).is_none())
+        }
+        _ => None,
+    };
+    match unknown {
+        Some(id) if crate::fleet::find(shared, &id).await.is_some() => {
+            identify(&shared.snapshot().config, &*shared.tasks, headers, local)
+        }
+        _ => found,
+    }
 }
 
 /// A refusal answered on the proxy connection itself (407, 400, a tunnel host's 403),
@@ -170,7 +180,7 @@ async fn connect(
     };
     let mut subject =
         Subject::connection(conn_id, Via::Explicit, None, "https", host, port, started);
-    let task = match identify_agent(&shared, &req, local) {
+    let task = match identify_agent(&shared, req.headers(), local).await {
         Ok(task) => task,
         Err(Unidentified {
             denial,
@@ -266,7 +276,7 @@ async fn plain(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Started::now();
-    let task = match identify_agent(&shared, &req, local) {
+    let task = match identify_agent(&shared, req.headers(), local).await {
         Ok(task) => task,
         Err(Unidentified {
             denial,

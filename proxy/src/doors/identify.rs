@@ -75,6 +75,13 @@ pub fn identify(
     }
 }
 
+/// The task id `Proxy-Authorization` names, if any (to look it up in a fleet's store when
+/// this replica does not know it yet).
+pub fn claimed_task_id(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(http::header::PROXY_AUTHORIZATION)?;
+    parse_basic(value.as_bytes()).map(|(task, _)| task)
+}
+
 /// `Basic <base64(user:password)>` → (user, password). The scheme name is case-insensitive
 /// (RFC 9110 §11.1).
 fn parse_basic(value: &[u8]) -> Option<(String, String)> {

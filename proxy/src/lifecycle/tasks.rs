@@ -39,6 +39,8 @@ pub enum TaskError {
     BadIssuer(String),
     #[error("the system random number generator failed; no token could be made")]
     Random,
+    #[error("keyswap cannot reach the store its replicas share tasks through; no task is issued until it is back")]
+    StoreUnavailable,
 }
 
 impl TaskError {
@@ -55,6 +57,7 @@ impl TaskError {
             TaskError::StaticTask(_) => "static_task",
             TaskError::BadIssuer(_) => "bad_request",
             TaskError::Random => "internal",
+            TaskError::StoreUnavailable => "store_unavailable",
         }
     }
 }
@@ -67,6 +70,14 @@ pub struct Issued {
 
 /// Issues a runtime task from a policy of the current config.
 pub fn issue(shared: &Arc<Shared>, request: &api::IssueRequest) -> Result<Issued, TaskError> {
+    let issued = prepare(shared, request)?;
+    register(shared, &issued.task)?;
+    Ok(issued)
+}
+
+/// Makes a runtime task from a policy of the current config, with its token, without
+/// registering it (a fleet first claims its id in the store: [`crate::fleet`]).
+pub fn prepare(shared: &Shared, request: &api::IssueRequest) -> Result<Issued, TaskError> {
     let by = match request.by.as_deref() {
         None | Some("api") => IssuedBy::Api,
         Some("exec") => IssuedBy::Exec,
@@ -100,12 +111,39 @@ pub fn issue(shared: &Arc<Shared>, request: &api::IssueRequest) -> Result<Issued
         Some(token.clone()),
         Some(SystemTime::now() + ttl),
     ));
+    Ok(Issued { task, token })
+}
+
+/// Registers a prepared task: it can be identified from now on; audited and its expiry armed.
+pub fn register(shared: &Arc<Shared>, task: &Arc<LiveTask>) -> Result<(), TaskError> {
     shared
         .tasks
         .insert_new(task.clone())
-        .map_err(|_| TaskError::DuplicateId(id))?;
-    started(shared, &task);
-    Ok(Issued { task, token })
+        .map_err(|_| TaskError::DuplicateId(task.id.clone()))?;
+    started(shared, task);
+    Ok(())
+}
+
+/// Registers a task issued on another replica of the fleet (audited there, not here), and
+/// arms its expiry. `false` if a task of that id is already registered here.
+pub fn adopt(shared: &Arc<Shared>, task: Arc<LiveTask>) -> bool {
+    if shared.tasks.insert_new(task.clone()).is_err() {
+        return false;
+    }
+    tracing::debug!(task = %task.id, "task issued on another replica");
+    tokio::spawn(watch_expiry(Arc::downgrade(shared), task));
+    true
+}
+
+/// Ends `task` because the fleet's store says it ended on another replica (or is gone from
+/// the store): its connections here close, and it is audited here, but not told back to the
+/// store.
+pub fn ended_elsewhere(
+    shared: &Shared,
+    task: &Arc<LiveTask>,
+    why: RevokeWhy,
+) -> Option<api::Revoked> {
+    end_here(shared, task, why, true)
 }
 
 /// Revokes a runtime task (`DELETE /v1/tasks/{id}`).
@@ -123,6 +161,21 @@ pub fn revoke(shared: &Shared, id: &str, why: RevokeWhy) -> Result<api::Revoked,
 /// Ends `task`: cancels its connections, optionally removes it, and audits it — once; `None`
 /// if it had already ended.
 pub fn end(
+    shared: &Shared,
+    task: &Arc<LiveTask>,
+    why: RevokeWhy,
+    remove: bool,
+) -> Option<api::Revoked> {
+    let revoked = end_here(shared, task, why, remove)?;
+    // A runtime task ends on every replica of a fleet; a static one is each replica's own
+    // config's.
+    if let (Some(fleet), TaskSource::Runtime { .. }) = (&shared.fleet, &task.source) {
+        fleet.task_ended(&task.id, why);
+    }
+    Some(revoked)
+}
+
+fn end_here(
     shared: &Shared,
     task: &Arc<LiveTask>,
     why: RevokeWhy,

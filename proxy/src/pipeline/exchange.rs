@@ -210,6 +210,9 @@ async fn forward(
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     outbound::guard_head(ctx, &mut parts, uri_token, upgrade)?;
+    if let Some(denial) = shared.store_refusal() {
+        return Err(denial);
+    }
 
     let decided = route::decide(snapshot, ctx, &parts, path, SystemTime::now());
     if let Ok(routed) = &decided {

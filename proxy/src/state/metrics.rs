@@ -7,6 +7,7 @@
 //! are unbounded, and a token in a label would publish a credential to every scraper (the one
 //! bounded exception, in-flight requests per busy task, is [`crate::state::metrics_fair`]'s).
 
+use crate::state::metrics_tasks::{zero_closed_sets, IssuedLabel, RevokedLabel};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
@@ -169,16 +170,6 @@ struct PolicyLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct IssuedLabel {
-    by: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RevokedLabel {
-    why: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SecretLabel {
     secret: Arc<str>,
 }
@@ -234,6 +225,8 @@ pub struct Metrics {
     policies: Names,
     secrets: Names,
     budgets: BudgetSlot,
+    /// `keyswap_store_state` and `/healthz`'s store state (`store:`).
+    pub store: crate::state::metrics_store::StoreSlot,
     /// `task_busy` refusals, accept failures, in-flight requests per task.
     pub fair: FairMetrics,
 }
@@ -249,13 +242,7 @@ impl Metrics {
         let upstream_errors = Counter::default();
         let secret_refresh_failures = Family::<SecretLabel, Counter>::default();
 
-        // Closed sets start at zero, so `rate()` sees the first event instead of a new series.
-        for by in ["exec", "api", "config"] {
-            drop(tasks_issued.get_or_create(&IssuedLabel { by }));
-        }
-        for why in ["exit", "api", "expired", "reload"] {
-            drop(tasks_revoked.get_or_create(&RevokedLabel { why }));
-        }
+        zero_closed_sets(&tasks_issued, &tasks_revoked);
 
         // The registry appends the final "." to each help text; the collector's are verbatim.
         let mut registry = Registry::with_prefix("keyswap");
@@ -305,6 +292,7 @@ impl Metrics {
         registry.register_collector(Box::new(BudgetCollector(budgets.clone())));
         Metrics {
             fair: FairMetrics::register(&mut registry),
+            store: crate::state::metrics_store::StoreSlot::register(&mut registry),
             registry,
             requests,
             duration,

@@ -9,18 +9,24 @@
 //! - [`leases`]: credentials minted per (task, secret), what swaps and scrubs them;
 //! - [`fair`]: per task, the requests in flight and upstream connections held (`limits:`),
 //!   and keyswap's cap on upstream connections;
+//! - [`fleet`]: the shared store's health and the events this replica sends it (`store:`);
 //! - [`metrics`]: the counters the metrics listener reads ([`metrics_fair`]: those of
 //!   `limits:`).
 
 pub mod agent_side;
 pub mod approvals;
 pub mod fair;
+pub mod fleet;
+pub mod fleet_conn;
 pub mod held;
 pub mod leases;
 pub mod metrics;
 pub mod metrics_fair;
+pub mod metrics_store;
+pub mod metrics_tasks;
 pub mod shared;
 pub mod snapshot;
 pub mod tasks;
+pub mod token_digest;
 pub mod usage;
 pub mod webhook;

@@ -11,11 +11,13 @@ use arc_swap::ArcSwap;
 use keyswap_certs::LeafCache;
 
 use crate::audit::decision::Decision;
+use crate::audit::decision::Denial;
 use crate::audit::record::{AuditRecord, Sent, Subject};
 use crate::audit::sink::AuditSink;
 use crate::state::agent_side::Refusal;
 use crate::state::approvals::Approvals;
 use crate::state::fair::UpstreamCap;
+use crate::state::fleet::FleetLink;
 use crate::state::leases::Leases;
 use crate::state::metrics::Metrics;
 use crate::state::snapshot::Snapshot;
@@ -70,6 +72,8 @@ pub struct Shared {
     pub transparent_listen: Option<SocketAddr>,
     /// keyswap's cap on upstream connections (left by its descriptor limit).
     pub upstream_cap: UpstreamCap,
+    /// The shared store of a fleet of replicas (`store:`); `None`: this process alone.
+    pub fleet: Option<FleetLink>,
 }
 
 impl Shared {
@@ -97,6 +101,7 @@ impl Shared {
             agent_tls_warnings: AgentTlsWarnings::default(),
             transparent_listen,
             upstream_cap: UpstreamCap::new(usize::MAX),
+            fleet: None,
         }
     }
 
@@ -104,6 +109,20 @@ impl Shared {
     pub fn with_upstream_cap(mut self, cap: usize) -> Shared {
         self.upstream_cap = UpstreamCap::new(cap);
         self
+    }
+
+    /// The same state as one replica of a fleet sharing its tasks through a store.
+    pub fn with_fleet(mut self, link: FleetLink) -> Shared {
+        let health = link.health.clone();
+        self.metrics.store.set(Box::new(move || health.state()));
+        self.fleet = Some(link);
+        self
+    }
+
+    /// The refusal of every request while the fleet's store has been unreachable for longer
+    /// than `store.grace` (`None`: serve).
+    pub fn store_refusal(&self) -> Option<Denial> {
+        self.fleet.as_ref().and_then(FleetLink::refusal)
     }
 
     /// The current config snapshot. Hold it for one request, not for a connection's life,

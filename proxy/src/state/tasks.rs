@@ -20,6 +20,7 @@ use crate::audit::record::TaskName;
 use crate::state::agent_side::AgentSide;
 use crate::state::fair::TaskSlots;
 use crate::state::metrics::Metrics;
+use crate::state::token_digest::{digest_of, Digest, TokenDigest};
 use crate::state::usage::TaskUsage;
 use crate::wire::token::TokenFinder;
 
@@ -84,6 +85,8 @@ pub struct LiveTask {
     token: Option<SecretString>,
     /// The token as a needle, built once here for every request of the task to be searched.
     token_finder: Option<TokenFinder>,
+    /// A task issued on another replica of the fleet is known by its token's digest only.
+    digest: Option<TokenDigest>,
     /// Nanoseconds since the epoch; 0 = never expires. Changed by a reload.
     expires_nanos: AtomicU64,
     /// Wakes the expiry watcher when `expires_nanos` changes.
@@ -137,6 +140,7 @@ impl LiveTask {
                 .as_ref()
                 .and_then(|t| TokenFinder::new(t.expose_secret().as_bytes())),
             token,
+            digest: None,
             expires_nanos: AtomicU64::new(to_nanos(expires)),
             expiry_changed: Notify::new(),
             cancel: CancellationToken::new(),
@@ -146,6 +150,41 @@ impl LiveTask {
             slots: TaskSlots::default(),
             agent: AgentSide::default(),
             ended: Mutex::new(false),
+        }
+    }
+
+    /// A runtime task issued on another replica of the fleet, known here by its token's
+    /// digest.
+    pub fn from_fleet(
+        id: String,
+        policy: String,
+        issued_by: IssuedBy,
+        digest: Digest,
+        expires: Option<SystemTime>,
+        issued_at: SystemTime,
+    ) -> LiveTask {
+        let mut task = LiveTask::new(
+            id,
+            TaskSource::Runtime {
+                policy: policy.clone(),
+            },
+            Some(policy),
+            issued_by,
+            None,
+            expires,
+        );
+        task.digest = Some(TokenDigest::new(digest));
+        task.issued_at = issued_at;
+        task
+    }
+
+    /// The SHA-256 digest of the task's token, what the fleet's store holds instead of it
+    /// (`None`: a task without a token).
+    pub fn token_digest(&self) -> Option<Digest> {
+        match (&self.token, &self.digest) {
+            (_, Some(known)) => Some(*known.digest()),
+            (Some(token), None) => Some(digest_of(token.expose_secret().as_bytes())),
+            (None, None) => None,
         }
     }
 
@@ -178,6 +217,9 @@ impl LiveTask {
     /// Whether `presented` is this task's token, compared in constant time. A task without a
     /// token accepts any.
     pub fn token_matches(&self, presented: &str) -> bool {
+        if let Some(known) = &self.digest {
+            return known.matches(presented);
+        }
         match &self.token {
             None => true,
             Some(expected) => expected
@@ -190,7 +232,9 @@ impl LiveTask {
 
     /// The task's token as a needle, to refuse a request that carries it (`None`: no token).
     pub fn token_finder(&self) -> Option<&TokenFinder> {
-        self.token_finder.as_ref()
+        self.token_finder
+            .as_ref()
+            .or_else(|| self.digest.as_ref().and_then(TokenDigest::finder))
     }
 
     /// The same token (both absent, or equal), for reloads.

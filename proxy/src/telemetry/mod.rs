@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::pipeline::conn::http1_server;
+use crate::state::fleet::StoreState;
 use crate::state::metrics::{Metrics, CONTENT_TYPE_OPENMETRICS};
 
 /// How long scrapes in flight may take to finish after the listener stops.
@@ -130,8 +131,17 @@ async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
     }
 }
 
-async fn healthy() -> Response {
-    plain(StatusCode::OK, "ok")
+/// `ok`; with a shared store (`store:`), which state it is in, and 503 once the store has
+/// been lost for longer than `store.grace` (a load balancer then sends agents elsewhere).
+async fn healthy(State(metrics): State<Arc<Metrics>>) -> Response {
+    match metrics.store.state() {
+        None => plain(StatusCode::OK, "ok"),
+        Some(StoreState::Connected) => plain(StatusCode::OK, "ok store=connected\n"),
+        Some(StoreState::Grace) => plain(StatusCode::OK, "ok store=grace\n"),
+        Some(StoreState::Down) => {
+            plain(StatusCode::SERVICE_UNAVAILABLE, "unavailable store=down\n")
+        }
+    }
 }
 
 /// Every method but GET, on a known path (HEAD too: axum would otherwise answer it as GET).

@@ -691,6 +691,57 @@ fn transparent_sidecar_configs_pass_keyswap_check() {
     check_in_container_layout("the ConfigMap's keyswap.yaml", text, &[]);
 }
 
+/// The fleet example: three replicas of one config (built from the image's proxy stage),
+/// health-checked on that config's metrics listener, each a server of the TCP load balancer,
+/// all on the compose file's Redis; the config passes `keyswap check`.
+#[test]
+fn compose_fleet_runs_three_replicas_of_one_config_on_one_store_behind_the_balancer() {
+    let compose = yaml_one(&docker("compose.fleet.yaml"));
+    let stages = image().stages;
+    let config = docker("keyswap-fleet.yaml");
+    let parsed = yaml_one(&config);
+    let metrics = parsed["metrics"]["listen"]
+        .as_str()
+        .expect("metrics.listen");
+    let balancer = read(&docker("haproxy-fleet.cfg"));
+    for n in 1..=3 {
+        let name = format!("keyswap-{n}");
+        let svc = service(&compose, &name);
+        check_build(svc, &stages);
+        let in_container = run_config(&keyswap_argv(svc));
+        let mounts = bind_mounts(svc);
+        assert_eq!(
+            mounts.get("./keyswap-fleet.yaml").map(PathBuf::from),
+            Some(in_container),
+            "{name} runs another config"
+        );
+        let health = strings(&svc["healthcheck"]["test"]);
+        assert_eq!(health_addr(&health[1..]), metrics, "{name}");
+        assert!(
+            balancer.contains(&format!("server {name} {name}:8080 check port 9464")),
+            "the balancer does not send agents to {name}"
+        );
+        assert!(
+            !svc["depends_on"]["redis"].is_badvalue(),
+            "{name} starts before Redis"
+        );
+        assert!(svc["environment"]["KEYSWAP_REDIS_PASSWORD"]
+            .as_str()
+            .is_some());
+    }
+    assert_eq!(
+        parsed["store"]["redis"]["url"].as_str(),
+        Some("redis://redis:6379/0")
+    );
+    service(&compose, "redis");
+    assert!(bind_mounts(service(&compose, "lb")).contains_key("./haproxy-fleet.cfg"));
+    check_in_container_layout(
+        "docker/keyswap-fleet.yaml",
+        &read(&config),
+        &[("KEYSWAP_REDIS_PASSWORD", TOKEN)],
+    );
+}
+
 // ---- `keyswap health`, the image's health check ---------------------------------------------
 
 /// `keyswap run` with a metrics listener; returns the child and the metrics address it logged.

@@ -14,6 +14,7 @@ mod deny;
 mod docs;
 mod duplex;
 mod fairness;
+mod fleet;
 mod harness;
 mod java_client;
 mod learn;
