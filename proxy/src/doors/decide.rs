@@ -39,6 +39,23 @@ pub struct TargetRefusal {
     pub tunnel_host: bool,
 }
 
+/// A refusal whatever the target: the task store has been out of reach past its grace, or
+/// the task has expired.
+fn standing_refusal(shared: &Shared, task: &LiveTask) -> Option<Denial> {
+    if let Some(denial) = shared.store_refusal() {
+        return Some(denial);
+    }
+    task.is_expired(SystemTime::now()).then(|| {
+        Denial::new(
+            Reason::TaskExpired,
+            format!(
+                "task {} has expired; ask the operator to extend it",
+                task.id
+            ),
+        )
+    })
+}
+
 /// Decides `(task, target)` for connection `conn` (see the module docs). May wait for a
 /// human under `on_unlisted: ask`; revoking the task ends the wait.
 pub async fn decide_target(
@@ -51,20 +68,7 @@ pub async fn decide_target(
     let rules = snapshot.rules_of(task).unwrap_or_default();
     let rule = first_rule_for_host(rules, Scheme::Https, &target.host, target.port);
     let tunnel_host = rule.is_some_and(|r| r.tunnel);
-    if let Some(denial) = shared.store_refusal() {
-        return Err(TargetRefusal {
-            denial,
-            tunnel_host,
-        });
-    }
-    if task.is_expired(SystemTime::now()) {
-        let denial = Denial::new(
-            Reason::TaskExpired,
-            format!(
-                "task {} has expired; ask the operator to extend it",
-                task.id
-            ),
-        );
+    if let Some(denial) = standing_refusal(shared, task) {
         return Err(TargetRefusal {
             denial,
             tunnel_host,

@@ -4,7 +4,7 @@
 //! ([`outbound::swap_in`]; an AWS signature is taken off first, [`sign_aws::prepare`]) → charge ([`budget::charge`]) → rewrite ([`outbound::rewrite`]) →
 //! sign AWS requests again ([`sign_aws::sign`]) → send ([`inbound::send`]) → settle (the request body decided, [`settle::settle`]) → scrub
 //! ([`inbound::scrub`]) → record (one [`Decision`], written by [`Shared::record`]). Before
-//! any of them, [`outbound::guard_head`] strips hop-by-hop headers and refuses the task's
+//! any of them, [`token_body::guard_head`] strips hop-by-hop headers and refuses the task's
 //! token in the head. Used for intercepted HTTPS and for plain-HTTP forwarding alike,
 //! whichever door the connection came in by.
 
@@ -27,7 +27,7 @@ use crate::pipeline::outbound::Outgoing;
 use crate::pipeline::route::Routed;
 use crate::pipeline::settle::{self, Settled};
 use crate::pipeline::swap::token_in_uri;
-use crate::pipeline::{approve, inbound, learn, lease, outbound, route, sign_aws};
+use crate::pipeline::{approve, inbound, learn, lease, outbound, route, sign_aws, token_body};
 use crate::state::shared::Shared;
 use crate::state::snapshot::Snapshot;
 use crate::wire::headers::is_websocket_upgrade;
@@ -111,7 +111,7 @@ impl Exchange {
 }
 
 /// A path or query key that carries the task's token is not written to the audit or the log
-/// (the request is refused for it by [`outbound::guard_head`]).
+/// (the request is refused for it by [`token_body::guard_head`]).
 fn withhold_token(subject: &mut Subject, token: &TokenFinder, uri: &http::Uri) {
     if token_in_uri(
         token,
@@ -209,7 +209,7 @@ async fn forward(
     let upgrade = is_websocket_upgrade(req.headers()) && req.version() == Version::HTTP_11;
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    outbound::guard_head(ctx, &mut parts, uri_token, upgrade)?;
+    token_body::guard_head(ctx, &mut parts, uri_token, upgrade)?;
     if let Some(denial) = shared.store_refusal() {
         return Err(denial);
     }

@@ -23,13 +23,11 @@ use crate::pipeline::fair::Held;
 use crate::pipeline::learn;
 use crate::pipeline::route::Routed;
 use crate::pipeline::settle::{watch, BodyWatch};
-use crate::pipeline::swap::{
-    check_uri, swap_headers, swap_query, token_in_headers, Misplaced, NotGranted,
-};
+use crate::pipeline::swap::{check_uri, swap_headers, swap_query, Misplaced, NotGranted};
 use crate::pipeline::swap_body::{
     BodyRefusal, BodyRefused, BodySeen, ScanBody, SnapshotPlaceholders,
 };
-use crate::pipeline::token_body::TokenGuard;
+use crate::pipeline::token_body::{token_denial, TokenGuard};
 use crate::pipeline::trailers::{trailer_check, TrailerSecrets};
 use crate::state::snapshot::Snapshot;
 use crate::wire::headers::strip_hop_by_hop;
@@ -70,40 +68,6 @@ pub struct Sending {
     pub streaming_body: Option<BodyWatch>,
     /// Learn mode: the secrets whose placeholders the body carried, for the record.
     pub body_seen: Option<BodySeen>,
-}
-
-/// Before any rule is looked at: hop-by-hop and `Proxy-*` headers are removed (they never go
-/// upstream, so what they carry is not checked: `Proxy-Authorization` carries the task's
-/// token), and the task's token anywhere in the URI or the headers refuses the request, before
-/// any refusal could quote the part that carries it. `uri_token`: the part of the URI that
-/// carries the token ([`crate::pipeline::swap::token_in_uri`], looked for by the caller).
-pub fn guard_head(
-    ctx: &ConnContext,
-    parts: &mut Parts,
-    uri_token: Option<&'static str>,
-    upgrade: bool,
-) -> Result<(), Denial> {
-    strip_hop_by_hop(&mut parts.headers, upgrade);
-    let Some(token) = ctx.task.token_finder() else {
-        return Ok(());
-    };
-    let part = uri_token.or_else(|| token_in_headers(token, &parts.headers).then_some("headers"));
-    match part {
-        Some(part) => Err(token_denial(ctx, part)),
-        None => Ok(()),
-    }
-}
-
-/// The refusal of a request that carries the task's own proxy token in `part`.
-pub(crate) fn token_denial(ctx: &ConnContext, part: &str) -> Denial {
-    Denial::new(
-        Reason::PlaceholderNotAllowed,
-        format!(
-            "the request carries task {}'s proxy token in its {part}; the token is for keyswap \
-             only and is never sent to {}: remove it from the request",
-            ctx.task.id, ctx.target.host,
-        ),
-    )
 }
 
 /// The swap step: placeholders in the URI, headers and query are checked against the rule's

@@ -1,4 +1,5 @@
-//! The request body searched for the task's own proxy token as it streams ([`TokenGuard`]):
+//! The task's own proxy token, refused wherever a request carries it: in its head before any
+//! rule is looked at ([`guard_head`]), and in its body as it streams ([`TokenGuard`]):
 //! found, the body fails and the request is refused like one carrying an ungranted
 //! placeholder, so no upstream ever learns a proxy credential.
 //!
@@ -16,13 +17,51 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use http::request::Parts;
 use http_body::{Body, Frame, SizeHint};
 use keyswap_scrub::body::BoxError;
 
-use crate::pipeline::swap::Misplaced;
+use crate::audit::decision::{Denial, Reason};
+use crate::pipeline::context::ConnContext;
+use crate::pipeline::swap::{token_in_headers, Misplaced};
 use crate::pipeline::swap_body::{BodyRefusal, BodyRefused, RefusedBody};
 use crate::state::tasks::LiveTask;
+use crate::wire::headers::strip_hop_by_hop;
 use crate::wire::token::TokenFinder;
+
+/// Before any rule is looked at: hop-by-hop and `Proxy-*` headers are removed (they never go
+/// upstream, so what they carry is not checked: `Proxy-Authorization` carries the task's
+/// token), and the task's token anywhere in the URI or the headers refuses the request, before
+/// any refusal could quote the part that carries it. `uri_token`: the part of the URI that
+/// carries the token ([`crate::pipeline::swap::token_in_uri`], looked for by the caller).
+pub fn guard_head(
+    ctx: &ConnContext,
+    parts: &mut Parts,
+    uri_token: Option<&'static str>,
+    upgrade: bool,
+) -> Result<(), Denial> {
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    let Some(token) = ctx.task.token_finder() else {
+        return Ok(());
+    };
+    let part = uri_token.or_else(|| token_in_headers(token, &parts.headers).then_some("headers"));
+    match part {
+        Some(part) => Err(token_denial(ctx, part)),
+        None => Ok(()),
+    }
+}
+
+/// The refusal of a request that carries the task's own proxy token in `part`.
+pub(crate) fn token_denial(ctx: &ConnContext, part: &str) -> Denial {
+    Denial::new(
+        Reason::PlaceholderNotAllowed,
+        format!(
+            "the request carries task {}'s proxy token in its {part}; the token is for keyswap \
+             only and is never sent to {}: remove it from the request",
+            ctx.task.id, ctx.target.host,
+        ),
+    )
+}
 
 /// A request body in which the task's token fails the body (and sets the [`BodyRefusal`]).
 pub struct TokenGuard<B> {

@@ -1,13 +1,14 @@
-//! `keyswap mcp` driven by a real MCP client — the official Python SDK (`mcp` on PyPI) — as a
-//! stdio subprocess in the environment `keyswap exec` gives an agent (`HTTPS_PROXY` with the
+//! `keyswap mcp` driven by real MCP clients — the official Python SDK (`mcp` on PyPI) and the
+//! official TypeScript SDK (`@modelcontextprotocol/sdk` from npm) — as a stdio subprocess in the environment `keyswap exec` gives an agent (`HTTPS_PROXY` with the
 //! task's credentials, the CA in `SSL_CERT_FILE`), against the real proxy: it lists the tools,
 //! reads the grants (they match the task), explains a refusal, is refused at once outside the
 //! `requestable:` bounds, and asks for a grant inside them that a human approves through the
 //! admin API while the tool waits — after which the request that was refused succeeds with the
 //! secret swapped. Every transcript is searched for the real secrets and the task token.
 //!
-//! python3 with the `mcp` package (or pip to install it into a venv) must be present: under
-//! CI=true its absence fails the test.
+//! python3 with the `mcp` package (or pip to install it into a venv), and node with npm (to
+//! install the TypeScript SDK into a temporary prefix) must be present: under CI=true their
+//! absence fails the test.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -63,6 +64,38 @@ async def main():
 asyncio.run(main())
 "#;
 
+/// The same session through the TypeScript SDK (CommonJS build, found through NODE_PATH).
+const TS_CLIENT: &str = r#"
+const { Client } = require("@modelcontextprotocol/sdk/client/index.js");
+const { StdioClientTransport } = require("@modelcontextprotocol/sdk/client/stdio.js");
+const [keyswap, host] = process.argv.slice(1);
+const CALLS = [
+  ["keyswap_grants", {}],
+  ["keyswap_explain_refusal", { limit: 1 }],
+  ["keyswap_task", {}],
+  ["keyswap_request_access", { host: "evil.test", paths: ["/x"], why: "exfiltrate" }],
+  ["keyswap_request_access", { host, methods: ["GET"], paths: ["/echo/granted/**"],
+                               secrets: ["github"], why: "read the granted items", wait_secs: 120 }],
+];
+(async () => {
+  const transport = new StdioClientTransport({ command: keyswap, args: ["mcp"], env: process.env });
+  const client = new Client({ name: "keyswap-test", version: "1.0.0" });
+  await client.connect(transport);
+  const tools = await client.listTools();
+  console.log(JSON.stringify({ step: "tools", names: tools.tools.map((t) => t.name).sort() }));
+  for (const [name, args] of CALLS) {
+    const result = await client.callTool({ name, arguments: args }, undefined, { timeout: 170000 });
+    const text = (result.content || []).map((c) => c.text || "").join("");
+    console.log(JSON.stringify({ step: name, error: Boolean(result.isError), text,
+                                 structured: result.structuredContent ?? null }));
+  }
+  await client.close();
+})().catch((e) => {
+  console.error(String(e));
+  process.exit(1);
+});
+"#;
+
 fn config() -> String {
     ConfigBuilder::new()
         .admin_socket()
@@ -109,6 +142,35 @@ fn python_with_mcp(scratch: &Path) -> Option<PathBuf> {
     Some(venv.join("bin/python"))
 }
 
+/// A `node_modules` directory holding the TypeScript SDK, installed by npm into `scratch`.
+fn typescript_sdk(scratch: &Path) -> Option<PathBuf> {
+    let prefix = scratch.join("npm");
+    let installed = runs(
+        "npm",
+        &[
+            "install",
+            "--silent",
+            "--no-audit",
+            "--no-fund",
+            "--prefix",
+            prefix.to_str()?,
+            "@modelcontextprotocol/sdk@1",
+        ],
+    );
+    let node_modules = prefix.join("node_modules");
+    let resolves = std::process::Command::new("node")
+        .env("NODE_PATH", &node_modules)
+        .args([
+            "-e",
+            "require.resolve('@modelcontextprotocol/sdk/client/index.js')",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    (installed && resolves).then_some(node_modules)
+}
+
 /// Approves the first grant approval of task `agent` that appears.
 async fn approve_the_grant(socket: PathBuf) {
     let admin = AdminClient::new(AdminTarget::Socket(socket));
@@ -137,57 +199,74 @@ fn step<'a>(steps: &'a [Value], name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("the client printed no {name} step: {steps:?}"))
 }
 
-#[tokio::test]
-async fn python_sdk_drives_keyswap_mcp_grants_refusals_and_an_approved_grant() {
-    let scratch = tempfile::tempdir().expect("scratch dir");
-    let python = python_with_mcp(scratch.path());
-    if python.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "python3 with the mcp package (or pip to install it) must be present in CI"
-        );
-        eprintln!(
-            "\n*** NOTICE: python3 with mcp is not available: the MCP test did NOT run ***\n"
-        );
-        return;
-    }
-    let python = python.expect("python");
+/// Fails under CI=true when a client is missing; otherwise says loudly that it did not run.
+fn missing(what: &str) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{what} must be present in CI"
+    );
+    eprintln!("\n*** NOTICE: {what} is not available: the MCP test did NOT run ***\n");
+}
+
+/// The proxy, a refusal for keyswap_explain_refusal to find, and the CA file.
+struct Session {
+    env: TestEnv,
+    ca: PathBuf,
+}
+
+async fn session(scratch: &Path) -> Session {
     let options = ProxyOptions {
         admin: true,
         ..ProxyOptions::default()
     };
     let env = TestEnv::start_with_options(&config(), Alpn::Both, options).await;
-    // A refusal first, for keyswap_explain_refusal.
+    let refused = granted_request(&env).await;
+    assert_eq!(refused.reason(), Some("route_not_allowed"), "{refused:?}");
+    let ca = scratch.join("keyswap-ca.pem");
+    std::fs::write(&ca, &env.proxy_ca_pem).expect("write CA");
+    Session { env, ca }
+}
+
+/// The request a grant is asked for: refused before, allowed after.
+async fn granted_request(env: &TestEnv) -> keyswap_tests::harness::Reply {
     let opts = env.agent(&format!("{API_HOST}:443"), Alpn::Http1Only);
     let auth = bearer(GITHUB_PLACEHOLDER);
-    let refused = env
-        .request(&opts, "GET", "/echo/granted/1", &[("authorization", &auth)])
-        .await;
-    assert_eq!(refused.reason(), Some("route_not_allowed"), "{refused:?}");
+    env.request(&opts, "GET", "/echo/granted/1", &[("authorization", &auth)])
+        .await
+}
 
-    let ca = scratch.path().join("keyswap-ca.pem");
-    std::fs::write(&ca, &env.proxy_ca_pem).expect("write CA");
-    let socket = env
+/// Runs `program` (an MCP client given `keyswap` and the API host as its last arguments) in
+/// the environment `keyswap exec` gives an agent, approving the grant it asks for; returns the
+/// steps it printed, after checking every transcript for real values and the token.
+async fn drive(
+    s: &Session,
+    scratch: &Path,
+    program: &Path,
+    args: &[&str],
+    extra_env: &[(&str, &Path)],
+) -> Vec<Value> {
+    let socket = s
+        .env
         .proxy
         .admin_socket()
         .expect("admin socket")
         .to_path_buf();
     let approver = tokio::spawn(approve_the_grant(socket));
-    let mut cmd = tokio::process::Command::new(&python);
+    let mut cmd = tokio::process::Command::new(program);
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", scratch.path())
+        .env("HOME", scratch)
         .env(
             "HTTPS_PROXY",
-            format!("http://agent:{AGENT_TOKEN}@{}", env.proxy.addr()),
+            format!("http://agent:{AGENT_TOKEN}@{}", s.env.proxy.addr()),
         )
-        .env("SSL_CERT_FILE", &ca)
-        .arg("-c")
-        .arg(CLIENT)
+        .env("SSL_CERT_FILE", &s.ca)
+        .args(args)
         .arg(KEYSWAP)
         .arg(API_HOST)
         .stdin(Stdio::null())
         .kill_on_drop(true);
+    cmd.envs(extra_env.iter().copied());
     let out = tokio::time::timeout(SAFETY, cmd.output())
         .await
         .expect("the MCP client finished")
@@ -199,7 +278,7 @@ async fn python_sdk_drives_keyswap_mcp_grants_refusals_and_an_approved_grant() {
         assert_no_real_secret(what, bytes);
         let text = String::from_utf8_lossy(bytes);
         assert!(!text.contains(AGENT_TOKEN), "{what} holds the task token");
-        env.keep(&[], &text);
+        s.env.keep(&[], &text);
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -208,12 +287,49 @@ async fn python_sdk_drives_keyswap_mcp_grants_refusals_and_an_approved_grant() {
         String::from_utf8_lossy(&out.stderr)
     );
     approver.await.expect("approver");
-    let steps: Vec<Value> = stdout
+    stdout
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+        .collect()
+}
 
-    let names = &step(&steps, "tools")["names"];
+#[tokio::test]
+async fn python_sdk_drives_keyswap_mcp_grants_refusals_and_an_approved_grant() {
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let Some(python) = python_with_mcp(scratch.path()) else {
+        return missing("python3 with the mcp package (or pip to install it)");
+    };
+    let s = session(scratch.path()).await;
+    let steps = drive(&s, scratch.path(), &python, &["-c", CLIENT], &[]).await;
+    check_session(&s, &steps).await;
+}
+
+#[tokio::test]
+async fn typescript_sdk_drives_keyswap_mcp_grants_refusals_and_an_approved_grant() {
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    if !runs("node", &["--version"]) {
+        return missing("node");
+    }
+    let Some(node_modules) = typescript_sdk(scratch.path()) else {
+        return missing("the TypeScript MCP SDK (npm to install it)");
+    };
+    let s = session(scratch.path()).await;
+    let node_path = [("NODE_PATH", node_modules.as_path())];
+    let steps = drive(
+        &s,
+        scratch.path(),
+        Path::new("node"),
+        &["-e", TS_CLIENT],
+        &node_path,
+    )
+    .await;
+    check_session(&s, &steps).await;
+}
+
+/// What every client must have seen, and the request the approved grant now lets through.
+async fn check_session(s: &Session, steps: &[Value]) {
+    let env = &s.env;
+    let names = &step(steps, "tools")["names"];
     assert_eq!(
         names,
         &serde_json::json!([
@@ -223,7 +339,7 @@ async fn python_sdk_drives_keyswap_mcp_grants_refusals_and_an_approved_grant() {
             "keyswap_task"
         ])
     );
-    let grants = step(&steps, "keyswap_grants");
+    let grants = step(steps, "keyswap_grants");
     assert_eq!(grants["structured"]["task"], "agent", "{grants}");
     let rule = &grants["structured"]["rules"][0];
     assert_eq!(
@@ -242,7 +358,7 @@ async fn python_sdk_drives_keyswap_mcp_grants_refusals_and_an_approved_grant() {
         "{grants}"
     );
 
-    let explained = step(&steps, "keyswap_explain_refusal");
+    let explained = step(steps, "keyswap_explain_refusal");
     let refusal = &explained["structured"]["refusals"][0];
     assert_eq!(refusal["reason"], "route_not_allowed", "{explained}");
     assert_eq!(refusal["path"], "/echo/granted/1", "{explained}");
@@ -253,7 +369,7 @@ async fn python_sdk_drives_keyswap_mcp_grants_refusals_and_an_approved_grant() {
         "{explained}"
     );
 
-    let task = step(&steps, "keyswap_task");
+    let task = step(steps, "keyswap_task");
     assert_eq!(task["structured"]["task"], "agent", "{task}");
 
     let outside = steps
@@ -275,9 +391,7 @@ async fn python_sdk_drives_keyswap_mcp_grants_refusals_and_an_approved_grant() {
     assert_eq!(inside["error"], false, "{inside}");
 
     // The same request now goes through, the secret swapped in.
-    let now = env
-        .request(&opts, "GET", "/echo/granted/1", &[("authorization", &auth)])
-        .await;
+    let now = granted_request(env).await;
     assert_eq!(now.status, 200, "{now:?}");
     let sent = env
         .upstream
