@@ -458,3 +458,32 @@ async fn denied_grant_shows_the_reason_and_outside_the_bounds_is_refused_at_once
     assert!(none.body.contains("no requestable"), "{}", none.body);
     env.assert_no_leaks();
 }
+
+#[tokio::test]
+async fn an_unanswered_grant_request_times_out_and_grants_nothing() {
+    if !available("curl", "--version") {
+        return;
+    }
+    let options = ProxyOptions {
+        admin: true,
+        ..ProxyOptions::default()
+    };
+    let yaml = config() + "approval:\n  timeout: 1s\n";
+    let env = TestEnv::start_with_options(&yaml, Alpn::Both, options).await;
+    let ask = json!({"host": API_HOST, "methods": ["GET"], "paths": ["/echo/late"], "why": "nobody answers"});
+    let asked = post(
+        &env,
+        "agent",
+        "https://keyswap.internal/v1/self/requests",
+        &ask,
+    )
+    .await;
+    assert_eq!(asked.status, 202, "{}", asked.body);
+    let id = asked.json()["id"].as_str().expect("id").to_string();
+    let view = settled(&env, &id).await;
+    assert_eq!(view["status"], "timed_out", "{view}");
+    let url = format!("https://{API_HOST}/echo/late");
+    let after = curl(&env, Some("agent"), "GET", &url, &[]).await;
+    assert_eq!(after.status, 403, "{}", after.body);
+    env.assert_no_leaks();
+}
