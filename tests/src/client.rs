@@ -16,11 +16,12 @@ use http::{Request, Response, Version};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::WebSocketStream;
@@ -530,4 +531,86 @@ fn parse_head(head: &[u8]) -> io::Result<RawResponse> {
         })
         .collect();
     Ok(RawResponse { status, headers })
+}
+
+/// One HTTP/1.1 or h2 client connection and the task driving it, which ends when the
+/// connection does (its read returned EOF or an error): a test awaits `driver` to see a
+/// connection closed.
+pub struct DrivenConn {
+    sender: DrivenSender,
+    pub driver: JoinHandle<()>,
+}
+
+enum DrivenSender {
+    H1(http1::SendRequest<BoxBody>),
+    H2(http2::SendRequest<BoxBody>),
+}
+
+impl DrivenConn {
+    pub async fn handshake<T>(io: T, h2: bool) -> DrivenConn
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = TokioIo::new(io);
+        let (sender, driver) = if h2 {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .handshake(io)
+                .await
+                .expect("h2 handshake");
+            let driver = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            (DrivenSender::H2(sender), driver)
+        } else {
+            let (sender, conn) = http1::handshake(io).await.expect("http/1.1 handshake");
+            let driver = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            (DrivenSender::H1(sender), driver)
+        };
+        DrivenConn { sender, driver }
+    }
+
+    /// TLS over `tcp` (inside a tunnel), verifying `host` against `trust`; HTTP/1.1 or h2 as
+    /// ALPN chose.
+    pub async fn over_tls(
+        tcp: TcpStream,
+        host: &str,
+        trust: &CertificateDer<'static>,
+        alpn: Alpn,
+    ) -> DrivenConn {
+        let mut roots = RootCertStore::empty();
+        roots.add(trust.clone()).expect("trust root");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.protocols();
+        let name = ServerName::try_from(host.to_string()).expect("server name");
+        let tls = TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake");
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+        DrivenConn::handshake(tls, h2).await
+    }
+
+    pub fn h2(&self) -> bool {
+        matches!(self.sender, DrivenSender::H2(_))
+    }
+
+    pub async fn send(&mut self, req: Request<BoxBody>) -> hyper::Result<Response<Incoming>> {
+        match &mut self.sender {
+            DrivenSender::H1(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
+            DrivenSender::H2(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
+        }
+    }
 }

@@ -15,23 +15,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
-use base64::Engine;
-use http::Request;
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use keyswap::admin::client::{AdminClient, AdminTarget, ClientError};
 use keyswap::api::{IssueRequest, IssuedTask};
 use keyswap_certs::CertificateAuthority;
-use keyswap_tests::client::{self, Alpn, BoxBody, RawProxyStream};
+use keyswap_tests::client::{self, Alpn, DrivenConn as Conn, RawProxyStream};
 use keyswap_tests::harness::{test_env_values, TestEnv, API_HOST, TUNNEL_HOST};
 use keyswap_tests::logged_child::LoggedChild;
 use keyswap_tests::secrets::{GITHUB_PLACEHOLDER, GITHUB_REAL, OPENAI_REAL};
-use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use rustls::pki_types::CertificateDer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 
 /// Set to the arguments (separated by [`ARG_SEP`]) when this binary runs as `keyswap`.
@@ -303,64 +297,16 @@ fn auth(task: &IssuedTask) -> Auth<'_> {
     (&task.id, &task.token)
 }
 
-/// One HTTP client connection and the task driving it, which ends when the connection does.
-struct Conn {
-    sender: Sender,
-    driver: JoinHandle<()>,
+/// What the tests ask of a [`Conn`].
+trait ConnExt {
+    async fn get(&mut self, env: &TestEnv, authority: &str, path: &str) -> (u16, Option<String>);
+    async fn closes(&mut self, what: &str);
 }
 
-enum Sender {
-    H1(http1::SendRequest<BoxBody>),
-    H2(http2::SendRequest<BoxBody>),
-}
-
-impl Conn {
-    async fn handshake<T>(io: T, h2: bool) -> Conn
-    where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let io = TokioIo::new(io);
-        if h2 {
-            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                .handshake(io)
-                .await
-                .expect("h2 handshake");
-            let driver = tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Conn {
-                sender: Sender::H2(sender),
-                driver,
-            }
-        } else {
-            let (sender, conn) = http1::handshake(io).await.expect("http/1.1 handshake");
-            let driver = tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Conn {
-                sender: Sender::H1(sender),
-                driver,
-            }
-        }
-    }
-
-    async fn send(&mut self, req: Request<BoxBody>) -> hyper::Result<http::Response<Incoming>> {
-        match &mut self.sender {
-            Sender::H1(s) => {
-                s.ready().await?;
-                s.send_request(req).await
-            }
-            Sender::H2(s) => {
-                s.ready().await?;
-                s.send_request(req).await
-            }
-        }
-    }
-
+impl ConnExt for Conn {
     /// `GET path` to `authority`: status and `x-keyswap-reason`, the reply kept for the leak check.
     async fn get(&mut self, env: &TestEnv, authority: &str, path: &str) -> (u16, Option<String>) {
-        let h2 = matches!(self.sender, Sender::H2(_));
-        let req = client::request("GET", authority, path, h2)
+        let req = client::request("GET", authority, path, self.h2())
             .header("authorization", format!("Bearer {GITHUB_PLACEHOLDER}"))
             .body(client::empty())
             .expect("request");
@@ -387,35 +333,15 @@ async fn connect(replica: &Replica, auth: Auth<'_>, authority: &str) -> (u16, Op
     let mut raw = RawProxyStream::connect(replica.addr)
         .await
         .expect("connect to the replica");
-    let credentials =
-        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", auth.0, auth.1));
+    let credentials = client::proxy_authorization(auth.0, auth.1);
     let head = format!(
-        "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nProxy-Authorization: Basic {credentials}\r\n\r\n"
+        "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nProxy-Authorization: {}\r\n\r\n",
+        credentials.to_str().expect("ASCII")
     );
     raw.send_raw(head.as_bytes()).await.expect("send CONNECT");
     let response = raw.read_response_head().await.expect("CONNECT answer");
     let status = response.status;
     (status, (status == 200).then(|| raw.into_inner()))
-}
-
-/// TLS inside a tunnel, verifying `host` against `trust`.
-async fn tls_conn(tcp: TcpStream, host: &str, trust: &CertificateDer<'static>, alpn: Alpn) -> Conn {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(trust.clone()).expect("trust root");
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.protocols();
-    let name = ServerName::try_from(host.to_string()).expect("server name");
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .expect("TLS handshake");
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-    Conn::handshake(tls, h2).await
 }
 
 /// The fleet's CA, written before any replica starts so that they all mint with it.
@@ -433,14 +359,14 @@ async fn intercepted(
 ) -> Conn {
     let (status, tcp) = connect(replica, auth, &format!("{API_HOST}:443")).await;
     assert_eq!(status, 200, "CONNECT as {} refused", auth.0);
-    tls_conn(tcp.expect("socket"), API_HOST, ca, alpn).await
+    Conn::over_tls(tcp.expect("socket"), API_HOST, ca, alpn).await
 }
 
 /// A `tunnel: true` connection through `replica` to [`TUNNEL_HOST`].
 async fn tunnelled(env: &TestEnv, replica: &Replica, auth: Auth<'_>) -> Conn {
     let (status, tcp) = connect(replica, auth, &format!("{TUNNEL_HOST}:443")).await;
     assert_eq!(status, 200, "CONNECT as {} refused", auth.0);
-    tls_conn(
+    Conn::over_tls(
         tcp.expect("socket"),
         TUNNEL_HOST,
         env.upstream_ca.cert_der(),

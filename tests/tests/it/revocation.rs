@@ -12,19 +12,14 @@ use futures_util::{SinkExt, StreamExt};
 use http::Request;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use keyswap::api::{IssueRequest, IssuedTask, Reloaded};
 use keyswap::state::tasks::RevokeWhy;
 use keyswap::ProxyOptions;
-use keyswap_tests::client::{self, Alpn, BoxBody, RawProxyStream, Tunnel};
+use keyswap_tests::client::{self, Alpn, DrivenConn as Conn, RawProxyStream, Tunnel};
 use keyswap_tests::harness::{
     render, test_env_values, ConfigVars, TestEnv, AGENT_TOKEN, API_HOST, PLAIN_HOST, TUNNEL_HOST,
 };
-use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -144,65 +139,13 @@ fn proxy_authorization((task, token): Auth<'_>) -> String {
     format!("Basic {encoded}")
 }
 
-/// One HTTP client connection and the task driving it, which ends when the connection does
-/// (its read returned EOF or an error).
-struct Conn {
-    sender: Sender,
-    driver: JoinHandle<()>,
+/// What the tests ask of a [`Conn`].
+trait ConnExt {
+    async fn get(&mut self, env: &TestEnv, authority: &str, path: &str) -> u16;
+    async fn closes_within_bound_of(&mut self, what: &str, since: Instant);
 }
 
-enum Sender {
-    H1(http1::SendRequest<BoxBody>),
-    H2(http2::SendRequest<BoxBody>),
-}
-
-impl Conn {
-    async fn handshake<T>(io: T, h2: bool) -> Conn
-    where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let io = TokioIo::new(io);
-        if h2 {
-            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                .handshake(io)
-                .await
-                .expect("h2 handshake");
-            let driver = tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Conn {
-                sender: Sender::H2(sender),
-                driver,
-            }
-        } else {
-            let (sender, conn) = http1::handshake(io).await.expect("http/1.1 handshake");
-            let driver = tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Conn {
-                sender: Sender::H1(sender),
-                driver,
-            }
-        }
-    }
-
-    fn h2(&self) -> bool {
-        matches!(self.sender, Sender::H2(_))
-    }
-
-    async fn send(&mut self, req: Request<BoxBody>) -> hyper::Result<http::Response<Incoming>> {
-        match &mut self.sender {
-            Sender::H1(s) => {
-                s.ready().await?;
-                s.send_request(req).await
-            }
-            Sender::H2(s) => {
-                s.ready().await?;
-                s.send_request(req).await
-            }
-        }
-    }
-
+impl ConnExt for Conn {
     /// `GET path` inside a tunnel to `authority`; the status, the reply kept for the leak
     /// check.
     async fn get(&mut self, env: &TestEnv, authority: &str, path: &str) -> u16 {
@@ -242,30 +185,10 @@ async fn connect(env: &TestEnv, auth: Auth<'_>, authority: &str) -> TcpStream {
     raw.into_inner()
 }
 
-/// TLS inside a tunnel, verifying `host` against `trust`; HTTP/1.1 or h2 as ALPN chose.
-async fn tls_conn(tcp: TcpStream, host: &str, trust: &CertificateDer<'static>, alpn: Alpn) -> Conn {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(trust.clone()).expect("trust root");
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.protocols();
-    let name = ServerName::try_from(host.to_string()).expect("server name");
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .expect("TLS handshake");
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-    Conn::handshake(tls, h2).await
-}
-
 /// An intercepted connection to [`API_HOST`] for `auth`.
 async fn intercepted(env: &TestEnv, auth: Auth<'_>, alpn: Alpn) -> Conn {
     let tcp = connect(env, auth, &format!("{API_HOST}:443")).await;
-    let conn = tls_conn(tcp, API_HOST, &env.proxy_ca, alpn).await;
+    let conn = Conn::over_tls(tcp, API_HOST, &env.proxy_ca, alpn).await;
     assert_eq!(
         conn.h2(),
         alpn == Alpn::Http2Only,
@@ -277,7 +200,7 @@ async fn intercepted(env: &TestEnv, auth: Auth<'_>, alpn: Alpn) -> Conn {
 /// A `tunnel: true` connection to [`TUNNEL_HOST`]: TLS with the upstream itself.
 async fn tunnelled(env: &TestEnv, auth: Auth<'_>) -> Conn {
     let tcp = connect(env, auth, &format!("{TUNNEL_HOST}:443")).await;
-    tls_conn(
+    Conn::over_tls(
         tcp,
         TUNNEL_HOST,
         env.upstream_ca.cert_der(),
