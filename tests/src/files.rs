@@ -163,3 +163,46 @@ fn cgi_response(out: &[u8]) -> Response<BoxBody> {
         .body(full(out[body_start..].to_vec()))
         .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "bad CGI header\n"))
 }
+
+/// A Python script that writes the wheel `ksdemo-0.1-py3-none-any.whl` (one pure-Python
+/// module) into the directory given as its argument and prints the wheel's SHA-256.
+pub const WHEEL_BUILDER: &str = r#"
+import base64, hashlib, sys, zipfile
+out = sys.argv[1]
+name = "ksdemo-0.1-py3-none-any.whl"
+entries = {
+    "ksdemo/__init__.py": b"MESSAGE = 'installed through keyswap'\n",
+    "ksdemo-0.1.dist-info/METADATA": b"Metadata-Version: 2.1\nName: ksdemo\nVersion: 0.1\n",
+    "ksdemo-0.1.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: keyswap-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = []
+for path, data in entries.items():
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    record.append(f"{path},sha256={digest},{len(data)}")
+record.append("ksdemo-0.1.dist-info/RECORD,,")
+entries["ksdemo-0.1.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+with zipfile.ZipFile(f"{out}/{name}", "w") as z:
+    for path, data in entries.items():
+        z.writestr(path, data)
+sha = hashlib.sha256(open(f"{out}/{name}", "rb").read()).hexdigest()
+print(sha)
+"#;
+
+/// The PEP 503 pages of an index under `files/simple/` listing that wheel, whose SHA-256 is
+/// `sha` (the directories must exist).
+pub fn write_pep503_pages(files: &Path, sha: &str) {
+    std::fs::write(
+        files.join("simple/index.html"),
+        "<!DOCTYPE html><html><body><a href=\"ksdemo/\">ksdemo</a></body></html>\n",
+    )
+    .expect("root index");
+    std::fs::write(
+        files.join("simple/ksdemo/index.html"),
+        format!(
+            "<!DOCTYPE html><html><body>\
+             <a href=\"../../ksdemo-0.1-py3-none-any.whl#sha256={sha}\">ksdemo-0.1-py3-none-any.whl</a>\
+             </body></html>\n"
+        ),
+    )
+    .expect("project page");
+}

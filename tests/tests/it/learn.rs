@@ -244,45 +244,12 @@ async fn git_clone(env: &TestEnv, into: &str) {
 async fn write_index(env: &TestEnv, root: &Path) {
     let files = root.join("files");
     std::fs::create_dir_all(files.join("simple/ksdemo")).expect("index dirs");
-    let script = r#"
-import base64, hashlib, sys, zipfile
-out = sys.argv[1]
-name = "ksdemo-0.1-py3-none-any.whl"
-entries = {
-    "ksdemo/__init__.py": b"MESSAGE = 'installed through keyswap'\n",
-    "ksdemo-0.1.dist-info/METADATA": b"Metadata-Version: 2.1\nName: ksdemo\nVersion: 0.1\n",
-    "ksdemo-0.1.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: keyswap-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-}
-record = []
-for path, data in entries.items():
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-    record.append(f"{path},sha256={digest},{len(data)}")
-record.append("ksdemo-0.1.dist-info/RECORD,,")
-entries["ksdemo-0.1.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
-with zipfile.ZipFile(f"{out}/{name}", "w") as z:
-    for path, data in entries.items():
-        z.writestr(path, data)
-sha = hashlib.sha256(open(f"{out}/{name}", "rb").read()).hexdigest()
-print(sha)
-"#;
+    let script = keyswap_tests::files::WHEEL_BUILDER;
     let mut cmd = command(env, "python3", &BTreeMap::new());
     cmd.arg("-c").arg(script).arg(&files);
     let printed = run(env, "wheel builder", cmd).await;
     let sha = printed.trim();
-    std::fs::write(
-        files.join("simple/index.html"),
-        "<!DOCTYPE html><html><body><a href=\"ksdemo/\">ksdemo</a></body></html>\n",
-    )
-    .expect("root index");
-    std::fs::write(
-        files.join("simple/ksdemo/index.html"),
-        format!(
-            "<!DOCTYPE html><html><body>\
-             <a href=\"../../ksdemo-0.1-py3-none-any.whl#sha256={sha}\">ksdemo-0.1-py3-none-any.whl</a>\
-             </body></html>\n"
-        ),
-    )
-    .expect("project page");
+    keyswap_tests::files::write_pep503_pages(&files, sha);
 }
 
 /// An npm registry with one package, `ksdemo-npm 0.1.0`: its packument and its tarball
