@@ -2,10 +2,9 @@
 //! same field of an `allow:` rule (host pattern, port, methods, path globs, defined secrets).
 //! Never sees a secret value.
 
-use super::rules::{check_granted, check_methods, check_paths, check_port};
+use super::rules::{check_granted, check_host, check_methods, check_paths, check_port};
 use super::tasks::Defined;
 use crate::error::Sink;
-use crate::host::HostPattern;
 use crate::raw::RawRequestable;
 use crate::read::Located;
 use crate::requestable::Requestable;
@@ -25,15 +24,7 @@ pub(super) fn check_requestable(
     {
         let r = &raw.value;
         let errors_before = sink.errors.len();
-        let host = match &r.host {
-            None => {
-                sink.missing(raw, "host", "add e.g. `host: api.example.com`");
-                None
-            }
-            Some(h) => HostPattern::parse(&h.value)
-                .map_err(|e| sink.at(h, e.message, e.fix))
-                .ok(),
-        };
+        let host = check_host(raw, r.host.as_ref(), sink);
         let port = r.port.as_ref().and_then(|p| check_port(p, sink));
         let methods = r.methods.as_ref().map(|list| check_methods(list, sink));
         let paths = r.paths.as_ref().and_then(|list| check_paths(list, sink));

@@ -47,6 +47,23 @@ pub(super) fn check_rules(
     (rules, sites)
 }
 
+/// A rule's (or a `requestable:` bound's) `host`, required: `raw` is the entry it belongs to.
+pub(super) fn check_host<T>(
+    raw: &Located<T>,
+    host: Option<&Located<String>>,
+    sink: &mut Sink<'_>,
+) -> Option<HostPattern> {
+    match host {
+        None => {
+            sink.missing(raw, "host", "add e.g. `host: api.example.com`");
+            None
+        }
+        Some(h) => HostPattern::parse(&h.value)
+            .map_err(|e| sink.at(h, e.message, e.fix))
+            .ok(),
+    }
+}
+
 /// Checks one rule; `None` if any of its fields has an error (all are reported).
 fn check_rule(
     index: usize,
@@ -56,15 +73,7 @@ fn check_rule(
 ) -> Option<Rule> {
     let r = &raw.value;
     let errors_before = sink.errors.len();
-    let host = match &r.host {
-        None => {
-            sink.missing(raw, "host", "add e.g. `host: api.example.com`");
-            None
-        }
-        Some(h) => HostPattern::parse(&h.value)
-            .map_err(|e| sink.at(h, e.message, e.fix))
-            .ok(),
-    };
+    let host = check_host(raw, r.host.as_ref(), sink);
     let port = r.port.as_ref().and_then(|p| check_port(p, sink));
     let methods = r.methods.as_ref().map(|list| check_methods(list, sink));
     let paths = r.paths.as_ref().and_then(|list| check_paths(list, sink));
