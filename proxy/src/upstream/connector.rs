@@ -2,7 +2,9 @@
 //! the parent proxy), then keyswap's own rustls session with the upstream, verified against
 //! the upstream's name: through a parent's tunnel too, so the certificate checked is the
 //! upstream's, never the parent's. A plain-HTTP request routed to an HTTP parent is sent to
-//! the parent itself, in absolute form.
+//! the parent itself, in absolute form. Under both, [`AnswerFirst`]: an answer the upstream
+//! sent before it closed the connection under keyswap's write is relayed, not lost to the
+//! write's error.
 
 use std::future::Future;
 use std::io;
@@ -17,6 +19,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::TlsConnector;
 
+use crate::upstream::answer_first::AnswerFirst;
 use crate::upstream::dial::Dialer;
 use crate::upstream::transport::Transport;
 use crate::upstream::{ConnectError, CONNECT_TIMEOUT};
@@ -51,6 +54,7 @@ impl tower_service::Service<Uri> for Connector {
             let transport = this.dialer.dial(&target).await?;
             let name =
                 ServerName::try_from(target.host.clone()).map_err(|_| ConnectError::BadUri)?;
+            let transport = AnswerFirst::new(transport);
             let tls = tokio::time::timeout(CONNECT_TIMEOUT, this.tls.connect(name, transport))
                 .await
                 .map_err(|_| ConnectError::Timeout {
@@ -74,12 +78,12 @@ impl Connector {
                 // The parent resolves the name; keyswap's address rules are applied first.
                 self.dialer.check(target).await?;
                 Ok(UpstreamIo::Plain {
-                    io: parent.open().await?,
+                    io: AnswerFirst::new(parent.open().await?),
                     absolute_form: true,
                 })
             }
             _ => Ok(UpstreamIo::Plain {
-                io: self.dialer.dial(target).await?,
+                io: AnswerFirst::new(self.dialer.dial(target).await?),
                 absolute_form: false,
             }),
         }
@@ -89,11 +93,11 @@ impl Connector {
 /// A connection to an upstream (or, for absolute-form plain HTTP, to the parent proxy).
 pub enum UpstreamIo {
     Plain {
-        io: Transport,
+        io: AnswerFirst<Transport>,
         /// Requests on it go in absolute form, to an HTTP parent proxy.
         absolute_form: bool,
     },
-    Tls(Box<tokio_rustls::client::TlsStream<Transport>>),
+    Tls(Box<tokio_rustls::client::TlsStream<AnswerFirst<Transport>>>),
 }
 
 impl Connection for UpstreamIo {

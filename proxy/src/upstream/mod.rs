@@ -6,8 +6,10 @@
 //!
 //! `dial` holds the dialer and the address rules, `connector` the hyper-util connector and
 //! the upstream TLS inside it, `parent_proxy` the `CONNECT` and SOCKS5 handshakes,
-//! `transport` the stream they all produce.
+//! `transport` the stream they all produce, `answer_first` what keeps an early answer readable
+//! when the upstream closes the connection under a body keyswap is still writing.
 
+mod answer_first;
 mod connector;
 mod dial;
 mod parent_proxy;
