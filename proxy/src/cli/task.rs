@@ -172,14 +172,14 @@ pub fn reload(admin: AdminArgs) -> anyhow::Result<()> {
     })
 }
 
-/// One line per task: id, policy, source, expiry, connections, requests; under it one line
-/// per rule with a budget or a rate.
+/// One line per task: id, policy, source, expiry, connections, requests and, in a fleet, the
+/// replicas holding its connections; under it one line per rule with a budget or a rate.
 fn task_table(tasks: &[TaskInfo]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<32} {:<16} {:<8} {:<26} {:>5} {:>9}",
+        "{:<32} {:<16} {:<8} {:<26} {:>5} {:>9}  REPLICAS",
         "ID", "POLICY", "SOURCE", "EXPIRES", "CONNS", "REQUESTS"
     );
     for task in tasks {
@@ -195,13 +195,14 @@ fn task_table(tasks: &[TaskInfo]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<32} {:<16} {:<8} {:<26} {:>5} {:>9}",
+            "{:<32} {:<16} {:<8} {:<26} {:>5} {:>9}  {}",
             id,
             task.policy.as_deref().unwrap_or("-"),
             task.source,
             expires,
             task.open_connections,
-            task.requests
+            task.requests,
+            replicas_cell(task)
         );
         for rule in &task.budgets {
             let _ = writeln!(out, "  {}", budget_line(rule));
@@ -215,6 +216,20 @@ fn task_table(tasks: &[TaskInfo]) -> String {
         }
     }
     out
+}
+
+/// `a-17:2,b-9:1`: each replica holding the task's connections, with how many (`-`: none,
+/// or no fleet).
+fn replicas_cell(task: &TaskInfo) -> String {
+    if task.replicas.is_empty() {
+        return "-".into();
+    }
+    let cells: Vec<String> = task
+        .replicas
+        .iter()
+        .map(|(replica, conns)| format!("{replica}:{conns}"))
+        .collect();
+    cells.join(",")
 }
 
 /// `rule 0 (KEY): 12 of 500 used, 488 left, rate 5/s`.

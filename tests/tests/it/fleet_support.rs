@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
-use keyswap::admin::client::{AdminClient, AdminTarget, ClientError};
+use keyswap::admin::client::{AdminClient, AdminTarget};
 use keyswap::api::{IssueRequest, IssuedTask};
 use keyswap_certs::CertificateAuthority;
 use keyswap_tests::client::{self, Alpn, DrivenConn as Conn, RawProxyStream};
@@ -151,7 +151,8 @@ impl Relay {
     }
 }
 
-/// The replicas' shared config: the default upstreams, one secret, one policy, a store.
+/// The replicas' shared config: the default upstreams, one secret, two policies (the second
+/// asks a human for each request), a store.
 pub(crate) fn replica_config(env: &TestEnv, name: &str, store_url: &str, grace: &str) -> String {
     format!(
         r#"version: 1
@@ -180,6 +181,13 @@ policies:
         secrets: [github]
       - host: tunnel.upstream.test
         tunnel: true
+  fleet-asks:
+    allow:
+      - host: api.upstream.test
+        methods: [GET]
+        paths: ["/echo/asks/**"]
+        secrets: [github]
+        approve: each
 store:
   redis:
     url: {store_url}
