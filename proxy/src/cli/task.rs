@@ -314,4 +314,35 @@ mod tests {
             "rule 1 (openai): 3 used, no budget, rate 1/h"
         );
     }
+
+    #[test]
+    fn the_table_names_the_replicas_holding_a_tasks_connections() {
+        let mut task = TaskInfo {
+            id: "t-1".into(),
+            source: "runtime".into(),
+            policy: Some("p".into()),
+            issued_by: "api".into(),
+            issued_at: "2026-12-07T10:00:00Z".into(),
+            expires: None,
+            expired: false,
+            open_connections: 2,
+            requests: 5,
+            learning: false,
+            budgets: Vec::new(),
+            leases: Vec::new(),
+            replicas: Default::default(),
+        };
+        let alone = task_table(std::slice::from_ref(&task));
+        assert!(
+            alone.lines().next().unwrap().ends_with("  REPLICAS"),
+            "{alone}"
+        );
+        assert!(alone.lines().nth(1).unwrap().ends_with("  -"), "{alone}");
+        task.replicas = [("a-17".to_string(), 2), ("b-9".to_string(), 1)].into();
+        let fleet = task_table(&[task]);
+        assert!(
+            fleet.lines().nth(1).unwrap().ends_with("  a-17:2,b-9:1"),
+            "{fleet}"
+        );
+    }
 }

@@ -134,7 +134,8 @@ async fn ask(shared: &Shared, holder: &str, id: &str, answer: Answer) -> Option<
         answer: answer.to_string(),
         scope,
         note,
-        by,
+        // The holder audits who answered, and through which replica.
+        by: format!("{by} via {}", link.replica),
         reply_to: reply_to.clone(),
     })
     .ok()?;

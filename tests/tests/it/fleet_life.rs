@@ -92,7 +92,10 @@ async fn a_killed_replica_holding_a_lifeline_has_its_task_revoked_on_every_other
     drop(handle);
     on_c.closes("C closing the connection of a task whose lifeline closed")
         .await;
-    assert_eq!(connect_status(&a, &closed).await, 407);
+    until("A refusing the task whose lifeline closed", || async {
+        (connect_status(&a, &closed).await == 407).then_some(())
+    })
+    .await;
     until("the closed lifeline's heartbeat key going", || async {
         (redis.cli(&["EXISTS", &beat_key]).trim() == "0").then_some(())
     })
@@ -146,8 +149,12 @@ async fn a_killed_replica_holding_a_lifeline_has_its_task_revoked_on_every_other
             .trim(),
         "0"
     );
-    let logs = b.child.log() + &c.child.log();
-    assert!(logs.contains("the replica holding the task's lifeline is gone"));
+    until("B or C logging why the task ended", || async {
+        let logs = b.child.log() + &c.child.log();
+        logs.contains("the replica holding the task's lifeline is gone")
+            .then_some(())
+    })
+    .await;
     assert_store_clean(&redis, &[&task.token, &closed.token]);
     env.assert_no_leaks();
 }
@@ -199,6 +206,11 @@ async fn approvals_are_answered_through_any_replica_and_the_listing_names_connec
             .expect("answered through C")
     });
     assert_eq!(reply.0, 200, "the approved request was refused: {reply:?}");
+    assert!(
+        answered.by.ends_with(&format!(" via {}", replica_name(&c))),
+        "A audits who answered and through which replica: {}",
+        answered.by
+    );
     assert_eq!(
         (answered.task.as_str(), answered.answer.as_str()),
         (task.id.as_str(), "approved")
