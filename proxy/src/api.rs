@@ -110,6 +110,10 @@ pub struct TaskInfo {
     /// The credentials minted for the task (credential leases), never a value.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leases: Vec<LeaseInfo>,
+    /// In a fleet (`store:`): the replicas holding the task's open connections, each with
+    /// how many (this replica's count is live, the others' at most a few seconds old).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub replicas: std::collections::BTreeMap<String, u64>,
 }
 
 /// One credential lease of a task in [`TaskInfo`].
@@ -192,6 +196,10 @@ pub struct ApprovalInfo {
     /// Shown as the agent's words, never as keyswap's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_why: Option<String>,
+    /// In a fleet (`store:`), the replica whose connection the request waits on, when it is
+    /// another one than the replica that listed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
     /// RFC 3339.
     pub waiting_since: String,
     pub waited_secs: f64,

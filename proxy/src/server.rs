@@ -201,9 +201,12 @@ impl ProxyHandle {
         // After the listeners: until the store answers, the replica is in its grace (it
         // serves static tasks and issues none).
         if let Some(fleet) = fleet_events {
-            let worker = crate::fleet::start(&shared, &fleet.store, fleet.events, stop)
+            let worker = crate::fleet::start(&shared, &fleet.store, fleet.events, stop.clone())
                 .map_err(|e| ProxyError::Fleet(e.to_string()))?;
             handle.tasks.extend(worker);
+            let life = crate::fleet::life::start(&shared, &fleet.store, stop)
+                .map_err(|e| ProxyError::Fleet(e.to_string()))?;
+            handle.tasks.extend(life);
         }
         Ok(handle)
     }

@@ -11,7 +11,8 @@ use serde::Deserialize;
 
 use super::failure::{failure, json_body};
 use super::state::{AdminState, Caller};
-use crate::api::{AnswerRequest, Answered, ApprovalList};
+use crate::api::{AnswerRequest, ApprovalList};
+use crate::fleet::approvals::AnswerFailed;
 use crate::state::approvals::{sanitise_note, Answer, Scope};
 use crate::state::shared::Shared;
 
@@ -24,7 +25,7 @@ pub(super) async fn list_approvals(
     State(state): State<AdminState>,
     Query(query): Query<ApprovalsQuery>,
 ) -> Response {
-    let approvals = state.shared.approvals.list(query.task.as_deref());
+    let approvals = crate::fleet::approvals::list(&state.shared, query.task.as_deref()).await;
     Json(ApprovalList { approvals }).into_response()
 }
 
@@ -46,20 +47,17 @@ pub(super) async fn answer_approval(
         Ok(answer) => answer,
         Err((reason, message)) => return failure(StatusCode::BAD_REQUEST, reason, message),
     };
-    match state
-        .shared
-        .approvals
-        .answer(&state.shared.audit, &id, answer)
-    {
-        Ok(answered) => Json(Answered {
-            id: answered.id,
-            task: answered.task,
-            answer: answered.answer.to_string(),
-            scope: answered.scope.map(str::to_string),
-            by: answered.by,
-        })
-        .into_response(),
-        Err(e) => failure(StatusCode::NOT_FOUND, "unknown_approval", e.to_string()),
+    // In a fleet the request may wait on another replica: the answer goes there.
+    match crate::fleet::approvals::answer(&state.shared, &id, answer).await {
+        Ok(answered) => Json(answered).into_response(),
+        Err(AnswerFailed::Unknown(e)) => {
+            failure(StatusCode::NOT_FOUND, "unknown_approval", e.to_string())
+        }
+        Err(e @ AnswerFailed::NoReply(_)) => failure(
+            StatusCode::GATEWAY_TIMEOUT,
+            "store_unavailable",
+            e.to_string(),
+        ),
     }
 }
 

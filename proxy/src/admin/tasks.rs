@@ -39,6 +39,8 @@ pub(super) async fn issue(
     if !request.lifeline {
         return (StatusCode::CREATED, Json(answer)).into_response();
     }
+    // In a fleet, the lifeline is also a heartbeat in the store while this replica holds it.
+    crate::fleet::lifeline::beat(&state.shared, &issued.task);
     lifeline::respond(
         state.shared.clone(),
         issued.task.clone(),
@@ -50,12 +52,17 @@ pub(super) async fn issue(
 
 pub(super) async fn list(State(state): State<AdminState>) -> Response {
     let snapshot = state.shared.snapshot();
+    let mut holders = crate::fleet::presence::holders(&state.shared).await;
     let tasks = state
         .shared
         .tasks
         .all()
         .iter()
-        .map(|t| tasks::info(&snapshot.config, &state.shared.leases, t))
+        .map(|t| {
+            let mut info = tasks::info(&snapshot.config, &state.shared.leases, t);
+            info.replicas = holders.remove(&t.id).unwrap_or_default();
+            info
+        })
         .collect();
     Json(TaskList { tasks }).into_response()
 }
@@ -65,12 +72,13 @@ pub(super) async fn show(
     UrlPath(id): UrlPath<String>,
 ) -> Response {
     match state.shared.tasks.get(&id) {
-        Some(task) => Json(tasks::info(
-            &state.shared.snapshot().config,
-            &state.shared.leases,
-            &task,
-        ))
-        .into_response(),
+        Some(task) => {
+            let mut info =
+                tasks::info(&state.shared.snapshot().config, &state.shared.leases, &task);
+            let mut holders = crate::fleet::presence::holders(&state.shared).await;
+            info.replicas = holders.remove(&id).unwrap_or_default();
+            Json(info).into_response()
+        }
         None => task_failure(TaskError::UnknownTask(id)),
     }
 }

@@ -150,6 +150,9 @@ pub fn table(approvals: &[ApprovalInfo]) -> String {
         if let Some(words) = &a.agent_why {
             let _ = writeln!(out, "{:<10} the agent says: \"{words}\"", "");
         }
+        if let Some(replica) = &a.replica {
+            let _ = writeln!(out, "{:<10} waiting on replica {replica}", "");
+        }
     }
     out
 }

@@ -172,14 +172,14 @@ pub fn reload(admin: AdminArgs) -> anyhow::Result<()> {
     })
 }
 
-/// One line per task: id, policy, source, expiry, connections, requests; under it one line
-/// per rule with a budget or a rate.
+/// One line per task: id, policy, source, expiry, connections, requests and, in a fleet, the
+/// replicas holding its connections; under it one line per rule with a budget or a rate.
 fn task_table(tasks: &[TaskInfo]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<32} {:<16} {:<8} {:<26} {:>5} {:>9}",
+        "{:<32} {:<16} {:<8} {:<26} {:>5} {:>9}  REPLICAS",
         "ID", "POLICY", "SOURCE", "EXPIRES", "CONNS", "REQUESTS"
     );
     for task in tasks {
@@ -195,13 +195,14 @@ fn task_table(tasks: &[TaskInfo]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<32} {:<16} {:<8} {:<26} {:>5} {:>9}",
+            "{:<32} {:<16} {:<8} {:<26} {:>5} {:>9}  {}",
             id,
             task.policy.as_deref().unwrap_or("-"),
             task.source,
             expires,
             task.open_connections,
-            task.requests
+            task.requests,
+            replicas_cell(task)
         );
         for rule in &task.budgets {
             let _ = writeln!(out, "  {}", budget_line(rule));
@@ -215,6 +216,20 @@ fn task_table(tasks: &[TaskInfo]) -> String {
         }
     }
     out
+}
+
+/// `a-17:2,b-9:1`: each replica holding the task's connections, with how many (`-`: none,
+/// or no fleet).
+fn replicas_cell(task: &TaskInfo) -> String {
+    if task.replicas.is_empty() {
+        return "-".into();
+    }
+    let cells: Vec<String> = task
+        .replicas
+        .iter()
+        .map(|(replica, conns)| format!("{replica}:{conns}"))
+        .collect();
+    cells.join(",")
 }
 
 /// `rule 0 (KEY): 12 of 500 used, 488 left, rate 5/s`.
@@ -297,6 +312,37 @@ mod tests {
         assert_eq!(
             budget_line(&usage(None, 3, Some("1/h"))),
             "rule 1 (openai): 3 used, no budget, rate 1/h"
+        );
+    }
+
+    #[test]
+    fn the_table_names_the_replicas_holding_a_tasks_connections() {
+        let mut task = TaskInfo {
+            id: "t-1".into(),
+            source: "runtime".into(),
+            policy: Some("p".into()),
+            issued_by: "api".into(),
+            issued_at: "2026-12-07T10:00:00Z".into(),
+            expires: None,
+            expired: false,
+            open_connections: 2,
+            requests: 5,
+            learning: false,
+            budgets: Vec::new(),
+            leases: Vec::new(),
+            replicas: Default::default(),
+        };
+        let alone = task_table(std::slice::from_ref(&task));
+        assert!(
+            alone.lines().next().unwrap().ends_with("  REPLICAS"),
+            "{alone}"
+        );
+        assert!(alone.lines().nth(1).unwrap().ends_with("  -"), "{alone}");
+        task.replicas = [("a-17".to_string(), 2), ("b-9".to_string(), 1)].into();
+        let fleet = task_table(&[task]);
+        assert!(
+            fleet.lines().nth(1).unwrap().ends_with("  a-17:2,b-9:1"),
+            "{fleet}"
         );
     }
 }

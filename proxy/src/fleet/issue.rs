@@ -33,9 +33,14 @@ pub async fn issue(shared: &Arc<Shared>, request: &IssueRequest) -> Result<Issue
         return Err(TaskError::StoreUnavailable);
     };
     let id = issued.task.id.clone();
-    let claimed: bool = timed(redis.hset_nx(&conn.keys.tasks, &id, &text))
-        .await
-        .map_err(|e| lost(link, &e))?;
+    // A lifelined task is claimed with its heartbeat (fleet::lifeline), in one step: no sweep
+    // can see the one without the other.
+    let claimed = if request.lifeline {
+        super::lifeline::claim(link, &mut redis, &id, &text).await
+    } else {
+        timed(redis.hset_nx(&conn.keys.tasks, &id, &text)).await
+    }
+    .map_err(|e| lost(link, &e))?;
     if !claimed {
         return Err(TaskError::DuplicateId(id));
     }

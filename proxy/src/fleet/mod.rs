@@ -18,8 +18,12 @@
 //! meanwhile, then reconciles (a task revoked elsewhere meanwhile ends here), and only then
 //! serves again ([`sync`]).
 
+pub mod approvals;
 pub mod connect;
 pub mod issue;
+pub mod life;
+pub mod lifeline;
+pub mod presence;
 pub mod record;
 pub mod sync;
 

@@ -349,6 +349,7 @@ pub fn info(config: &Config, leases: &Leases, task: &LiveTask) -> api::TaskInfo 
                 fingerprint: lease.fingerprint.clone(),
             })
             .collect(),
+        replicas: std::collections::BTreeMap::new(),
     }
 }
 

@@ -61,11 +61,23 @@ struct TaskGrants {
 #[derive(Default)]
 pub struct Approvals {
     next: AtomicU64,
+    /// In a fleet, `<replica>.`: ids are unique across replicas (`ap-<replica>.<n>`).
+    id_prefix: String,
+    /// Woken when a request starts or stops waiting (a fleet replica then writes its list).
+    pub changes: tokio::sync::Notify,
     waiting: Mutex<BTreeMap<String, Waiting>>,
     grants: Mutex<BTreeMap<String, TaskGrants>>,
 }
 
 impl Approvals {
+    /// The approvals of fleet replica `replica`: its ids are `ap-<replica>.<n>`.
+    pub fn of_replica(replica: &str) -> Approvals {
+        Approvals {
+            id_prefix: format!("{replica}."),
+            ..Approvals::default()
+        }
+    }
+
     /// Whether an earlier approval already lets this request through without asking.
     pub fn granted(&self, task: &Arc<LiveTask>, held: &Held) -> bool {
         let Ok(all) = self.grants.lock() else {
@@ -119,7 +131,11 @@ impl Approvals {
             if of_task >= settings.max_pending {
                 return Outcome::QueueFull;
             }
-            let id = format!("ap-{}", self.next.fetch_add(1, Ordering::Relaxed) + 1);
+            let id = format!(
+                "ap-{}{}",
+                self.id_prefix,
+                self.next.fetch_add(1, Ordering::Relaxed) + 1
+            );
             waiting.insert(
                 id.clone(),
                 Waiting {
@@ -133,6 +149,7 @@ impl Approvals {
             );
             id
         };
+        self.changes.notify_one();
         // Whatever ends the wait (also the agent going away, which drops this future), the
         // request stops being listed.
         let _listed = Listed {
@@ -171,6 +188,7 @@ impl Approvals {
             .ok()
             .and_then(|mut w| w.remove(id))
             .ok_or_else(|| AnswerError::Unknown(id.to_string()))?;
+        self.changes.notify_one();
         if let Answer::Approve { scope, .. } = &answer {
             self.grant(&waiting.task, &waiting.held, *scope);
         }
@@ -283,6 +301,7 @@ impl Approvals {
         let Some(waiting) = self.waiting.lock().ok().and_then(|mut w| w.remove(id)) else {
             return false;
         };
+        self.changes.notify_one();
         tracing::info!(approval = %id, task = %waiting.task.id, answer = verdict, "approval not answered");
         audit.lifecycle(record(
             &waiting,
@@ -297,7 +316,9 @@ impl Approvals {
 
     fn unlist(&self, id: &str) {
         if let Ok(mut waiting) = self.waiting.lock() {
-            waiting.remove(id);
+            if waiting.remove(id).is_some() {
+                self.changes.notify_one();
+            }
         }
     }
 }
@@ -342,6 +363,7 @@ fn info(w: &Waiting) -> ApprovalInfo {
         why: w.held.why.as_str().to_string(),
         secrets: w.held.secrets.clone(),
         agent_why: w.held.agent_why.clone(),
+        replica: None,
         waiting_since: timestamp(w.since),
         waited_secs: w.started.elapsed().as_secs_f64(),
     }

@@ -115,6 +115,7 @@ impl Shared {
     pub fn with_fleet(mut self, link: FleetLink) -> Shared {
         let health = link.health.clone();
         self.metrics.store.set(Box::new(move || health.state()));
+        self.approvals = Approvals::of_replica(&link.replica);
         self.fleet = Some(link);
         self
     }

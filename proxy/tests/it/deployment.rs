@@ -691,6 +691,162 @@ fn transparent_sidecar_configs_pass_keyswap_check() {
     check_in_container_layout("the ConfigMap's keyswap.yaml", text, &[]);
 }
 
+/// The `name` entry of a list of `{name: ...}` maps (containers' ports, env, volumes).
+fn named<'a>(list: &'a Yaml, name: &str) -> &'a Yaml {
+    list.as_vec()
+        .and_then(|l| l.iter().find(|e| e["name"].as_str() == Some(name)))
+        .unwrap_or_else(|| panic!("no entry named {name} in {list:?}"))
+}
+
+/// The port a `host:port` listen address names.
+fn port_of(listen: &Yaml) -> i64 {
+    listen
+        .as_str()
+        .and_then(|l| l.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or_else(|| panic!("not host:port: {listen:?}"))
+}
+
+/// The Kubernetes fleet: a Deployment of three replicas of the image's proxy stage, one
+/// config from its ConfigMap on a Redis the operator runs (its password, the admin token and
+/// the real secrets from Secrets, in keyswap's container only; one CA for every replica), a
+/// Service whose ports reach the config's listeners, a readiness probe on /healthz (a replica
+/// past its store grace leaves the Service); the config passes `keyswap check`.
+#[test]
+fn kubernetes_fleet_runs_three_replicas_of_one_config_on_the_operators_redis() {
+    let docs: Vec<Yaml> = yaml_docs(&docker("kubernetes/keyswap-fleet.yaml"));
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| {
+                d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name)
+            })
+            .unwrap_or_else(|| panic!("keyswap-fleet.yaml has no {kind} {name}"))
+    };
+    let deployment = find("Deployment", "keyswap-fleet");
+    let service = find("Service", "keyswap-fleet");
+    let config_map = find("ConfigMap", "keyswap-fleet-config");
+    assert_eq!(deployment["apiVersion"].as_str(), Some("apps/v1"));
+    let spec = &deployment["spec"];
+    assert_eq!(spec["replicas"].as_i64(), Some(3));
+    let labels = &spec["template"]["metadata"]["labels"];
+    assert_eq!(
+        &spec["selector"]["matchLabels"], labels,
+        "the selector picks the pods"
+    );
+    assert_eq!(
+        &service["spec"]["selector"], labels,
+        "the Service reaches the pods"
+    );
+    let pod = &spec["template"];
+    let keyswap = container(pod, "containers", "keyswap");
+    assert_eq!(
+        pod["spec"]["containers"].as_vec().map(Vec::len),
+        Some(1),
+        "a fleet replica runs keyswap alone"
+    );
+
+    // keyswap run with the ConfigMap's config.
+    let mut argv = image().entrypoint;
+    argv.extend(strings(&keyswap["args"]));
+    let config_path = run_config(&argv);
+    assert_eq!(
+        Path::new(mount_path(keyswap, "keyswap-config")),
+        config_path.parent().expect("dir")
+    );
+    assert_eq!(
+        named(&pod["spec"]["volumes"], "keyswap-config")["configMap"]["name"].as_str(),
+        Some("keyswap-fleet-config")
+    );
+    let file = config_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("name");
+    let text = config_map["data"][file]
+        .as_str()
+        .expect("the ConfigMap holds the config");
+    let config = YamlLoader::load_from_str(text).expect("config YAML")[0].clone();
+
+    // The store: a Redis reached by name, its password from a Secret by password_env.
+    let redis = &config["store"]["redis"];
+    assert!(redis["url"]
+        .as_str()
+        .is_some_and(|u| u.starts_with("redis")));
+    let password_env = redis["password_env"].as_str().expect("password_env");
+    let env = named(&keyswap["env"], password_env);
+    assert!(
+        env["value"].is_badvalue(),
+        "the password is not in the manifest"
+    );
+    assert!(env["valueFrom"]["secretKeyRef"]["name"].as_str().is_some());
+    let token_env = config["admin"]["token_env"]
+        .as_str()
+        .expect("admin.token_env");
+    assert!(
+        named(&keyswap["env"], token_env)["valueFrom"]["secretKeyRef"]["name"]
+            .as_str()
+            .is_some()
+    );
+
+    // Each listener is a named container port, and the Service's ports reach proxy and admin.
+    let ports = &keyswap["ports"];
+    for (port, listen) in [
+        ("proxy", &config["listen"]),
+        ("admin", &config["admin"]["listen"]),
+        ("metrics", &config["metrics"]["listen"]),
+    ] {
+        assert_eq!(
+            named(ports, port)["containerPort"].as_i64(),
+            Some(port_of(listen))
+        );
+    }
+    for port in ["proxy", "admin"] {
+        assert_eq!(
+            named(&service["spec"]["ports"], port)["targetPort"].as_str(),
+            Some(port)
+        );
+    }
+    assert_eq!(
+        keyswap["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        keyswap["readinessProbe"]["httpGet"]["port"].as_str(),
+        Some("metrics")
+    );
+    assert!(
+        keyswap["livenessProbe"]["httpGet"].is_badvalue(),
+        "a store outage (503 on /healthz) must not restart the replicas"
+    );
+
+    // Real secrets by from_file from a Secret; one CA for every replica, from a Secret.
+    let from_file = config["secrets"]["github"]["from_file"]
+        .as_str()
+        .expect("from_file");
+    let secret_dir = mount_path(keyswap, "keyswap-secrets");
+    assert_eq!(Path::new(from_file).parent(), Some(Path::new(secret_dir)));
+    assert_eq!(
+        mount_path(keyswap, "keyswap-ca"),
+        config["ca_dir"].as_str().expect("ca_dir")
+    );
+    for volume in ["keyswap-secrets", "keyswap-ca"] {
+        assert!(
+            named(&pod["spec"]["volumes"], volume)["secret"]["secretName"]
+                .as_str()
+                .is_some()
+        );
+    }
+    let sc = &keyswap["securityContext"];
+    assert_eq!(sc["runAsUser"].as_i64(), Some(KEYSWAP_UID));
+    assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_eq!(strings(&sc["capabilities"]["drop"]), vec!["ALL"]);
+
+    check_in_container_layout(
+        "the fleet ConfigMap's keyswap.yaml",
+        text,
+        &[(password_env, TOKEN), (token_env, TOKEN)],
+    );
+}
+
 /// The fleet example: three replicas of one config (built from the image's proxy stage),
 /// health-checked on that config's metrics listener, each a server of the TCP load balancer,
 /// all on the compose file's Redis; the config passes `keyswap check`.
