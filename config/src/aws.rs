@@ -28,6 +28,43 @@ pub(crate) struct RawAws {
     pub secret_access_key: Option<L<RawValueSource>>,
     /// The AWS_REGION (and AWS_DEFAULT_REGION) keyswap exec and task issue give the agent.
     pub region: Option<L<String>>,
+    /// Mint a session per task with STS AssumeRole and sign with it; the keys above then sign
+    /// nothing but AssumeRole.
+    pub assume_role: Option<L<RawAssumeRole>>,
+    /// The endpoints keyswap calls itself (overridable for tests, GovCloud, China).
+    pub endpoints: Option<L<RawEndpoints>>,
+}
+
+/// `secrets.NAME.aws.assume_role:`: one STS session per task.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAssumeRole {
+    /// The role assumed: arn:aws:iam::ACCOUNT:role/NAME (required).
+    pub role_arn: Option<L<String>>,
+    /// A JSON IAM policy narrowing every session (a policy's aws.session_policy_file wins).
+    pub session_policy_file: Option<L<String>>,
+    /// The session's lifetime (default 1h, 15m to 12h), capped by the task's remaining TTL.
+    pub duration: Option<L<String>>,
+    /// The environment variable holding the ExternalId the role's trust policy asks for.
+    pub external_id_env: Option<L<String>>,
+}
+
+/// `secrets.NAME.aws.endpoints:`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEndpoints {
+    /// The STS endpoint AssumeRole is sent to (default https://sts.amazonaws.com); its region
+    /// (sts.REGION.amazonaws.com) signs the call, else us-east-1.
+    pub sts: Option<L<String>>,
+}
+
+/// A policy's `aws:`: what its tasks' STS sessions are narrowed to.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPolicyAws {
+    /// A JSON IAM policy passed as the session policy of this policy's tasks (instead of the
+    /// secret's assume_role.session_policy_file).
+    pub session_policy_file: Option<L<String>>,
 }
 
 /// Where one value of an `aws:` secret is read from: exactly one of the three.
@@ -46,6 +83,10 @@ pub(crate) struct RawValueSource {
 pub const ACCESS_KEY_ID_ENV: &str = "AWS_ACCESS_KEY_ID";
 pub const SECRET_ACCESS_KEY_ENV: &str = "AWS_SECRET_ACCESS_KEY";
 pub const REGION_ENVS: [&str; 2] = ["AWS_REGION", "AWS_DEFAULT_REGION"];
+/// The variable an `assume_role` secret's session token placeholder is given in.
+pub const SESSION_TOKEN_ENV: &str = "AWS_SESSION_TOKEN";
+/// The STS endpoint when `endpoints.sts` is absent.
+pub const DEFAULT_STS: &str = "https://sts.amazonaws.com";
 
 /// What an `aws:` secret holds besides the access key id (the secret's `value`).
 #[derive(Clone)]
@@ -59,6 +100,9 @@ pub struct AwsKeys {
     pub secret_access_key_placeholder: String,
     /// `region:`, given to the agent as `AWS_REGION`.
     pub region: Option<String>,
+    /// With `assume_role`: what the agent holds as its session token (`AWS_SESSION_TOKEN`).
+    /// It is dropped from requests, never checked: the minted session's token is signed in.
+    pub session_token_placeholder: Option<String>,
 }
 
 impl fmt::Debug for AwsKeys {
@@ -71,6 +115,7 @@ impl fmt::Debug for AwsKeys {
                 &self.secret_access_key_placeholder,
             )
             .field("region", &self.region)
+            .field("session_token_placeholder", &self.session_token_placeholder)
             .finish_non_exhaustive()
     }
 }
@@ -91,6 +136,59 @@ pub fn generated_secret_key(name: &str) -> String {
         "keyswapPlaceholder{}",
         base32_digest(&format!("keyswap-aws-secret-key:{name}"), 22)
     )
+}
+
+/// The session token placeholder of secret `name` (with `assume_role`): stable for a name,
+/// marked as keyswap's.
+pub fn generated_session_token(name: &str) -> String {
+    format!(
+        "keyswapPlaceholderSession{}",
+        base32_digest(&format!("keyswap-aws-session-token:{name}"), 40)
+    )
+}
+
+/// Whether `arn` has the shape of an IAM role's ARN: `arn:PARTITION:iam::ACCOUNT:role/NAME`,
+/// the partition `aws` or `aws-…` (`aws-us-gov`, `aws-cn`), the account 12 digits.
+pub fn valid_role_arn(arn: &str) -> bool {
+    let mut fields = arn.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) = (
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+    ) else {
+        return false;
+    };
+    let partition_ok = partition == "aws"
+        || partition.strip_prefix("aws-").is_some_and(|rest| {
+            !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+        });
+    let name = resource.strip_prefix("role/").unwrap_or("");
+    partition_ok
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && !name.is_empty()
+        && name.len() <= 512
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-/".contains(&b))
+}
+
+/// The region an STS endpoint URL names (`https://sts.eu-west-1.amazonaws.com`), else
+/// `us-east-1`, the global endpoint's signing region.
+pub fn sts_region(url: &str) -> String {
+    let host = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("");
+    host.split('.')
+        .find(|label| valid_region(label))
+        .unwrap_or("us-east-1")
+        .to_string()
 }
 
 /// `len` characters of A-Z, 2-7 derived from `text` (FNV-1a, re-seeded per character): a
@@ -140,5 +238,25 @@ mod tests {
         assert!(valid_region("us-gov-west-1"));
         assert!(!valid_region("US-EAST-1"));
         assert!(!valid_region("useast"));
+    }
+
+    #[test]
+    fn role_arns_and_sts_regions() {
+        assert!(valid_role_arn("arn:aws:iam::123456789012:role/agent"));
+        assert!(valid_role_arn(
+            "arn:aws-us-gov:iam::123456789012:role/path/agent"
+        ));
+        assert!(!valid_role_arn("arn:aws:iam::12345:role/agent"));
+        assert!(!valid_role_arn("arn:aws:iam::123456789012:user/agent"));
+        assert!(!valid_role_arn("arn:aws:s3:::bucket"));
+        assert!(!valid_role_arn("arn:aws:iam::123456789012:role/"));
+        assert_eq!(sts_region("https://sts.amazonaws.com"), "us-east-1");
+        assert_eq!(
+            sts_region("https://sts.eu-west-1.amazonaws.com/"),
+            "eu-west-1"
+        );
+        let token = generated_session_token("aws-dev");
+        assert_eq!(token, generated_session_token("aws-dev"));
+        assert_ne!(token, generated_session_token("aws-prod"));
     }
 }

@@ -5,12 +5,16 @@
 //! token) are read once at load like any secret value and live only in [`SecretString`];
 //! nothing here formats one.
 //!
-//! A policy narrows what its tasks mint with `github: {repositories, permissions}` and
-//! `oauth2: {scope}` ([`LeaseScope`]).
+//! An `aws:` secret with `assume_role:` mints an STS session per task ([`AwsRole`]); its raw
+//! shape lives with the rest of `aws:` in [`crate::aws`].
+//!
+//! A policy narrows what its tasks mint with `github: {repositories, permissions}`,
+//! `oauth2: {scope}` and `aws: {session_policy_file}` ([`LeaseScope`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use schemars::JsonSchema;
 use secrecy::SecretString;
@@ -94,6 +98,8 @@ pub(crate) struct RawPolicyOauth2 {
 pub enum LeaseSource {
     GithubApp(GithubApp),
     OAuth2(OAuth2),
+    /// `aws: {assume_role}`: an STS session per task.
+    Aws(AwsRole),
 }
 
 impl LeaseSource {
@@ -102,6 +108,7 @@ impl LeaseSource {
         match self {
             LeaseSource::GithubApp(_) => "github_app",
             LeaseSource::OAuth2(_) => "oauth2",
+            LeaseSource::Aws(_) => "aws_sts",
         }
     }
 
@@ -111,6 +118,7 @@ impl LeaseSource {
         match self {
             LeaseSource::GithubApp(app) => &app.env_vars,
             LeaseSource::OAuth2(o) => &o.env_vars,
+            LeaseSource::Aws(role) => &role.env_vars,
         }
     }
 
@@ -119,6 +127,8 @@ impl LeaseSource {
         match self {
             LeaseSource::GithubApp(app) => app.private_key_file.iter().cloned().collect(),
             LeaseSource::OAuth2(o) => vec![o.refresh_token_file.clone()],
+            // The source keys' files are the secret's own sources, hidden with them.
+            LeaseSource::Aws(_) => Vec::new(),
         }
     }
 }
@@ -137,6 +147,12 @@ impl fmt::Debug for LeaseSource {
                 .debug_struct("OAuth2")
                 .field("token_url", &o.token_url)
                 .field("scope", &o.scope)
+                .finish_non_exhaustive(),
+            LeaseSource::Aws(role) => f
+                .debug_struct("AwsRole")
+                .field("role_arn", &role.role_arn)
+                .field("sts", &role.sts)
+                .field("duration", &role.duration)
                 .finish_non_exhaustive(),
         }
     }
@@ -172,6 +188,31 @@ pub struct OAuth2 {
     pub env_vars: Vec<String>,
 }
 
+/// `aws: {assume_role}`, validated: what an STS AssumeRole call per task needs.
+#[derive(Clone)]
+pub struct AwsRole {
+    pub role_arn: String,
+    /// The source keys: they sign the AssumeRole call and nothing else.
+    pub access_key_id: SecretString,
+    pub secret_access_key: SecretString,
+    /// The STS endpoint URL, without a trailing `/`.
+    pub sts: String,
+    /// The region the AssumeRole call is signed for (from the endpoint, else us-east-1).
+    pub sts_region: String,
+    /// `assume_role.session_policy_file`, read and minified: the session policy of tasks
+    /// whose policy has none.
+    pub session_policy: Option<String>,
+    /// `assume_role.duration`: the longest session (capped by a task's remaining TTL).
+    pub duration: Duration,
+    /// The ExternalId read from `external_id_env` at load.
+    pub external_id: Option<SecretString>,
+    /// The placeholders a session's secret key and token are scrubbed back to.
+    pub secret_access_key_placeholder: String,
+    pub session_token_placeholder: String,
+    /// `external_id_env` (kept out of `keyswap exec`'s command).
+    pub env_vars: Vec<String>,
+}
+
 /// A policy's narrowing of what its tasks mint (`github:`, `oauth2:`); empty = the source's
 /// own reach.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -179,6 +220,9 @@ pub struct LeaseScope {
     pub github: Option<GithubScope>,
     /// `oauth2.scope`.
     pub oauth2_scope: Option<String>,
+    /// `aws.session_policy_file`, read and minified: the session policy of its tasks' STS
+    /// sessions (instead of the secret's own).
+    pub aws_session_policy: Option<String>,
 }
 
 /// `github: {repositories, permissions}` of a policy.

@@ -46,7 +46,7 @@ use std::path::Path;
 pub use aws::AwsKeys;
 pub use error::{ConfigError, ConfigErrors};
 pub use host::{HostPattern, HostPatternError};
-pub use lease_sources::{GithubApp, GithubScope, LeaseScope, LeaseSource, OAuth2};
+pub use lease_sources::{AwsRole, GithubApp, GithubScope, LeaseScope, LeaseSource, OAuth2};
 pub use limits::{Budget, Rate, RatePer};
 pub use model::{
     first_rule_for_host, granted_secrets, match_route, valid_task_id, Admin, Approval, Approve,

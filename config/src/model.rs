@@ -544,7 +544,8 @@ pub struct Secret {
     /// and `placeholder` the one the agent holds.
     pub aws: Option<Arc<crate::aws::AwsKeys>>,
     /// A lease source (`github_app:`, `oauth2:`): the value is minted per task, and `value`
-    /// holds a marker that is never sent.
+    /// holds a marker that is never sent. An `aws:` secret with `assume_role:` has both: its
+    /// `value` stays the source key id (scrubbed; it signs only AssumeRole).
     pub lease: Option<Arc<crate::lease_sources::LeaseSource>>,
 }
 
@@ -566,6 +567,9 @@ impl Secret {
         if let Some(aws) = &self.aws {
             let key = aws.secret_access_key_placeholder.clone();
             env.push((crate::aws::SECRET_ACCESS_KEY_ENV.to_string(), key));
+            if let Some(token) = &aws.session_token_placeholder {
+                env.push((crate::aws::SESSION_TOKEN_ENV.to_string(), token.clone()));
+            }
             for name in aws.region.iter().flat_map(|_| crate::aws::REGION_ENVS) {
                 env.push((name.to_string(), aws.region.clone().unwrap_or_default()));
             }

@@ -194,6 +194,8 @@ pub(crate) struct RawPolicy {
     pub github: Option<L<crate::lease_sources::RawPolicyGithub>>,
     /// What the access tokens of oauth2 secrets are narrowed to for this policy's tasks.
     pub oauth2: Option<L<crate::lease_sources::RawPolicyOauth2>>,
+    /// What the STS sessions of aws assume_role secrets are narrowed to for this policy's tasks.
+    pub aws: Option<L<crate::aws::RawPolicyAws>>,
 }
 
 /// One entry of `requestable:`: the bound of what an agent may ask for.

@@ -2,8 +2,9 @@
 //! ephemeral loopback port, serving HTTPS with a certificate for the AWS host names the
 //! tests use (signed by a CA made here), with authentication on: its first [`SETUP_ACTIONS`]
 //! actions create an IAM user with a policy that allows everything and that user's access key
-//! (the source keys keyswap signs with); every later request must carry a correct SigV4
-//! signature made with a key moto issued.
+//! (the source keys keyswap signs with), and a role ([`ROLE_ARN`]) that allows everything too
+//! (what `assume_role` tests assume); every later request must carry a correct SigV4
+//! signature made with a key moto issued (the source keys or an STS session's).
 //!
 //! The keys are moto's own, random: they are no test secret with the `KSREAL` prefix, so the
 //! tests look for them explicitly in everything they keep ([`Moto::key_material`]).
@@ -32,8 +33,12 @@ pub const MOTO_HOSTS: &[&str] = &[
 pub const BUCKET: &str = "ks-bucket";
 
 /// How many unauthenticated actions the setup makes: create the user, give it a policy,
-/// create its access key. Every action after these is authenticated.
-pub const SETUP_ACTIONS: u32 = 3;
+/// create its access key, create the role, give it a policy. Every action after these is
+/// authenticated.
+pub const SETUP_ACTIONS: u32 = 5;
+
+/// The role the setup creates (moto's default account).
+pub const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/keyswap-agent";
 
 /// The server moto runs, in Python: TLS on an ephemeral port, the setup through boto3 against
 /// itself, one JSON line on stdout (port and the source keys), then it serves until its
@@ -57,6 +62,11 @@ policy = {"Version": "2012-10-17",
 iam.put_user_policy(UserName="keyswap-source", PolicyName="all",
                     PolicyDocument=json.dumps(policy))
 k = iam.create_access_key(UserName="keyswap-source")["AccessKey"]
+trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+         "Principal": {"AWS": "arn:aws:iam::123456789012:user/keyswap-source"}, "Action": "sts:AssumeRole"}]}
+iam.create_role(RoleName="keyswap-agent", AssumeRolePolicyDocument=json.dumps(trust))
+iam.put_role_policy(RoleName="keyswap-agent", PolicyName="all",
+                    PolicyDocument=json.dumps(policy))
 print(json.dumps({"port": port, "key_id": k["AccessKeyId"], "secret": k["SecretAccessKey"]}),
       flush=True)
 sys.stdin.read()

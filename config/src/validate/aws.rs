@@ -1,6 +1,7 @@
 //! `secrets.NAME.aws:`: the two sources of the key pair (each read like any secret's value),
 //! the placeholders (the secret's `placeholder:` is the access key id the agent holds;
-//! keyswap makes one when it is absent) and `region:`. A field of a plain secret that means
+//! keyswap makes one when it is absent), `region:`, and `assume_role:` / `endpoints:`
+//! ([`super::sts`]): then the secret is also a lease source, an STS session per task. A field of a plain secret that means
 //! nothing for a key pair that signs (`from_*`, `refresh`, `headers`) is refused.
 
 use std::path::Path;
@@ -8,9 +9,10 @@ use std::sync::Arc;
 
 use secrecy::SecretString;
 
-use super::{Checker, Site};
+use super::{sts, Checker, Site};
 use crate::aws::{self, AwsKeys, RawAws, RawValueSource};
 use crate::error::Sink;
+use crate::lease_sources::LeaseSource;
 use crate::model::{Secret, SecretId, SecretSource};
 use crate::raw::RawSecret;
 use crate::read::Located;
@@ -55,6 +57,24 @@ pub(super) fn check_aws_secret(
         },
         None => (aws::generated_key_id(secret), Site::from(aws)),
     };
+    let lease = match &aws.value.assume_role {
+        Some(role) => {
+            let keys = match (&key_id, &secret_key) {
+                (Some(id), Some(key)) => Some(sts::SourceKeys {
+                    access_key_id: id.0.clone(),
+                    secret_access_key: key.0.clone(),
+                }),
+                _ => None,
+            };
+            let role = sts::check_assume_role(secret, aws, role, keys, sink, checker)?;
+            Some(Arc::new(LeaseSource::Aws(role)))
+        }
+        None => {
+            // `endpoints:` serves only assume_role, but a bad one is reported all the same.
+            sts::check_sts_endpoint(aws, sink);
+            None
+        }
+    };
     let (value, source, value_site) = key_id?;
     let (secret_access_key, secret_access_key_source, _) = secret_key?;
     let keys = AwsKeys {
@@ -62,6 +82,7 @@ pub(super) fn check_aws_secret(
         secret_access_key_source,
         secret_access_key_placeholder: aws::generated_secret_key(secret),
         region,
+        session_token_placeholder: lease.as_ref().map(|_| aws::generated_session_token(secret)),
     };
     let secret = Secret {
         id,
@@ -73,7 +94,7 @@ pub(super) fn check_aws_secret(
         refresh: None,
         headers: None,
         aws: Some(Arc::new(keys)),
-        lease: None,
+        lease,
     };
     Some((secret, (placeholder_site, value_site)))
 }

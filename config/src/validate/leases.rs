@@ -263,7 +263,7 @@ fn read_refresh_token(
     }
 }
 
-/// A policy's `github:` and `oauth2:`.
+/// A policy's `github:`, `oauth2:` and `aws:`.
 pub(super) fn check_scope(raw: &RawPolicy, sink: &mut Sink<'_>) -> LeaseScope {
     LeaseScope {
         github: raw.github.as_ref().map(|g| check_github_scope(g, sink)),
@@ -273,6 +273,7 @@ pub(super) fn check_scope(raw: &RawPolicy, sink: &mut Sink<'_>) -> LeaseScope {
             .and_then(|o: &Located<RawPolicyOauth2>| o.value.scope.as_ref())
             .map(|s| s.value.trim().to_string())
             .filter(|s| !s.is_empty()),
+        aws_session_policy: super::sts::check_policy_aws(raw, sink),
     }
 }
 

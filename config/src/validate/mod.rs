@@ -24,6 +24,7 @@ mod rules;
 mod sandbox;
 mod secrets;
 mod store;
+mod sts;
 mod tasks;
 mod top;
 mod transparent;

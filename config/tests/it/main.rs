@@ -2,6 +2,7 @@
 //! (each binary links hyper, rustls and tokio again, and a link is most of a build).
 
 mod approval;
+mod aws;
 mod fairness;
 mod fixtures;
 mod lifecycle;

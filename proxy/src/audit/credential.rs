@@ -1,9 +1,22 @@
 //! The audit records of credential leases (written by [`crate::lifecycle::leases`]): one
 //! line each, in the audit file with the other lifecycle records (`event` names the kind).
 //! They name the task, the secret and the credential's fingerprint (the last 4 hex digits of
-//! its SHA-256), never a value.
+//! its SHA-256), never a value; an STS session adds its role, session name and the last 4
+//! characters of its access key id ([`StsSession`]), what CloudTrail shows of it.
 
 use serde::Serialize;
+
+/// What the audit names of an STS session besides its fingerprint: enough to find its calls
+/// in CloudTrail (the session name is `keyswap-<task>`), never a secret.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct StsSession {
+    /// The role assumed.
+    pub role: String,
+    /// The RoleSessionName.
+    pub session: String,
+    /// The last 4 characters of the session's access key id.
+    pub key_id_last4: String,
+}
 
 /// A lease's step.
 #[derive(Debug, Clone, Serialize)]
@@ -18,6 +31,9 @@ pub enum CredentialRecord {
         kind: &'static str,
         expires: String,
         fingerprint: String,
+        /// An STS session's role, session name and key id's last 4 characters.
+        #[serde(flatten)]
+        sts: Option<StsSession>,
     },
     /// A task's credential minted again before its expiry (the one it replaces is revoked).
     CredentialRefreshed {
@@ -27,6 +43,9 @@ pub enum CredentialRecord {
         kind: &'static str,
         expires: String,
         fingerprint: String,
+        /// An STS session's role, session name and key id's last 4 characters.
+        #[serde(flatten)]
+        sts: Option<StsSession>,
     },
     /// The upstream revoked a credential (`status`: its answer). `why`: the task's end
     /// (`exit`, `api`, `expired`, `reload`) or `replaced` by a refresh.
@@ -59,5 +78,8 @@ pub enum CredentialRecord {
         fingerprint: String,
         why: &'static str,
         expires: String,
+        /// An STS session's role, session name and key id's last 4 characters.
+        #[serde(flatten)]
+        sts: Option<StsSession>,
     },
 }

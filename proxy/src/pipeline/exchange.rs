@@ -248,7 +248,16 @@ async fn forward(
     )?;
     if let Some(signing) = &signing {
         let rule = routed.matched.rule();
-        sign_aws::sign(snapshot, ctx, rule, &routed.path, signing, &mut outgoing).await?;
+        sign_aws::sign(
+            shared,
+            snapshot,
+            ctx,
+            rule,
+            &routed.path,
+            signing,
+            &mut outgoing,
+        )
+        .await?;
     }
     let response = send_and_settle(shared, snapshot, ctx, &routed, outgoing, ex).await?;
     inbound::scrub(

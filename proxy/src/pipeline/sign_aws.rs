@@ -2,7 +2,10 @@
 //! pair signs its requests (SigV4) with it; keyswap checks what the signature claims, drops it
 //! ([`prepare`], before the swap step, so the placeholder key id goes no further), and signs
 //! the request as it goes upstream with the real keys ([`sign`], after the rewrite, so the
-//! signature covers exactly what is sent), with the AWS SDK's own signer (`aws-sigv4`).
+//! signature covers exactly what is sent), with the AWS SDK's own signer (`aws-sigv4`). With
+//! `assume_role`, the real keys are the task's own STS session
+//! ([`crate::lifecycle::leases::sts`]), with its `x-amz-security-token`; the agent's
+//! placeholder session token is dropped with its signature.
 //!
 //! The payload hash the agent declared in `x-amz-content-sha256` is signed as declared, so a
 //! body streams untouched; a request without one (most services but S3) has its body hashed
@@ -17,6 +20,7 @@
 //! This module reads real keys (to sign) and writes them nowhere: the upstream gets the
 //! signature and the real key id, which the scrubber turns back into the placeholder.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use aws_credential_types::Credentials;
@@ -34,8 +38,10 @@ use keyswap_scrub::body::full;
 use secrecy::ExposeSecret;
 
 use crate::audit::decision::{Denial, Reason};
+use crate::lifecycle::leases::{self, sts};
 use crate::pipeline::context::ConnContext;
 use crate::pipeline::outbound::{body_denial, Outgoing};
+use crate::state::shared::Shared;
 use crate::state::snapshot::Snapshot;
 use crate::wire::sigv4::{self, Algorithm, Payload, PayloadRefused};
 
@@ -129,10 +135,12 @@ pub fn prepare(
     }))
 }
 
-/// Signs the request as it goes upstream with the real keys of the secret, and names the
+/// Signs the request as it goes upstream with the real keys of the secret (with
+/// `assume_role`: the task's STS session, minted now on its first request), and names the
 /// secret in the audit.
 pub async fn sign(
-    snapshot: &Snapshot,
+    shared: &Arc<Shared>,
+    snapshot: &Arc<Snapshot>,
     ctx: &ConnContext,
     rule: &Rule,
     path: &str,
@@ -150,14 +158,18 @@ pub async fn sign(
     let request = &mut outgoing.request;
     let headers = signed_pairs(request.headers(), &signing.signed_headers)?;
     let sent_hash = !matches!(signing.payload, Payload::Absent);
-    let credentials = Credentials::new(
-        secret.value.expose_secret(),
-        keys.secret_access_key.expose_secret(),
-        None,
-        None,
-        "keyswap",
-    );
-    let identity = credentials.into();
+    let identity = match &secret.lease {
+        // The source keys sign nothing but AssumeRole: the task's own session signs.
+        Some(_) => session(shared, snapshot, ctx, signing.secret).await?,
+        None => Credentials::new(
+            secret.value.expose_secret(),
+            keys.secret_access_key.expose_secret(),
+            None,
+            None,
+            "keyswap",
+        ),
+    }
+    .into();
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region(&signing.region)
@@ -186,6 +198,31 @@ pub async fn sign(
         outgoing.meta.secrets.push(secret.name.clone());
     }
     Ok(())
+}
+
+/// The task's STS session for `id` (minted on first use, single flight), as credentials.
+async fn session(
+    shared: &Arc<Shared>,
+    snapshot: &Arc<Snapshot>,
+    ctx: &ConnContext,
+    id: SecretId,
+) -> Result<Credentials, Denial> {
+    let name = &snapshot.config.secret(id).name;
+    let unavailable = |why: String| {
+        tracing::warn!(task = %ctx.task.id, secret = %name, error = %why, "no STS session could be minted");
+        Denial::new(
+            Reason::SecretUnavailable,
+            format!(
+                "keyswap could not mint an STS session of secret {name} for task {}: {why}; \
+                 ask the operator to check the role and its trust policy",
+                ctx.task.id
+            ),
+        )
+    };
+    let lease = leases::acquire(shared, snapshot, &ctx.task, id)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    sts::credentials(&lease).ok_or_else(|| unavailable("the session is incomplete".into()))
 }
 
 /// The credential scope must name the host's region and service: it is what the real keys

@@ -21,6 +21,9 @@
 //! leases, off the request path of every task but the one minting. With no lease at all the
 //! snapshot's own scrubber is used as it is: a proxy without lease secrets pays nothing.
 //!
+//! A credential of several values (an STS session: key id, secret key, session token) keeps
+//! the first as its value and the others as [`LeasePart`]s: every one is scrubbed.
+//!
 //! Real values are exposed here only to build those two matchers. A lease's `Debug` shows its
 //! fingerprint (the last 4 hex digits of its value's SHA-256), never the value.
 
@@ -36,6 +39,7 @@ use keyswap_scrub::encodings;
 use keyswap_scrub::replace::Replacer;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::audit::credential::StsSession;
 use crate::error::ProxyError;
 use crate::state::snapshot::Snapshot;
 
@@ -51,6 +55,19 @@ pub struct Lease {
     pub fingerprint: String,
     /// What it was minted from (revocation needs it after a reload dropped the secret).
     pub source: Arc<LeaseSource>,
+    /// The credential's other values (an STS session's secret key and session token),
+    /// scrubbed like the value, each to its own placeholder.
+    pub parts: Vec<LeasePart>,
+    /// An STS session's audit fields (role, session name, key id's last 4 characters).
+    pub sts: Option<StsSession>,
+}
+
+/// One more value of a minted credential: `name` says which (`secret_access_key`,
+/// `session_token`), `placeholder` is what the scrubber turns it back into.
+pub struct LeasePart {
+    pub name: &'static str,
+    pub value: SecretString,
+    pub placeholder: String,
 }
 
 impl Lease {
@@ -71,7 +88,21 @@ impl Lease {
             minted_at: SystemTime::now(),
             expires,
             source,
+            parts: Vec::new(),
+            sts: None,
         }
+    }
+
+    /// The same lease with the credential's other values and an STS session's audit fields.
+    pub fn with_parts(mut self, parts: Vec<LeasePart>, sts: Option<StsSession>) -> Lease {
+        self.parts = parts;
+        self.sts = sts;
+        self
+    }
+
+    /// The value of part `name`, if the credential has one.
+    pub fn part(&self, name: &str) -> Option<&SecretString> {
+        self.parts.iter().find(|p| p.name == name).map(|p| &p.value)
     }
 
     /// Still usable at `now` without a refresh: before its expiry less a margin (a quarter
@@ -264,13 +295,16 @@ impl Leases {
             .secrets
             .iter()
             .map(|s| {
-                let value = match (&s.lease, entry.live.get(&s.name)) {
-                    (Some(_), Some(lease)) => &lease.value,
-                    _ => &s.value,
+                let value = match (&s.aws, &s.lease, entry.live.get(&s.name)) {
+                    // An `aws:` key id is signed with, never swapped in (as in the
+                    // snapshot's matcher): its placeholder stands for itself.
+                    (Some(_), _, _) => s.placeholder.as_bytes(),
+                    (None, Some(_), Some(lease)) => lease.value.expose_secret().as_bytes(),
+                    _ => s.value.expose_secret().as_bytes(),
                 };
                 (
                     s.placeholder.as_bytes().to_vec(),
-                    Bytes::copy_from_slice(value.expose_secret().as_bytes()),
+                    Bytes::copy_from_slice(value),
                 )
             })
             .collect();
@@ -310,6 +344,12 @@ impl Leases {
                 lease.value.expose_secret(),
                 &lease.placeholder,
             ));
+            for part in &lease.parts {
+                pairs.extend(encodings::forms(
+                    part.value.expose_secret(),
+                    &part.placeholder,
+                ));
+            }
         }
         let replacer = match Replacer::with_case_variants(pairs) {
             Ok(replacer) => Arc::new(replacer),

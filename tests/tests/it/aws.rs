@@ -11,11 +11,15 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use keyswap::api::{IssueRequest, IssuedTask};
+use keyswap::state::tasks::RevokeWhy;
 use keyswap::ProxyOptions;
+use keyswap_tests::client::{self, Tunnel};
 use keyswap_tests::harness::{test_env_values, TestEnv, AGENT_TOKEN, API_HOST};
-use keyswap_tests::moto::{Moto, BUCKET};
+use keyswap_tests::moto::{Moto, BUCKET, ROLE_ARN};
 use keyswap_tests::secrets::{assert_no_real_secret, assert_none_of};
 use keyswap_tests::upstream::Alpn;
+use secrecy::ExposeSecret;
 
 const CONFIG: &str = r#"
 version: 1
@@ -65,11 +69,21 @@ struct AwsEnv {
 }
 
 async fn start() -> Option<AwsEnv> {
+    start_with(CONFIG).await
+}
+
+/// keyswap in front of moto with `config` (its `MOTO_CA`, `MOTO_RESOLVE`, `ROLE_ARN` and
+/// `SESSION_POLICY` slots filled).
+async fn start_with(config: &str) -> Option<AwsEnv> {
     let files = tempfile::tempdir().expect("tempdir");
     let moto = Moto::start(files.path()).await?;
-    let template = CONFIG
+    let session_policy = files.path().join("session-policy.json");
+    std::fs::write(&session_policy, SESSION_POLICY).expect("write the session policy");
+    let template = config
         .replace("MOTO_CA", &moto.ca_file.display().to_string())
-        .replace("MOTO_RESOLVE", moto.resolve_yaml("    ").trim_end());
+        .replace("MOTO_RESOLVE", moto.resolve_yaml("    ").trim_end())
+        .replace("ROLE_ARN", ROLE_ARN)
+        .replace("SESSION_POLICY", &session_policy.display().to_string());
     let extra = [
         ("KS_TEST_AWS_KEY_ID", moto.key_id.as_str()),
         ("KS_TEST_AWS_SECRET", moto.secret.as_str()),
@@ -93,11 +107,20 @@ impl AwsEnv {
     /// The agent's environment: the proxy, keyswap's CA, the placeholders; a fresh HOME
     /// (no ~/.aws).
     fn command(&self, program: &str) -> tokio::process::Command {
+        let proxy = format!("http://agent:{AGENT_TOKEN}@{}", self.env.proxy.addr());
+        self.command_via(program, proxy)
+    }
+
+    /// [`AwsEnv::command`] as a task issued at runtime.
+    fn command_as(&self, program: &str, task: &IssuedTask) -> tokio::process::Command {
+        self.command_via(program, task.proxy_url.clone())
+    }
+
+    fn command_via(&self, program: &str, proxy: String) -> tokio::process::Command {
         let home = self.env.dir.path().join("home");
         std::fs::create_dir_all(&home).expect("home");
         let ca = self.env.dir.path().join("keyswap-ca.pem");
         std::fs::write(&ca, &self.env.proxy_ca_pem).expect("write CA");
-        let proxy = format!("http://agent:{AGENT_TOKEN}@{}", self.env.proxy.addr());
         let vars: BTreeMap<String, String> = self
             .agent_vars
             .iter()
@@ -433,5 +456,209 @@ async fn placeholder_key_id_is_refused_where_not_granted_or_not_resignable() {
         assert_eq!(reply.status, status, "{what}: {reply:?}");
         assert_eq!(reply.reason(), Some(reason), "{what}");
     }
+    aws.finish().await;
+}
+
+/// A session policy (moto accepts it; it does not enforce session policies).
+const SESSION_POLICY: &str = r#"{
+  "Version": "2012-10-17",
+  "Statement": [{"Effect": "Allow", "Action": ["s3:*", "sts:GetCallerIdentity"], "Resource": "*"}]
+}"#;
+
+const STS_CONFIG: &str = r#"
+version: 1
+listen: 127.0.0.1:0
+ca_dir: {dir}/ca
+audit_log: {dir}/audit.jsonl
+upstream:
+  extra_roots: MOTO_CA
+  resolve:
+MOTO_RESOLVE
+secrets:
+  aws-dev:
+    aws:
+      access_key_id: {from_env: KS_TEST_AWS_KEY_ID}
+      secret_access_key: {from_env: KS_TEST_AWS_SECRET}
+      region: us-east-1
+      assume_role:
+        role_arn: ROLE_ARN
+        duration: 1h
+      endpoints: {sts: https://sts.amazonaws.com}
+policies:
+  s3-agent:
+    aws: {session_policy_file: SESSION_POLICY}
+    allow:
+      - host: sts.amazonaws.com
+        secrets: [aws-dev]
+      - host: sts.us-east-1.amazonaws.com
+        secrets: [aws-dev]
+      - host: s3.amazonaws.com
+        secrets: [aws-dev]
+      - host: "*.s3.amazonaws.com"
+        secrets: [aws-dev]
+      - host: s3.us-east-1.amazonaws.com
+        secrets: [aws-dev]
+      - host: "*.s3.us-east-1.amazonaws.com"
+        secrets: [aws-dev]
+"#;
+
+/// boto3 as the agent with an STS session: a bucket, an object up and down, a listing. Every
+/// response it received is appended to argv[1].
+const STS_BOTO3_AGENT: &str = r#"
+import json, sys
+import boto3
+received = open(sys.argv[1], "ab")
+def keep(http_response=None, model=None, **kw):
+    received.write(f"{http_response.status_code}\n".encode())
+    for k, v in http_response.headers.items():
+        received.write(f"{k}: {v}\n".encode())
+    if not model.has_streaming_output:
+        received.write(http_response.content + b"\n")
+s3 = boto3.client("s3")
+s3.meta.events.register("after-call", keep)
+bucket = sys.argv[2]
+s3.create_bucket(Bucket=bucket)
+s3.put_object(Bucket=bucket, Key="session.txt", Body=b"written with a minted session")
+got = s3.get_object(Bucket=bucket, Key="session.txt")["Body"].read()
+keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+print(json.dumps({"got": got.decode(), "keys": keys}))
+"#;
+
+impl AwsEnv {
+    fn issue(&self) -> IssuedTask {
+        let issued = self
+            .env
+            .proxy
+            .issue(&IssueRequest {
+                policy: "s3-agent".into(),
+                ttl: Some("30m".into()),
+                ..IssueRequest::default()
+            })
+            .expect("task issued");
+        self.env.remember_token(&issued.token);
+        issued
+    }
+
+    /// `aws sts get-caller-identity` as `task`: the ARN moto says signed.
+    async fn caller_arn(&self, task: &IssuedTask) -> String {
+        let mut who = self.command_as("aws", task);
+        who.args(["sts", "get-caller-identity", "--output", "json"]);
+        let ran = self.run("aws sts get-caller-identity", who).await;
+        assert!(ran.success, "get-caller-identity failed: {}", ran.shown());
+        let out: serde_json::Value =
+            serde_json::from_str(ran.stdout.trim()).unwrap_or_else(|_| panic!("{}", ran.shown()));
+        out["Arn"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// The values of `task`'s live session (key id, secret key, token), as keyswap got them
+    /// from moto: looked for like real secrets in everything kept.
+    fn remember_session(&self, task: &IssuedTask) -> usize {
+        let leases = self.env.proxy.shared().leases.of_task(&task.id);
+        for lease in &leases {
+            self.env.remember_secret(lease.value.expose_secret());
+            for part in &lease.parts {
+                self.env.remember_secret(part.value.expose_secret());
+            }
+        }
+        leases.iter().map(|l| 1 + l.parts.len()).sum()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_task_signs_with_its_own_sts_session_named_after_it() {
+    let Some(aws) = start_with(STS_CONFIG).await else {
+        return;
+    };
+    // exec and task issue give the agent a session token placeholder besides the key pair.
+    let token_placeholder = aws.placeholder("AWS_SESSION_TOKEN");
+    assert_eq!(aws.placeholder("AWS_REGION"), "us-east-1");
+    let (a, b) = (aws.issue(), aws.issue());
+    assert_eq!(a.env.get("AWS_SESSION_TOKEN"), Some(&token_placeholder));
+    assert_eq!(
+        a.env.get("AWS_ACCESS_KEY_ID").map(String::as_str),
+        Some(aws.placeholder("AWS_ACCESS_KEY_ID").as_str())
+    );
+
+    let arn_a = aws.caller_arn(&a).await;
+    assert_eq!(
+        arn_a,
+        format!(
+            "arn:aws:sts::123456789012:assumed-role/keyswap-agent/keyswap-{}",
+            a.id
+        ),
+        "moto did not see task a's own session"
+    );
+    let received = aws.env.dir.path().join("sts-boto3-received.txt");
+    let received_arg = received.display().to_string();
+    let mut boto3 = aws.command_as("python3", &a);
+    boto3
+        .arg("-c")
+        .arg(STS_BOTO3_AGENT)
+        .args([&received_arg, BUCKET]);
+    let ran = aws.run("boto3 with a session", boto3).await;
+    assert!(ran.success, "boto3 failed through keyswap: {}", ran.shown());
+    let out: serde_json::Value =
+        serde_json::from_str(ran.stdout.trim()).unwrap_or_else(|_| panic!("{}", ran.shown()));
+    assert_eq!(out["got"], "written with a minted session");
+    assert_eq!(out["keys"], serde_json::json!(["session.txt"]));
+    aws.env.keep(
+        &[],
+        &String::from_utf8_lossy(&std::fs::read(&received).expect("received")),
+    );
+    let arn_b = aws.caller_arn(&b).await;
+    assert!(
+        arn_b.ends_with(&format!("/keyswap-{}", b.id)),
+        "task b did not sign with its own session: {arn_b}"
+    );
+
+    // One mint per task (single flight over all of a's requests), each its own session.
+    let minted = |task: &IssuedTask| {
+        let id = task.id.clone();
+        move |r: &serde_json::Value| r["event"] == "credential_minted" && r["task"] == id.as_str()
+    };
+    let (ma, mb) = (
+        aws.env.audit_where(minted(&a)).await,
+        aws.env.audit_where(minted(&b)).await,
+    );
+    assert_eq!(aws.env.audit().iter().filter(|r| minted(&a)(r)).count(), 1);
+    for (record, task) in [(&ma, &a), (&mb, &b)] {
+        assert_eq!(record["kind"], "aws_sts");
+        assert_eq!(record["secret"], "aws-dev");
+        assert_eq!(record["role"], ROLE_ARN);
+        assert_eq!(record["session"], format!("keyswap-{}", task.id));
+        assert_eq!(record["key_id_last4"].as_str().map(str::len), Some(4));
+        assert!(record["expires"].is_string());
+    }
+    assert_ne!(
+        ma["key_id_last4"], mb["key_id_last4"],
+        "two tasks share a session"
+    );
+    assert_eq!(
+        aws.remember_session(&a),
+        3,
+        "a's session: key id, secret key, token"
+    );
+    assert_eq!(aws.remember_session(&b), 3);
+
+    // a ends: its session is dropped (STS cannot revoke it) and its credentials get 407.
+    aws.env.proxy.revoke(&a.id, RevokeWhy::Api).expect("revoke");
+    let dropped = aws
+        .env
+        .audit_where(|r| r["event"] == "credential_dropped" && r["task"] == a.id.as_str())
+        .await;
+    assert_eq!(dropped["why"], "api");
+    assert_eq!(dropped["session"], format!("keyswap-{}", a.id));
+    assert_eq!(dropped["key_id_last4"], ma["key_id_last4"]);
+    let opts = aws.env.client(
+        Some((&a.id, &a.token)),
+        "sts.amazonaws.com:443",
+        keyswap_tests::upstream::Alpn::Http1Only,
+    );
+    match client::connect_tunnel(&opts).await.expect("CONNECT io") {
+        Tunnel::Refused { status, .. } => assert_eq!(status, 407),
+        Tunnel::Open(_) => panic!("the ended task's credentials were let through"),
+    }
+    // b goes on with its session.
+    assert_eq!(aws.caller_arn(&b).await, arn_b);
     aws.finish().await;
 }

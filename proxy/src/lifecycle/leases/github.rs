@@ -186,8 +186,5 @@ pub(super) fn valid_token(token: String, expires: SystemTime) -> Result<Minted, 
             "the minted token is empty, too short, or not visible ASCII".into(),
         ));
     }
-    Ok(Minted {
-        value: SecretString::from(token),
-        expires,
-    })
+    Ok(Minted::token(SecretString::from(token), expires))
 }

@@ -15,8 +15,9 @@ use keyswap_config::LeaseScope;
 use keyswap_scrub::body::{empty, full};
 use secrecy::SecretString;
 
+use crate::audit::credential::StsSession;
 use crate::error::ErrorChain;
-use crate::state::leases::{Lease, Leases};
+use crate::state::leases::{Lease, LeasePart, Leases};
 use crate::state::snapshot::Snapshot;
 
 /// The most of a token endpoint's answer read.
@@ -31,14 +32,33 @@ pub struct MintRequest<'a> {
     pub leases: &'a Leases,
     pub task: &'a str,
     pub secret: &'a str,
-    /// The task's policy's narrowing (`github:`, `oauth2:`).
+    /// The task's policy's narrowing (`github:`, `oauth2:`, `aws:`).
     pub scope: LeaseScope,
+    /// When the task ends (`None`: never): an STS session lives no longer.
+    pub task_expires: Option<SystemTime>,
 }
 
 /// A credential just minted.
 pub struct Minted {
     pub value: SecretString,
     pub expires: SystemTime,
+    /// The credential's other values (an STS session's secret key and session token), each
+    /// scrubbed to its own placeholder; empty for a one-value token.
+    pub parts: Vec<LeasePart>,
+    /// An STS session's audit fields.
+    pub sts: Option<StsSession>,
+}
+
+impl Minted {
+    /// A one-value credential (a token).
+    pub fn token(value: SecretString, expires: SystemTime) -> Minted {
+        Minted {
+            value,
+            expires,
+            parts: Vec::new(),
+            sts: None,
+        }
+    }
 }
 
 /// How a revocation ended.

@@ -7,11 +7,12 @@
 //! `credential_revoke_failed`, `credential_dropped`) with the fingerprint, never the value.
 //!
 //! Sources plug in as [`Minter`]s ([`minter_for`]): [`github`] (GitHub App installation
-//! tokens), [`oauth2`] (refresh-token grant); an STS session is one more.
+//! tokens), [`oauth2`] (refresh-token grant), [`sts`] (an AWS STS session per task).
 
 pub mod github;
 pub mod minter;
 pub mod oauth2;
+pub mod sts;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -38,6 +39,7 @@ pub fn minter_for(source: &LeaseSource) -> Box<dyn Minter> {
     match source {
         LeaseSource::GithubApp(app) => Box::new(github::GithubMinter(app.clone())),
         LeaseSource::OAuth2(o) => Box::new(oauth2::OAuth2Minter(o.clone())),
+        LeaseSource::Aws(role) => Box::new(sts::StsMinter(role.clone())),
     }
 }
 
@@ -84,16 +86,20 @@ pub async fn acquire(
             task: &task.id,
             secret: &secret.name,
             scope: scope_of(snapshot, task),
+            task_expires: task.expires(),
         })
         .await?;
-    let lease = Arc::new(Lease::new(
-        &task.id,
-        &secret.name,
-        &secret.placeholder,
-        minted.value,
-        minted.expires,
-        source.clone(),
-    ));
+    let lease = Arc::new(
+        Lease::new(
+            &task.id,
+            &secret.name,
+            &secret.placeholder,
+            minted.value,
+            minted.expires,
+            source.clone(),
+        )
+        .with_parts(minted.parts, minted.sts),
+    );
     if task.is_cancelled() {
         // The task ended while this mint was in flight: it never gets the credential.
         revoke_in_background(shared, lease, "exit");
@@ -119,6 +125,7 @@ fn audit_minted(audit: &dyn AuditSink, lease: &Lease, kind: &'static str, refres
         lease.secret.clone(),
     );
     let (expires, fingerprint) = (timestamp(lease.expires), lease.fingerprint.clone());
+    let sts = lease.sts.clone();
     tracing::info!(task = %task, secret = %secret, fingerprint = %fingerprint, refreshed, "credential minted");
     audit.lifecycle(if refreshed {
         LifecycleRecord::Credential(CredentialRecord::CredentialRefreshed {
@@ -128,6 +135,7 @@ fn audit_minted(audit: &dyn AuditSink, lease: &Lease, kind: &'static str, refres
             kind,
             expires,
             fingerprint,
+            sts,
         })
     } else {
         LifecycleRecord::Credential(CredentialRecord::CredentialMinted {
@@ -137,6 +145,7 @@ fn audit_minted(audit: &dyn AuditSink, lease: &Lease, kind: &'static str, refres
             kind,
             expires,
             fingerprint,
+            sts,
         })
     });
 }
@@ -256,6 +265,7 @@ pub async fn revoke_until_expiry(
                         fingerprint,
                         why,
                         expires,
+                        sts: lease.sts.clone(),
                     },
                 ));
                 return;
