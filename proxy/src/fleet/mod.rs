@@ -18,6 +18,7 @@
 //! meanwhile, then reconciles (a task revoked elsewhere meanwhile ends here), and only then
 //! serves again ([`sync`]).
 
+pub mod budget;
 pub mod connect;
 pub mod issue;
 pub mod record;
