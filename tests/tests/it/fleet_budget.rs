@@ -1,13 +1,17 @@
-//! Budgets and rates across the fleet (`store:`). Three
+//! Budgets and rates across the fleet (`store:`), and the store reached over TLS. Three
 //! `keyswap run` processes share a real `redis-server`: a budget of 20 hit by 200 concurrent
 //! requests spread over the three allows exactly 20, a rate allows what it allows once for the
-//! whole fleet, a rule without a budget or a rate costs the store nothing, and a replica cut off
+//! whole fleet, a rule without a budget or a rate costs the store nothing, a replica cut off
 //! from the store refuses budgeted requests (`store_unavailable`) while it serves the others
-//! through the grace.
+//! through the grace, and a replica that reaches the store over `rediss://` (with the test's
+//! CA in `ca_file`) serves a task issued on another.
 
 use std::collections::BTreeMap;
+use std::net::TcpListener as StdTcpListener;
 
+use base64::Engine;
 use futures_util::future::join_all;
+use keyswap_certs::CertificateAuthority;
 use keyswap_tests::client::{self, Alpn, DrivenConn as Conn};
 use keyswap_tests::harness::{TestEnv, API_HOST};
 use keyswap_tests::secrets::GITHUB_PLACEHOLDER;
@@ -198,5 +202,95 @@ async fn a_replica_cut_off_from_the_store_refuses_budgeted_requests_and_serves_t
     assert_eq!(conn.get(&env, API_HOST, "/echo/budget/4").await.0, 200);
     let keys = redis.cli(&["--scan", "--pattern", "ksfleet:budget:*"]);
     assert_eq!(redis.cli(&["GET", keys.trim()]).trim(), "3", "{keys}");
+    env.assert_no_leaks();
+}
+
+/// A PEM block of `der`.
+fn pem(label: &str, der: &[u8]) -> String {
+    let text = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in text.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_reaching_the_store_over_tls_serves_a_task_issued_on_another() {
+    if !redis_available() {
+        return;
+    }
+    let env = TestEnv::start().await;
+    let ca = fleet_ca(&env);
+    let dir = env.dir.path();
+    // The store's own CA and certificate for 127.0.0.1, written for redis-server.
+    let store_ca = CertificateAuthority::generate("keyswap test store CA").expect("store CA");
+    let (chain, key) = store_ca
+        .issue_server_cert(&["127.0.0.1"])
+        .expect("store certificate");
+    std::fs::write(dir.join("store-ca.pem"), store_ca.cert_pem()).expect("write CA");
+    std::fs::write(dir.join("store.pem"), pem("CERTIFICATE", &chain[0])).expect("write cert");
+    std::fs::write(
+        dir.join("store-key.pem"),
+        pem("PRIVATE KEY", key.secret_der()),
+    )
+    .expect("write key");
+    let port = {
+        let probe = StdTcpListener::bind("127.0.0.1:0").expect("a free port");
+        probe.local_addr().expect("its address").port()
+    };
+    let path = |name: &str| dir.join(name).display().to_string();
+    let port_text = port.to_string();
+    let redis = Redis::start_with(
+        dir,
+        &[
+            "--bind",
+            "127.0.0.1",
+            "--tls-port",
+            &port_text,
+            "--tls-cert-file",
+            &path("store.pem"),
+            "--tls-key-file",
+            &path("store-key.pem"),
+            "--tls-ca-cert-file",
+            &path("store-ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    let a = Replica::start_with(&env, "a", &redis.url(), "30s", EXTRA);
+    let ca_line = format!("    ca_file: {}\n", path("store-ca.pem"));
+    let tls = Extra {
+        redis: &ca_line,
+        ..EXTRA
+    };
+    let url = format!("rediss://127.0.0.1:{port}");
+    let b = Replica::start_with(&env, "b", &url, "30s", tls);
+    assert_eq!(b.health().await, (200, "ok store=connected\n".to_string()));
+
+    // Issued on A (unix socket), served on B (TLS), its budget counted in the one store.
+    let task = a.issue_from(&env, "fleet-limited").await;
+    let mut on_b = intercepted(&b, auth(&task), &ca, Alpn::Http1Only).await;
+    assert_eq!(on_b.get(&env, API_HOST, "/echo").await.0, 200);
+    assert_eq!(on_b.get(&env, API_HOST, "/echo/budget/1").await.0, 200);
+    let mut on_a = intercepted(&a, auth(&task), &ca, Alpn::Http1Only).await;
+    assert_eq!(on_a.get(&env, API_HOST, "/echo/budget/2").await.0, 200);
+    let keys = redis.cli(&["--scan", "--pattern", "ksfleet:budget:*"]);
+    assert_eq!(redis.cli(&["GET", keys.trim()]).trim(), "2", "{keys}");
+    // Each replica reports the fleet's count as of its own last request on the rule.
+    for (replica, used) in [(&b, 1), (&a, 2)] {
+        let shown = replica.admin.show(&task.id).await.expect("task show");
+        let budgeted = shown.budgets.iter().find(|r| r.key == "budgeted");
+        let budgeted = budgeted.expect("the budgeted rule is reported");
+        assert_eq!((budgeted.used, budgeted.remaining), (used, Some(20 - used)));
+    }
+    let clients = redis.cli(&["CLIENT", "LIST"]);
+    assert!(
+        clients.lines().any(|l| l.contains("addr=127.0.0.1:")),
+        "B is connected over TCP: {clients}"
+    );
+    assert_store_clean(&redis, &[&task.token]);
     env.assert_no_leaks();
 }
