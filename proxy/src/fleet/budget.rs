@@ -189,3 +189,61 @@ fn millis(at: SystemTime) -> u64 {
 fn micros(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::tasks::IssuedBy;
+    use keyswap_config::{Budget, HostPattern, Scheme, SwapIn};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn rule(key: &str) -> Rule {
+        Rule {
+            index: 0,
+            host: HostPattern::parse("api.example.com").unwrap(),
+            port: None,
+            methods: None,
+            paths: None,
+            secrets: Vec::new(),
+            tunnel: false,
+            swap_in: SwapIn::HEADERS_ONLY,
+            headers: None,
+            scheme: Scheme::Https,
+            allow_cleartext: false,
+            approve: None,
+            key: Arc::from(key),
+            budget: Some(Budget { requests: 1 }),
+            rate: None,
+        }
+    }
+
+    #[test]
+    fn keys_name_the_prefix_the_task_its_issue_and_the_rule() {
+        let runtime = LiveTask::from_fleet(
+            "t-1".into(),
+            "p".into(),
+            IssuedBy::Api,
+            [0; 32],
+            None,
+            UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+        );
+        let (count, arrival) = keys("ks:", &runtime, &rule("api"));
+        assert_eq!(count, "ks:budget:t-1@1700000000123:api");
+        assert_eq!(arrival, "ks:rate:t-1@1700000000123:api");
+        let config = LiveTask::new(
+            "static".into(),
+            TaskSource::Config,
+            None,
+            IssuedBy::Config,
+            None,
+            None,
+        );
+        assert_eq!(
+            keys("ks:", &config, &rule("r")).0,
+            "ks:budget:static@config:r"
+        );
+        let store = Keys::new("ks:");
+        assert_eq!(prefix(&store), "ks:");
+    }
+}

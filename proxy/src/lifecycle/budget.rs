@@ -14,6 +14,10 @@
 //!
 //! Cost: a rule without limits costs nothing; one with limits costs one `DashMap` read and
 //! one or two atomic operations (the rate limiter is `governor`'s lock-free GCRA cell).
+//!
+//! This is the count of one keyswap. With `store:` the pipeline charges through the fleet's
+//! budget module instead (one count in the store for every replica), which shares the two
+//! refusals below.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
