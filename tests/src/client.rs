@@ -601,6 +601,14 @@ impl DrivenConn {
         matches!(self.sender, DrivenSender::H2(_))
     }
 
+    /// A handle on an h2 connection's sender, to send several requests on it at once.
+    pub fn h2_sender(&self) -> Option<http2::SendRequest<BoxBody>> {
+        match &self.sender {
+            DrivenSender::H2(s) => Some(s.clone()),
+            DrivenSender::H1(_) => None,
+        }
+    }
+
     pub async fn send(&mut self, req: Request<BoxBody>) -> hyper::Result<Response<Incoming>> {
         match &mut self.sender {
             DrivenSender::H1(s) => {

@@ -31,6 +31,11 @@ pub fn client(store: &RedisStore) -> Result<redis::Client, FleetError> {
     if let Some((_, password)) = &store.password {
         settings = settings.set_password(password.expose_secret());
     }
+    if store.tls {
+        // redis builds its rustls config from the process's default provider, which a build
+        // with more than one provider compiled in does not choose by itself: keyswap's is ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
     let info = addr.into_connection_info()?.set_redis_settings(settings);
     match &store.ca_file {
         Some(path) => {

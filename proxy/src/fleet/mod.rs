@@ -19,6 +19,7 @@
 //! serves again ([`sync`]).
 
 pub mod approvals;
+pub mod budget;
 pub mod connect;
 pub mod issue;
 pub mod life;

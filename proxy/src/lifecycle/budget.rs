@@ -14,6 +14,10 @@
 //!
 //! Cost: a rule without limits costs nothing; one with limits costs one `DashMap` read and
 //! one or two atomic operations (the rate limiter is `governor`'s lock-free GCRA cell).
+//!
+//! This is the count of one keyswap. With `store:` the pipeline charges through the fleet's
+//! budget module instead (one count in the store for every replica), which shares the two
+//! refusals below.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,16 +37,9 @@ pub fn charge(task: &LiveTask, rule: &Rule) -> Result<(), Denial> {
     }
     let entry = task.usage.rule(&rule.key);
     if let Some(rate) = rule.rate {
-        entry.take_token(rate).map_err(|seconds| {
-            Denial::new(
-                Reason::RateLimited,
-                format!(
-                    "task {} may send at most {rate} requests on the rule for {}; retry after {seconds} s",
-                    task.id, rule.key
-                ),
-            )
-            .retry_after(seconds)
-        })?;
+        entry
+            .take_token(rate)
+            .map_err(|seconds| rate_limited(task, rule, seconds))?;
     }
     match rule.budget {
         None => {
@@ -54,19 +51,36 @@ pub fn charge(task: &LiveTask, rule: &Rule) -> Result<(), Denial> {
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
                     (used < budget.requests).then_some(used + 1)
                 })
-                .map_err(|_| {
-                    Denial::new(
-                        Reason::BudgetExhausted,
-                        format!(
-                            "task {} has used its budget of {} requests on the rule for {}; \
-                             ask the operator for a new task or a larger budget",
-                            task.id, budget.requests, rule.key
-                        ),
-                    )
-                })?;
+                .map_err(|_| budget_exhausted(task, rule))?;
         }
     }
     Ok(())
+}
+
+/// The refusal of a request past `rule`'s rate: a retry passes after `seconds`.
+pub fn rate_limited(task: &LiveTask, rule: &Rule, seconds: u64) -> Denial {
+    let rate = rule.rate.map(|r| r.to_string()).unwrap_or_default();
+    Denial::new(
+        Reason::RateLimited,
+        format!(
+            "task {} may send at most {rate} requests on the rule for {}; retry after {seconds} s",
+            task.id, rule.key
+        ),
+    )
+    .retry_after(seconds)
+}
+
+/// The refusal of a request past `rule`'s budget.
+pub fn budget_exhausted(task: &LiveTask, rule: &Rule) -> Denial {
+    let requests = rule.budget.map_or(0, |b| b.requests);
+    Denial::new(
+        Reason::BudgetExhausted,
+        format!(
+            "task {} has used its budget of {requests} requests on the rule for {}; \
+             ask the operator for a new task or a larger budget",
+            task.id, rule.key
+        ),
+    )
 }
 
 /// The rules `task` acts under in `config` (as [`crate::state::snapshot::Snapshot::rules_of`]).

@@ -20,7 +20,7 @@ use keyswap_scrub::body::ProxyBody;
 
 use crate::audit::decision::{Carried, Decision, Denial, Reason};
 use crate::audit::record::{shown_path, Sent, Started, Subject};
-use crate::lifecycle::budget;
+use crate::fleet::budget;
 use crate::pipeline::context::ConnContext;
 use crate::pipeline::fair::{self, Held};
 use crate::pipeline::outbound::Outgoing;
@@ -234,7 +234,7 @@ async fn forward(
         let placeholders = leased.as_deref().unwrap_or(&snapshot.placeholders);
         outbound::swap_in(snapshot, placeholders, ctx, &mut parts, &routed)?
     };
-    budget::charge(&ctx.task, routed.matched.rule())?;
+    budget::charge(shared, &ctx.task, routed.matched.rule()).await?;
     let mut outgoing = outbound::rewrite(
         snapshot,
         ctx,

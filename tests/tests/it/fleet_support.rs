@@ -59,6 +59,11 @@ pub(crate) struct Redis {
 
 impl Redis {
     pub(crate) fn start(dir: &Path) -> Redis {
+        Redis::start_with(dir, &[])
+    }
+
+    /// [`Redis::start`] with more of redis-server's options (e.g. a TLS port).
+    pub(crate) fn start_with(dir: &Path, options: &[&str]) -> Redis {
         let socket = dir.join("redis.sock");
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", "0", "--unixsocket"])
@@ -72,7 +77,8 @@ impl Redis {
                 "no",
             ])
             .args(["--logfile", "/dev/stderr", "--dir"])
-            .arg(dir);
+            .arg(dir)
+            .args(options);
         let child = LoggedChild::spawn(cmd);
         // "Ready to accept connections" (7.2) or "ready to accept connections at PATH" (7.0).
         child.wait_for("eady to accept connections");
@@ -151,9 +157,24 @@ impl Relay {
     }
 }
 
+/// What a test adds to [`replica_config`]: more policies (entries of `policies:`, indented
+/// two spaces), more top-level sections, and more lines of `store.redis` (indented four).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Extra<'a> {
+    pub(crate) policies: &'a str,
+    pub(crate) top: &'a str,
+    pub(crate) redis: &'a str,
+}
+
 /// The replicas' shared config: the default upstreams, one secret, two policies (the second
-/// asks a human for each request), a store.
-pub(crate) fn replica_config(env: &TestEnv, name: &str, store_url: &str, grace: &str) -> String {
+/// asks a human for each request), a store, and what `extra` adds.
+pub(crate) fn replica_config(
+    env: &TestEnv,
+    name: &str,
+    store_url: &str,
+    grace: &str,
+    extra: Extra<'_>,
+) -> String {
     format!(
         r#"version: 1
 listen: 127.0.0.1:0
@@ -188,12 +209,15 @@ policies:
         paths: ["/echo/asks/**"]
         secrets: [github]
         approve: each
-store:
+{policies}{top}store:
   redis:
     url: {store_url}
     prefix: "ksfleet:"
-  grace: {grace}
+{redis}  grace: {grace}
 "#,
+        policies = extra.policies,
+        top = extra.top,
+        redis = extra.redis,
         dir = env.dir.path().display(),
         https = env.upstream.port(),
         tunnel = env.tunnel.port(),
@@ -212,8 +236,20 @@ pub(crate) struct Replica {
 impl Replica {
     /// Starts replica `name` and waits until it has reached its store.
     pub(crate) fn start(env: &TestEnv, name: &str, store_url: &str, grace: &str) -> Replica {
+        Replica::start_with(env, name, store_url, grace, Extra::default())
+    }
+
+    /// [`Replica::start`] with `extra` in its config.
+    pub(crate) fn start_with(
+        env: &TestEnv,
+        name: &str,
+        store_url: &str,
+        grace: &str,
+        extra: Extra<'_>,
+    ) -> Replica {
         let config = env.dir.path().join(format!("{name}.yaml"));
-        std::fs::write(&config, replica_config(env, name, store_url, grace)).expect("config");
+        let text = replica_config(env, name, store_url, grace, extra);
+        std::fs::write(&config, text).expect("config");
         let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
         cmd.args([
             "--exact",
@@ -243,10 +279,15 @@ impl Replica {
     }
 
     pub(crate) async fn issue(&self, env: &TestEnv) -> IssuedTask {
+        self.issue_from(env, "fleet-agent").await
+    }
+
+    /// A task of `policy`, issued here for 30 minutes.
+    pub(crate) async fn issue_from(&self, env: &TestEnv, policy: &str) -> IssuedTask {
         let issued = self
             .admin
             .issue(&IssueRequest {
-                policy: "fleet-agent".into(),
+                policy: policy.into(),
                 ttl: Some("30m".into()),
                 ..IssueRequest::default()
             })

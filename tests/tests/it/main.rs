@@ -15,6 +15,7 @@ mod docs;
 mod duplex;
 mod fairness;
 mod fleet;
+mod fleet_budget;
 mod fleet_life;
 mod fleet_support;
 mod harness;

@@ -2,8 +2,9 @@
 //! one run, and reports ratios; then keyswap's task lifecycle alone (scenario 7), its
 //! transparent listener against its explicit one (scenario 8, root only), and what
 //! `keyswap exec`'s sandbox costs against `--no-sandbox` (scenario 9), how fast
-//! `keyswap scan` searches a large working tree for plaintext secrets (scenario 10), and what
-//! one task's flood costs another task's requests (scenario 11).
+//! `keyswap scan` searches a large working tree for plaintext secrets (scenario 10), what
+//! one task's flood costs another task's requests (scenario 11), and what a fleet of three
+//! replicas sharing a redis-server costs against the in-memory store (scenario 14).
 //!
 //! ```text
 //! cargo run --release -p keyswap-tests --bin bench -- [--quick] [--out results.json]
@@ -16,6 +17,7 @@
 //! upstream answers 401 unless it received the real value, so a swap happens on every request.
 
 mod fair;
+mod fleet;
 mod floor;
 mod lifecycle;
 mod load;
@@ -66,7 +68,8 @@ struct Args {
     no_pin: bool,
     /// Run only these scenarios (0 is the machine floor, 7 keyswap's task lifecycle, 8 the
     /// transparent listener against the explicit one, as root, 9 `keyswap exec`'s sandbox, 10
-    /// `keyswap scan` over a large tree, 11 one task's flood against another task's requests),
+    /// `keyswap scan` over a large tree, 11 one task's flood against another task's requests,
+    /// 14 a fleet of three replicas and Redis against the in-memory store),
     /// e.g. `--only 1,6`; 3 takes its rate from 1 unless
     /// `--latency-rate` is given.
     #[arg(long, value_delimiter = ',')]
@@ -407,6 +410,22 @@ async fn run(args: &Args, secret: String, token: String) -> anyhow::Result<()> {
         rows.extend(tokio::task::block_in_place(|| {
             scan::run(args.quick, binary)
         }));
+    }
+    if args.runs("14") && args.measures("keyswap") {
+        let inputs = fleet::Inputs {
+            quick: args.quick,
+            world: &world,
+            cpu,
+            token: &token,
+            binary: args.keyswap.as_deref(),
+        };
+        match fleet::run(inputs).await? {
+            Ok(fleet_rows) => rows.extend(fleet_rows),
+            Err(why) => {
+                eprintln!("bench: skipped {why}");
+                skipped.push(why);
+            }
+        }
     }
     drop(limit_server);
 

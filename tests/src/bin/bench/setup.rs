@@ -123,7 +123,7 @@ impl PeerSetupOwned {
 /// upstream's port for `localhost` and every `*.bench.test` name, each resolved to the
 /// upstream; a policy with the same rules for tasks issued at runtime; the admin socket in
 /// the proxy's scratch directory (never the default, relative to the working directory).
-fn keyswap_config(setup: &PeerSetup<'_>, proxy_ca_dir: &Path, upstream: SocketAddr) -> String {
+pub fn keyswap_config(setup: &PeerSetup<'_>, proxy_ca_dir: &Path, upstream: SocketAddr) -> String {
     let port = upstream.port();
     let mut resolve = format!("    \"localhost:{port}\": \"{upstream}\"\n");
     for i in 0..NEW_HOSTS {
