@@ -18,6 +18,8 @@ mod fleet;
 mod harness;
 mod java_client;
 mod learn;
+mod lease_git;
+mod lease_state;
 mod leases;
 mod metrics;
 mod operator_log;
