@@ -3,7 +3,8 @@
 //! transparent listener against its explicit one (scenario 8, root only), and what
 //! `keyswap exec`'s sandbox costs against `--no-sandbox` (scenario 9), how fast
 //! `keyswap scan` searches a large working tree for plaintext secrets (scenario 10), and what
-//! one task's flood costs another task's requests (scenario 11).
+//! one task's flood costs another task's requests (scenario 11), and what a credential lease
+//! costs: a task's first request with its mint, and memory per lease (scenario 13).
 //!
 //! ```text
 //! cargo run --release -p keyswap-tests --bin bench -- [--quick] [--out results.json]
@@ -17,6 +18,7 @@
 
 mod fair;
 mod floor;
+mod leases;
 mod lifecycle;
 mod load;
 mod peer;
@@ -66,7 +68,8 @@ struct Args {
     no_pin: bool,
     /// Run only these scenarios (0 is the machine floor, 7 keyswap's task lifecycle, 8 the
     /// transparent listener against the explicit one, as root, 9 `keyswap exec`'s sandbox, 10
-    /// `keyswap scan` over a large tree, 11 one task's flood against another task's requests),
+    /// `keyswap scan` over a large tree, 11 one task's flood against another task's requests,
+    /// 13 credential leases: a task's first request with its mint, memory per lease),
     /// e.g. `--only 1,6`; 3 takes its rate from 1 unless
     /// `--latency-rate` is given.
     #[arg(long, value_delimiter = ',')]
@@ -407,6 +410,9 @@ async fn run(args: &Args, secret: String, token: String) -> anyhow::Result<()> {
         rows.extend(tokio::task::block_in_place(|| {
             scan::run(args.quick, binary)
         }));
+    }
+    if args.runs("13") && args.measures("keyswap") {
+        rows.extend(leases::run(args.quick, args.keyswap.as_deref()).await);
     }
     drop(limit_server);
 
