@@ -53,6 +53,7 @@ pub use model::{
     Audit, AuditKey, AuditLog, Config, ConnectionLimits, Limits, Metrics, OnUnlisted, Policy,
     PortMode, RouteMatch, Rule, Sandbox, SandboxPath, Scheme, Secret, SecretId, SecretSource,
     SourceNet, SwapIn, Task, TaskLimits, Transparent, TransparentTasks, TtlError, Upstream,
+    LEASE_STATE_FILE,
 };
 pub use parent_proxy::{NoProxy, ParentAuth, ParentKind, ParentProxy};
 pub use path::{normalize_path, PathError, PathPatternError, PathPatterns};

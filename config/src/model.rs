@@ -29,6 +29,8 @@ pub struct Config {
     pub ca_dir: PathBuf,
     /// Audit destination; default `./.keyswap/audit.jsonl`, `-` = stdout.
     pub audit_log: AuditLog,
+    /// keyswap's own state (the lease state file); default `state` beside `ca_dir`.
+    pub state_dir: PathBuf,
     /// `audit:`: the audit chain's settings.
     pub audit: Audit,
     pub upstream: Upstream,
@@ -77,7 +79,15 @@ impl Config {
     pub fn policy(&self, name: &str) -> Option<&Policy> {
         self.policies.get(name)
     }
+
+    /// The lease state file: `state_dir/leases.json`.
+    pub fn lease_state_file(&self) -> PathBuf {
+        self.state_dir.join(LEASE_STATE_FILE)
+    }
 }
+
+/// The lease state file's name inside `state_dir`.
+pub const LEASE_STATE_FILE: &str = "leases.json";
 
 /// Task ids appear in proxy credentials (`http://TASK:TOKEN@...`) and file names: 1 to 64
 /// characters of A-Z, a-z, 0-9, `.`, `_` and `-`.

@@ -29,6 +29,8 @@ pub(crate) struct RawConfig {
     pub ca_dir: Option<L<String>>,
     /// The audit log (JSON lines), "-" for stdout (default ./.keyswap/audit.jsonl).
     pub audit_log: Option<L<String>>,
+    /// Directory of keyswap's own state (the lease state file), created 0700, hidden from exec's sandbox (default: `state` beside ca_dir, ./.keyswap/state).
+    pub state_dir: Option<L<String>>,
     /// The audit log's hash chain: an optional HMAC key (`audit.key_file`).
     pub audit: Option<L<RawAudit>>,
     /// How keyswap reaches upstream servers.

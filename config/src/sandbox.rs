@@ -92,6 +92,10 @@ pub fn protected_paths(config: &Config, config_file: Option<&Path>) -> Vec<Prote
     if let AuditLog::File(path) = &config.audit_log {
         protected.push(Protected::new(path.clone(), "audit log", Hide));
     }
+    // The whole directory, not the file: the file is replaced by a rename on each update,
+    // which would detach a mount over the file itself.
+    let why = "state_dir (the lease state file: live credentials to revoke)";
+    protected.push(Protected::new(config.state_dir.clone(), why, Hide));
     if let Some(key) = &config.audit.key {
         let why = "audit chain key (audit.key_file)";
         protected.push(Protected::new(key.path.clone(), why, Hide));
@@ -333,6 +337,9 @@ mod tests {
         );
         assert_eq!(plan.hide[0].why, "CA private key");
         assert_eq!(plan.hide[1].why, "admin socket");
+        // state_dir defaults to `state` beside ca_dir, and is hidden whole.
+        assert_eq!(hidden(&plan)[3], "/work/project/state/state");
+        assert!(plan.hide[3].why.starts_with("state_dir"));
         assert_eq!(
             plan.read_only,
             [Protected::new(

@@ -16,7 +16,8 @@
 //!
 //! Nothing in this crate formats a real secret value: values are exposed only inside
 //! [`pipeline::swap`] (to write them on the wire), [`state::snapshot`] (to build the
-//! scrubber), [`state::leases`] (the same for minted credentials) and
+//! scrubber), [`state::leases`] (the same for minted credentials), [`state::lease_file`] (to
+//! write the GitHub tokens a restart must revoke to the 0600 lease state file) and
 //! [`lifecycle::leases`] (to mint and revoke them).
 #![forbid(unsafe_code)]
 

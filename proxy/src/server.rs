@@ -114,6 +114,9 @@ fn fair_sample(shared: &Shared) -> FairSample {
     }
 }
 
+/// How long a shutdown waits, in all, for the upstreams to revoke the leased credentials.
+pub const SHUTDOWN_REVOCATION: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Settings that are not part of the config file.
 #[derive(Debug, Clone, Default)]
 pub struct ProxyOptions {
@@ -169,6 +172,7 @@ impl ProxyHandle {
             admin_addr: None,
             transparent_addr: None,
         };
+        crate::lifecycle::leases::state_file::restore(&shared);
         handle.serve(Door::Explicit, listener, &stop);
         crate::lifecycle::refresh::start(&shared, stop.clone());
         if let Some(metrics_config) = metrics_config {
@@ -306,14 +310,17 @@ impl ProxyHandle {
         self.shared.audit.flush_blocking();
     }
 
-    /// Stops accepting connections, ends every task's connections, and waits for the
-    /// listeners to close.
+    /// Stops accepting connections, ends every task's connections, waits for the listeners
+    /// to close, and revokes every credential leased to a task (at most
+    /// [`SHUTDOWN_REVOCATION`] in all; what is left is revoked at the next start).
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         for task in std::mem::take(&mut self.tasks) {
             let _ = task.await;
         }
         tasks::end_all(&self.shared);
+        crate::lifecycle::leases::state_file::revoke_at_shutdown(&self.shared, SHUTDOWN_REVOCATION)
+            .await;
         self.shared.audit.sync_blocking();
     }
 }

@@ -7,7 +7,11 @@
 //! answers 401 to a token that is unknown, revoked or expired and 403 outside the token's
 //! repositories (and to a write its permissions do not give), as GitHub does.
 //! `/repos/{owner}/{repo}/echo` answers with the credential it was sent (an upstream that
-//! reflects it, for the scrubber). Issued tokens start with `KSREAL`.
+//! reflects it, for the scrubber). Issued tokens start with `KSREAL`. Once
+//! [`FakeGithub::serve_git`] names a root, `https://github.test/{owner}/{repo}.git` is git's
+//! smart HTTP over the bare repository `root/{owner}/{repo}.git` ([`crate::fake_git`]): 401
+//! with a Basic challenge without a live token (the password of `x-access-token:<token>`), a
+//! clone needs the repository in the token, a push also `contents: write`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -85,6 +89,8 @@ struct State {
     revocations: Mutex<Vec<(String, u16)>>,
     /// (token, path) of every API request that passed.
     served: Mutex<Vec<(String, String)>>,
+    /// Where the git repositories are (`None`: no git endpoint).
+    git_root: Mutex<Option<std::path::PathBuf>>,
 }
 
 pub struct FakeGithub {
@@ -111,6 +117,7 @@ impl FakeGithub {
             down: AtomicBool::new(false),
             revocations: Mutex::default(),
             served: Mutex::default(),
+            git_root: Mutex::default(),
         });
         let handler_state = state.clone();
         let server = FakeServer::start(
@@ -120,6 +127,12 @@ impl FakeGithub {
         )
         .await;
         FakeGithub { server, state }
+    }
+
+    /// Serves the bare repositories under `root` (`root/{owner}/{repo}.git`) over git's
+    /// smart HTTP.
+    pub fn serve_git(&self, root: &std::path::Path) {
+        *self.state.git_root.lock().unwrap() = Some(root.to_path_buf());
     }
 
     /// Tokens issued from now on live this long (GitHub's: 1 hour).
@@ -172,6 +185,9 @@ fn handle(state: &State, req: Request<Bytes>) -> Response<Bytes> {
     if req.method() == Method::DELETE && path == "/installation/token" {
         return revoke(state, &req);
     }
+    if let Some(response) = git(state, &req) {
+        return response;
+    }
     let Some(rest) = path.strip_prefix(&format!("/repos/{OWNER}/")) else {
         return json(404, json!({"message": "Not Found"}));
     };
@@ -197,6 +213,30 @@ fn handle(state: &State, req: Request<Bytes>) -> Response<Bytes> {
         );
     }
     json(200, json!({"full_name": format!("{OWNER}/{repo}")}))
+}
+
+/// git's smart HTTP under `/{OWNER}/{repo}.git/`, when a root is set.
+fn git(state: &State, req: &Request<Bytes>) -> Option<Response<Bytes>> {
+    let root = state.git_root.lock().unwrap().clone()?;
+    let rest = req.uri().path().strip_prefix(&format!("/{OWNER}/"))?;
+    let repo = rest.split('/').next()?.strip_suffix(".git")?;
+    let Some(token) = credential(req) else {
+        return Some(crate::fake_git::answer(401, "Authentication required\n"));
+    };
+    let method = match crate::fake_git::is_push(req) {
+        true => Method::POST,
+        false => Method::GET,
+    };
+    if let Err(status) = authorize(state, &token, repo, &method) {
+        let text = match status {
+            401 => "Invalid username or token\n",
+            _ => "Permission denied\n",
+        };
+        return Some(crate::fake_git::answer(status, text));
+    }
+    let path = req.uri().path().to_string();
+    state.served.lock().unwrap().push((token, path));
+    Some(crate::fake_git::serve(&root, req))
 }
 
 /// 401 for a token that is not live, 403 outside its repositories or permissions.

@@ -10,6 +10,7 @@
 pub mod agent_user;
 pub mod client;
 pub mod config;
+pub mod fake_git;
 pub mod fake_github;
 pub mod fake_oauth;
 pub mod fake_server;

@@ -60,6 +60,23 @@ impl LoggedChild {
         self.lines.lock().map(|l| l.join("\n")).unwrap_or_default()
     }
 
+    /// Waits until the child exits on its own (at most [`LINE_LIMIT`]: a bound against
+    /// hanging, not a measurement).
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + LINE_LIMIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the child's status") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the child did not exit; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

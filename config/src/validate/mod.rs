@@ -115,7 +115,7 @@ fn check(
     let (raw, tree) = read_raw::<RawConfig>(text, "", sink)?;
     top::check_version(&raw, sink);
     let listen = top::check_listen(raw.listen.as_ref(), sink, checker);
-    let (ca_dir, audit_log) = top::check_paths(&raw, sink);
+    let (ca_dir, audit_log, state_dir) = top::check_paths(&raw, sink);
     let audit = top::check_audit(raw.audit.as_ref(), sink, checker);
     let upstream = raw
         .upstream
@@ -156,6 +156,7 @@ fn check(
         listen,
         ca_dir,
         audit_log,
+        state_dir,
         audit,
         upstream,
         secrets,

@@ -109,14 +109,24 @@ pub(super) fn non_empty_path(
     }
 }
 
-/// `ca_dir` and `audit_log` (`-` = stdout), with their defaults.
-pub(super) fn check_paths(raw: &RawConfig, sink: &mut Sink<'_>) -> (PathBuf, AuditLog) {
+/// `ca_dir`, `audit_log` (`-` = stdout) and `state_dir`, with their defaults. `state_dir`
+/// defaults to `state` beside `ca_dir` (`./.keyswap/state`), so that a config that moves its
+/// CA elsewhere moves keyswap's state with it.
+pub(super) fn check_paths(raw: &RawConfig, sink: &mut Sink<'_>) -> (PathBuf, AuditLog, PathBuf) {
     let ca_dir = non_empty_path(raw.ca_dir.as_ref(), DEFAULT_CA_DIR, sink);
     let audit_log = match raw.audit_log.as_ref() {
         Some(l) if l.value == "-" => AuditLog::Stdout,
         other => AuditLog::File(non_empty_path(other, DEFAULT_AUDIT_LOG, sink)),
     };
-    (ca_dir, audit_log)
+    let beside_ca = ca_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("state"), |p| p.join("state"));
+    let state_dir = match raw.state_dir.as_ref() {
+        None => beside_ca,
+        Some(v) => non_empty_path(Some(v), "state beside ca_dir", sink),
+    };
+    (ca_dir, audit_log, state_dir)
 }
 
 /// `audit:`. The key file is read here (and again by nothing else: a reload reads it anew

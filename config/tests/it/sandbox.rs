@@ -164,6 +164,10 @@ fn protected_paths_name_keyswaps_own_paths_as_written() {
                 Path::new("./target/keyswap-fixture-audit.jsonl"),
                 "audit log"
             ),
+            (
+                Path::new("./target/state"),
+                "state_dir (the lease state file: live credentials to revoke)"
+            ),
             (Path::new(FULL), "config file"),
             (Path::new("tests/fixtures/valid/tasks"), "tasks_dir"),
         ]

@@ -99,6 +99,9 @@ impl RecordingEnv<'_> {
                 }
             }
         }
+        if config.secrets.iter().any(|s| s.lease.is_some()) {
+            let _ = writeln!(out, "{}", lease_state_notice(config));
+        }
         if !read.is_empty() || !config.secrets.is_empty() {
             let _ = writeln!(
                 out,
@@ -108,6 +111,29 @@ impl RecordingEnv<'_> {
         }
         out
     }
+}
+
+/// Where the lease state file is and what it holds now (counted, never shown): it holds the
+/// credentials a restart must revoke, so it is worth knowing about.
+fn lease_state_notice(config: &Config) -> String {
+    let path = config.lease_state_file();
+    let now = match std::fs::read(&path) {
+        Err(_) => "none recorded now".to_string(),
+        Ok(bytes) => {
+            match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Ok(body) => {
+                    let held = body["leases"].as_array().map_or(0, Vec::len);
+                    format!("{held} recorded now; `keyswap run` revokes those not expired when it starts")
+                }
+                Err(_) => "it cannot be read; `keyswap run` moves it aside".to_string(),
+            }
+        }
+    };
+    format!(
+        "  notice: lease state file {} (0600, in state_dir, hidden from exec's sandbox) holds the credentials\n  \
+         minted for tasks and not yet revoked, and the GitHub installation tokens their revocation needs: {now}",
+        path.display()
+    )
 }
 
 /// What `keyswap exec` will hide from the command and make read-only, for this user's `HOME`

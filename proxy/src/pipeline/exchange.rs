@@ -208,6 +208,8 @@ async fn forward(
 ) -> Result<Response<ProxyBody>, Denial> {
     let upgrade = is_websocket_upgrade(req.headers()) && req.version() == Version::HTTP_11;
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // Read before the hop-by-hop fields go: a lease must be minted before declared trailers.
+    let declares_trailers = req.headers().contains_key(http::header::TRAILER);
     let (mut parts, body) = req.into_parts();
     token_body::guard_head(ctx, &mut parts, uri_token, upgrade)?;
     if let Some(denial) = shared.store_refusal() {
@@ -230,9 +232,10 @@ async fn forward(
         outbound::unswapped(&parts)
     } else {
         signing = sign_aws::prepare(snapshot, ctx, &mut parts, routed.matched.rule())?;
-        let leased = lease::lease(shared, snapshot, ctx, &parts, &routed).await?;
+        let leased =
+            lease::lease(shared, snapshot, ctx, &parts, &routed, declares_trailers).await?;
         let placeholders = leased.as_deref().unwrap_or(&snapshot.placeholders);
-        outbound::swap_in(snapshot, placeholders, ctx, &mut parts, &routed)?
+        outbound::swap_in(snapshot, placeholders, ctx, &mut parts, &routed)?.with_leases(leased)
     };
     budget::charge(shared, &ctx.task, routed.matched.rule()).await?;
     let mut outgoing = outbound::rewrite(

@@ -5,9 +5,15 @@
 //! stands for the task's credential ([`crate::state::leases`]). A request without one costs
 //! a look at the headers it already had.
 //!
-//! Lease values are swapped in headers (also inside a `Basic` credential, as git sends
-//! `x-access-token:<placeholder>`) and the query; a placeholder in a body or a trailer is
-//! not swapped for a lease (it goes as a marker that is no credential).
+//! Lease values are swapped wherever the rule swaps: headers (also inside a `Basic`
+//! credential, as git sends `x-access-token:<placeholder>`), the query, the body and the
+//! trailers. The body and the trailers stream after the request is sent, too late to mint:
+//! a request whose rule swaps in its body (`swap_in: [body]`), or that declares trailers
+//! (a `Trailer` header), gets the credentials of every lease secret its rule grants before
+//! it goes (minted then if need be); any other request of a task that already holds a
+//! credential its rule grants is swapped with the task's matcher too. A lease placeholder
+//! in an undeclared trailer of a task holding no credential for it goes as a marker that is
+//! no credential.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -25,13 +31,16 @@ use crate::state::shared::Shared;
 use crate::state::snapshot::Snapshot;
 
 /// The task's placeholder matcher when the request carries a granted lease placeholder
-/// (its credentials minted); `None` when the snapshot's serves.
+/// (its credentials minted), swaps in its body, or `declares_trailers` (a `Trailer` header
+/// came with it), or the task already holds a credential its rule grants; `None` when the
+/// snapshot's serves.
 pub async fn lease(
     shared: &Arc<Shared>,
     snapshot: &Arc<Snapshot>,
     ctx: &ConnContext,
     parts: &Parts,
     routed: &Routed<'_>,
+    declares_trailers: bool,
 ) -> Result<Option<Arc<Replacer>>, Denial> {
     let config = &snapshot.config;
     if routed.matched.is_learned() || !config.secrets.iter().any(|s| s.lease.is_some()) {
@@ -50,9 +59,23 @@ pub async fn lease(
                 .map(SecretId),
         );
     }
+    let granted_leases = rule
+        .secrets
+        .iter()
+        .copied()
+        .filter(|id| config.secret(*id).lease.is_some());
+    if rule.swap_in.body || declares_trailers {
+        found.extend(granted_leases.clone());
+    }
     found.retain(|id| rule.grants(*id) && config.secret(*id).lease.is_some());
     if found.is_empty() {
-        return Ok(None);
+        let held = shared.leases.of_task(&ctx.task.id);
+        let holds_granted = granted_leases
+            .map(|id| &config.secret(id).name)
+            .any(|name| held.iter().any(|lease| &lease.secret == name));
+        if !holds_granted {
+            return Ok(None);
+        }
     }
     for id in found {
         if let Err(e) = leases::acquire(shared, snapshot, &ctx.task, id).await {

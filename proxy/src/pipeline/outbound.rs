@@ -40,6 +40,25 @@ pub struct Swapped {
     query: Option<String>,
     /// The body's placeholders are swapped as it streams.
     swap_body: bool,
+    /// The task's own placeholder matcher (its leases'), for the body and the trailers.
+    leased: Option<Arc<Replacer>>,
+}
+
+impl Swapped {
+    /// The body and the trailers are swapped with `leased` (the task's matcher, from
+    /// [`crate::pipeline::lease`]) rather than the snapshot's.
+    pub fn with_leases(mut self, leased: Option<Arc<Replacer>>) -> Swapped {
+        self.leased = leased;
+        self
+    }
+
+    /// What the body is scanned and swapped with.
+    fn body_placeholders(&self, snapshot: &Arc<Snapshot>) -> SnapshotPlaceholders {
+        match &self.leased {
+            Some(task) => SnapshotPlaceholders::Task(task.clone()),
+            None => SnapshotPlaceholders::Snapshot(snapshot.clone()),
+        }
+    }
 }
 
 /// The request ready to send, and what the response side must know about it.
@@ -129,6 +148,7 @@ pub fn swap_in(
         used,
         query,
         swap_body,
+        leased: None,
     })
 }
 
@@ -138,6 +158,7 @@ pub fn unswapped(parts: &Parts) -> Swapped {
         used: BTreeSet::new(),
         query: parts.uri.query().map(str::to_string),
         swap_body: false,
+        leased: None,
     }
 }
 
@@ -257,9 +278,10 @@ pub fn rewrite(
     // body goes upstream as the placeholder (every secret counts as granted, none swapped);
     // the task's token is still refused.
     let (granted, body_seen) = learn::body_grants(snapshot, routed);
+    let placeholders = swapped.body_placeholders(snapshot);
     let scanned = ScanBody::new(
         guarded,
-        SnapshotPlaceholders(snapshot.clone()),
+        placeholders,
         granted,
         swapped.swap_body,
         body_refused.clone(),
@@ -268,6 +290,7 @@ pub fn rewrite(
             ctx.task.clone(),
             rule,
             trailer_secrets.clone(),
+            swapped.leased.clone(),
         ),
     )
     .noting(body_seen.clone());

@@ -67,12 +67,20 @@ pub struct RefusedBody;
 /// them, or refuses them.
 pub type TrailerCheck = Box<dyn Fn(&mut HeaderMap) -> Result<(), BodyRefused> + Send>;
 
-/// The placeholder matcher of a config snapshot, held by a streaming body.
-pub struct SnapshotPlaceholders(pub Arc<Snapshot>);
+/// The placeholder matcher a streaming body holds: the config snapshot's, or the task's own
+/// in which its leases' placeholders stand for its minted credentials
+/// ([`crate::state::leases::Leases::placeholders_for`]).
+pub enum SnapshotPlaceholders {
+    Snapshot(Arc<Snapshot>),
+    Task(Arc<Replacer>),
+}
 
 impl AsRef<Replacer> for SnapshotPlaceholders {
     fn as_ref(&self) -> &Replacer {
-        &self.0.placeholders
+        match self {
+            SnapshotPlaceholders::Snapshot(snapshot) => &snapshot.placeholders,
+            SnapshotPlaceholders::Task(replacer) => replacer,
+        }
     }
 }
 

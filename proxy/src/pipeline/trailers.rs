@@ -23,6 +23,7 @@ use std::sync::{Arc, OnceLock};
 
 use http::HeaderMap;
 use keyswap_config::{Rule, Secret, SecretId};
+use keyswap_scrub::replace::Replacer;
 
 use crate::pipeline::swap::{swap_headers, token_in_headers, HeaderGrants, Misplaced};
 use crate::pipeline::swap_body::{BodyRefused, TrailerCheck};
@@ -44,6 +45,9 @@ struct TrailerRules {
     /// The rule swaps in headers.
     swap: bool,
     swapped: TrailerSecrets,
+    /// The task's own matcher when it holds leases (their placeholders stand for its
+    /// credentials), else the snapshot's is used.
+    placeholders: Option<Arc<Replacer>>,
 }
 
 impl HeaderGrants for TrailerRules {
@@ -61,12 +65,14 @@ impl HeaderGrants for TrailerRules {
 }
 
 /// The check a request's trailers get, for its [`crate::pipeline::swap_body::ScanBody`]:
-/// `rule`'s header rules, the task's token; the secrets swapped go to `swapped`.
+/// `rule`'s header rules, the task's token; the secrets swapped go to `swapped`; swapped
+/// with `placeholders` (the task's, with its leases) or else the snapshot's.
 pub fn trailer_check(
     snapshot: Arc<Snapshot>,
     task: Arc<LiveTask>,
     rule: &Rule,
     swapped: TrailerSecrets,
+    placeholders: Option<Arc<Replacer>>,
 ) -> TrailerCheck {
     let rules = TrailerRules {
         snapshot,
@@ -75,6 +81,7 @@ pub fn trailer_check(
         headers: rule.headers.clone(),
         swap: rule.swap_in.headers,
         swapped,
+        placeholders,
     };
     Box::new(move |trailers| rules.apply(trailers))
 }
@@ -95,8 +102,12 @@ impl TrailerRules {
         let snapshot = &self.snapshot;
         // Swapped on a copy: a secret that cannot be sent must not be written at all.
         let mut swapped = trailers.clone();
+        let placeholders = self
+            .placeholders
+            .as_deref()
+            .unwrap_or(&snapshot.placeholders);
         let used = swap_headers(
-            &snapshot.placeholders,
+            placeholders,
             &mut swapped,
             self,
             &snapshot.config,

@@ -6,7 +6,8 @@
 //! - [`usage`]: per task and rule, what its budget and rate have used;
 //! - [`approvals`]: requests waiting for a human, and what humans granted ([`held`]: what
 //!   a held request is and how it can be answered);
-//! - [`leases`]: credentials minted per (task, secret), what swaps and scrubs them;
+//! - [`leases`]: credentials minted per (task, secret), what swaps and scrubs them
+//!   ([`lease_file`]: those not yet revoked, on disk for a restart);
 //! - [`fair`]: per task, the requests in flight and upstream connections held (`limits:`),
 //!   and keyswap's cap on upstream connections;
 //! - [`fleet`]: the shared store's health and the events this replica sends it (`store:`);
@@ -19,6 +20,7 @@ pub mod fair;
 pub mod fleet;
 pub mod fleet_conn;
 pub mod held;
+pub mod lease_file;
 pub mod leases;
 pub mod metrics;
 pub mod metrics_fair;

@@ -18,6 +18,7 @@ use crate::state::agent_side::Refusal;
 use crate::state::approvals::Approvals;
 use crate::state::fair::UpstreamCap;
 use crate::state::fleet::FleetLink;
+use crate::state::lease_file::LeaseFile;
 use crate::state::leases::Leases;
 use crate::state::metrics::Metrics;
 use crate::state::snapshot::Snapshot;
@@ -60,6 +61,8 @@ pub struct Shared {
     pub approvals: Approvals,
     /// Credentials minted per (task, secret) ([`crate::state::leases`]).
     pub leases: Arc<Leases>,
+    /// The lease state file: what is minted and not yet revoked, for a restart.
+    pub lease_file: Arc<LeaseFile>,
     pub metrics: Arc<Metrics>,
     next_conn: AtomicU64,
     pub(crate) provider: Arc<rustls::crypto::CryptoProvider>,
@@ -94,6 +97,7 @@ impl Shared {
             tasks: Box::new(MemoryTasks::default()),
             approvals: Approvals::default(),
             leases: Arc::default(),
+            lease_file: Arc::default(),
             metrics,
             next_conn: AtomicU64::new(0),
             provider,

@@ -23,21 +23,21 @@ use keyswap_tests::harness::{test_env_values, Reply, TestEnv};
 use keyswap_tests::secrets::assert_no_real_secret;
 use keyswap_tests::tools::available;
 
-const APP_ID: u64 = 4242;
-const INSTALLATION: u64 = 777;
+pub(crate) const APP_ID: u64 = 4242;
+pub(crate) const INSTALLATION: u64 = 777;
 const CLIENT_ID: &str = "KSREAL_client_id_lease_tests_01";
 const CLIENT_SECRET: &str = "KSREAL_client_secret_lease_tests_01";
 const INITIAL_REFRESH: &str = "KSREAL_rt_initial_lease_tests_0001";
-const LINEAR_PLACEHOLDER: &str = "lin_keyswap_000000000000000000";
+pub(crate) const LINEAR_PLACEHOLDER: &str = "lin_keyswap_000000000000000000";
 
 /// The fakes, their CA and the files the config reads, outside the proxy's own directory.
-struct Lab {
-    env: TestEnv,
-    github: FakeGithub,
-    oauth: FakeOauth,
+pub(crate) struct Lab {
+    pub(crate) env: TestEnv,
+    pub(crate) github: FakeGithub,
+    pub(crate) oauth: FakeOauth,
     /// Kept for the test's life: its PEM lines are looked for in every output.
     _key: AppKey,
-    files: tempfile::TempDir,
+    pub(crate) files: tempfile::TempDir,
 }
 
 fn rules() -> &'static str {
@@ -48,11 +48,28 @@ fn rules() -> &'static str {
       - host: oauth.test
         paths: ["/api/**"]
         secrets: [linear]
+      - host: github.test
+        paths: ["/acme/**"]
+        secrets: [github]
+      - host: other.upstream.test
+        paths: ["/sink"]
+        secrets: [github]
+      - host: api.upstream.test
+        paths: ["/sink"]
+        secrets: [github]
+        swap_in: [headers, body]
+      - host: api.upstream.test
+        paths: ["/echo"]
 "#
 }
 
 /// The config: the GitHub App secret, the OAuth2 secret, and `policies` (name → github scope).
-fn template(files: &Path, gh_port: u16, oauth_port: u16, policies: &[(&str, &str)]) -> String {
+pub(crate) fn template(
+    files: &Path,
+    gh_port: u16,
+    oauth_port: u16,
+    policies: &[(&str, &str)],
+) -> String {
     let f = files.display();
     let mut yaml = format!(
         r#"
@@ -68,7 +85,10 @@ upstream:
   extra_roots: {f}/roots.pem
   resolve:
     "api.github.test:443": "127.0.0.1:{gh_port}"
+    "github.test:443": "127.0.0.1:{gh_port}"
     "oauth.test:443": "127.0.0.1:{oauth_port}"
+    "api.upstream.test:443": "127.0.0.1:{{https_port}}"
+    "other.upstream.test:443": "127.0.0.1:{{https_port}}"
 secrets:
   github:
     github_app:
@@ -94,7 +114,7 @@ policies:
     yaml
 }
 
-const POLICIES: [(&str, &str); 2] = [
+pub(crate) const POLICIES: [(&str, &str); 2] = [
     (
         "widget",
         "{repositories: [widget], permissions: {contents: write}}",
@@ -105,12 +125,12 @@ const POLICIES: [(&str, &str); 2] = [
     ),
 ];
 
-const EXTRA_ENV: [(&str, &str); 2] = [
+pub(crate) const EXTRA_ENV: [(&str, &str); 2] = [
     ("KS_LEASE_CLIENT_ID", CLIENT_ID),
     ("KS_LEASE_CLIENT_SECRET", CLIENT_SECRET),
 ];
 
-async fn start() -> Lab {
+pub(crate) async fn start() -> Lab {
     let files = tempfile::tempdir().expect("tempdir");
     let ca = CertificateAuthority::generate("fake services CA").expect("CA");
     std::fs::write(files.path().join("roots.pem"), ca.cert_pem()).expect("roots");
@@ -151,7 +171,7 @@ async fn start() -> Lab {
 }
 
 impl Lab {
-    fn issue(&self, policy: &str, ttl: &str) -> IssuedTask {
+    pub(crate) fn issue(&self, policy: &str, ttl: &str) -> IssuedTask {
         let issued = self
             .env
             .proxy
@@ -166,7 +186,13 @@ impl Lab {
     }
 
     /// One GET as `task` with `Authorization: Bearer <placeholder>`.
-    async fn get(&self, task: &IssuedTask, host: &str, path: &str, placeholder: &str) -> Reply {
+    pub(crate) async fn get(
+        &self,
+        task: &IssuedTask,
+        host: &str,
+        path: &str,
+        placeholder: &str,
+    ) -> Reply {
         let opts = self.env.client(
             Some((&task.id, &task.token)),
             &format!("{host}:443"),
@@ -179,7 +205,7 @@ impl Lab {
     }
 
     /// Every value the fakes issued is looked for like a real secret in everything kept.
-    fn assert_no_leaks(&self) {
+    pub(crate) fn assert_no_leaks(&self) {
         for token in self.github.tokens() {
             self.env.remember_secret(&token.token);
         }
@@ -192,14 +218,15 @@ impl Lab {
         self.env.assert_no_leaks();
     }
 
-    fn reload(&self, policies: &[(&str, &str)]) {
+    pub(crate) fn reload(&self, policies: &[(&str, &str)]) {
         let yaml = template(
             self.files.path(),
             self.github.server.port(),
             self.oauth.server.port(),
             policies,
         )
-        .replace("{dir}", &self.env.dir.path().display().to_string());
+        .replace("{dir}", &self.env.dir.path().display().to_string())
+        .replace("{https_port}", &self.env.upstream.port().to_string());
         let mut env: HashMap<String, String> = test_env_values();
         env.extend(
             EXTRA_ENV
@@ -584,7 +611,11 @@ async fn invalid_grant_makes_the_secret_unavailable_without_a_retry_loop() {
 }
 
 /// A child with only PATH, HOME and `vars`.
-fn command(lab: &Lab, program: &str, vars: &BTreeMap<&str, String>) -> tokio::process::Command {
+pub(crate) fn command(
+    lab: &Lab,
+    program: &str,
+    vars: &BTreeMap<&str, String>,
+) -> tokio::process::Command {
     let home = lab.files.path().join("home");
     std::fs::create_dir_all(&home).expect("home");
     let mut cmd = tokio::process::Command::new(program);
@@ -597,7 +628,7 @@ fn command(lab: &Lab, program: &str, vars: &BTreeMap<&str, String>) -> tokio::pr
     cmd
 }
 
-async fn run(lab: &Lab, what: &str, mut cmd: tokio::process::Command) -> String {
+pub(crate) async fn run(lab: &Lab, what: &str, mut cmd: tokio::process::Command) -> String {
     let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
         .await
         .unwrap_or_else(|_| panic!("{what} did not finish"))

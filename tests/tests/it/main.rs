@@ -21,6 +21,8 @@ mod fleet_support;
 mod harness;
 mod java_client;
 mod learn;
+mod lease_git;
+mod lease_state;
 mod leases;
 mod metrics;
 mod operator_log;

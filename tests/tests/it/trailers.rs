@@ -49,7 +49,7 @@ fn config() -> String {
 
 /// A Python that has the `h2` library: `python3` on PATH, else Debian's. Under `CI=true`
 /// its absence fails the test; elsewhere a notice is printed and the test passes.
-fn python_with_h2() -> Option<&'static str> {
+pub(crate) fn python_with_h2() -> Option<&'static str> {
     for python in ["python3", "/usr/bin/python3"] {
         let ok = std::process::Command::new(python)
             .args(["-c", "import h2"])

@@ -12,6 +12,8 @@
 pub mod github;
 pub mod minter;
 pub mod oauth2;
+pub mod outcome;
+pub mod state_file;
 pub mod sts;
 
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use keyswap_config::{LeaseScope, LeaseSource, SecretId};
 use crate::audit::credential::CredentialRecord;
 use crate::audit::record::{timestamp, LifecycleRecord};
 use crate::audit::sink::AuditSink;
+use crate::state::lease_file::LeaseFile;
 use crate::state::leases::{Lease, LeaseSlot};
 use crate::state::shared::Shared;
 use crate::state::snapshot::Snapshot;
@@ -100,6 +103,8 @@ pub async fn acquire(
         )
         .with_parts(minted.parts, minted.sts),
     );
+    // On disk before anyone uses it: a keyswap killed from now on revokes it at its next start.
+    shared.lease_file.hold(std::slice::from_ref(&lease));
     if task.is_cancelled() {
         // The task ended while this mint was in flight: it never gets the credential.
         revoke_in_background(shared, lease, "exit");
@@ -193,106 +198,58 @@ fn start_refresher(shared: &Arc<Shared>, task: &Arc<LiveTask>, slot: Arc<LeaseSl
 /// stay scrubbed until they expire.
 pub fn release(shared: &Shared, task: &LiveTask, why: &'static str) {
     for lease in shared.leases.take_task(&task.id) {
-        spawn_revocation(shared.snapshot(), shared.audit.clone(), lease, why);
+        spawn_revocation(shared, lease, why);
     }
 }
 
 fn revoke_in_background(shared: &Shared, lease: Arc<Lease>, why: &'static str) {
     shared.leases.retire(std::slice::from_ref(&lease));
-    spawn_revocation(shared.snapshot(), shared.audit.clone(), lease, why);
+    spawn_revocation(shared, lease, why);
 }
 
-fn spawn_revocation(
-    snapshot: Arc<Snapshot>,
-    audit: Arc<dyn AuditSink>,
-    lease: Arc<Lease>,
-    why: &'static str,
-) {
+fn spawn_revocation(shared: &Shared, lease: Arc<Lease>, why: &'static str) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         tracing::error!(task = %lease.task, secret = %lease.secret, "no runtime to revoke a credential; it lives until it expires");
         return;
     };
+    let (snapshot, audit, file) = (
+        shared.snapshot(),
+        shared.audit.clone(),
+        shared.lease_file.clone(),
+    );
     runtime.spawn(async move {
-        revoke_until_expiry(&snapshot, &*audit, &lease, why).await;
+        revoke_until_expiry(&snapshot, &*audit, &file, &lease, why).await;
     });
 }
 
 /// Tries to revoke `lease` until it succeeds or the credential expires on its own, auditing
-/// every outcome.
+/// every outcome. A confirmed revocation takes it out of the lease state file; one given up
+/// stays there until it expires (a restart before then tries again).
 pub async fn revoke_until_expiry(
     snapshot: &Snapshot,
     audit: &dyn AuditSink,
-    lease: &Lease,
+    file: &LeaseFile,
+    lease: &Arc<Lease>,
     why: &'static str,
 ) {
     let minter = minter_for(&lease.source);
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 0u32;
-    let base = |lease: &Lease| {
-        (
-            timestamp(SystemTime::now()),
-            lease.task.clone(),
-            lease.secret.clone(),
-            lease.fingerprint.clone(),
-        )
-    };
     loop {
         attempt += 1;
         let outcome = minter.revoke(snapshot, lease).await;
-        let (ts, task, secret, fingerprint) = base(lease);
-        match outcome {
-            Ok(Revocation::Revoked { status }) => {
-                tracing::info!(task = %task, secret = %secret, fingerprint = %fingerprint, status, "credential revoked");
-                audit.lifecycle(LifecycleRecord::Credential(
-                    CredentialRecord::CredentialRevoked {
-                        ts,
-                        task,
-                        secret,
-                        fingerprint,
-                        why,
-                        status,
-                    },
-                ));
-                return;
-            }
-            Ok(Revocation::NotRevocable) => {
-                let expires = timestamp(lease.expires);
-                audit.lifecycle(LifecycleRecord::Credential(
-                    CredentialRecord::CredentialDropped {
-                        ts,
-                        task,
-                        secret,
-                        fingerprint,
-                        why,
-                        expires,
-                        sts: lease.sts.clone(),
-                    },
-                ));
-                return;
-            }
-            Err(error) => {
-                let retry = SystemTime::now() + backoff < lease.expires;
-                tracing::warn!(task = %task, secret = %secret, fingerprint = %fingerprint, attempt, retry, error = %error, "credential revocation failed");
-                let (error, expires) = (error.to_string(), timestamp(lease.expires));
-                audit.lifecycle(LifecycleRecord::Credential(
-                    CredentialRecord::CredentialRevokeFailed {
-                        ts,
-                        task,
-                        secret,
-                        fingerprint,
-                        why,
-                        attempt,
-                        error,
-                        retry,
-                        expires,
-                    },
-                ));
-                if !retry {
-                    return;
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
+        let retry = outcome.is_err() && SystemTime::now() + backoff < lease.expires;
+        if outcome.is_ok() {
+            file.release(lease);
         }
+        outcome::record(audit, lease, why, attempt, &outcome, retry);
+        if outcome.is_ok() {
+            return;
+        }
+        if !retry {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }

@@ -3,8 +3,10 @@
 //! transparent listener against its explicit one (scenario 8, root only), and what
 //! `keyswap exec`'s sandbox costs against `--no-sandbox` (scenario 9), how fast
 //! `keyswap scan` searches a large working tree for plaintext secrets (scenario 10), what
-//! one task's flood costs another task's requests (scenario 11), and what a fleet of three
-//! replicas sharing a redis-server costs against the in-memory store (scenario 14).
+//! one task's flood costs another task's requests (scenario 11), what a credential lease
+//! costs: a task's first request with its mint, and memory per lease (scenario 13), and what
+//! a fleet of three replicas sharing a redis-server costs against the in-memory store
+//! (scenario 14).
 //!
 //! ```text
 //! cargo run --release -p keyswap-tests --bin bench -- [--quick] [--out results.json]
@@ -19,6 +21,7 @@
 mod fair;
 mod fleet;
 mod floor;
+mod leases;
 mod lifecycle;
 mod load;
 mod peer;
@@ -69,7 +72,8 @@ struct Args {
     /// Run only these scenarios (0 is the machine floor, 7 keyswap's task lifecycle, 8 the
     /// transparent listener against the explicit one, as root, 9 `keyswap exec`'s sandbox, 10
     /// `keyswap scan` over a large tree, 11 one task's flood against another task's requests,
-    /// 14 a fleet of three replicas and Redis against the in-memory store),
+    /// 13 credential leases: a task's first request with its mint, memory per lease, 14 a
+    /// fleet of three replicas and Redis against the in-memory store),
     /// e.g. `--only 1,6`; 3 takes its rate from 1 unless
     /// `--latency-rate` is given.
     #[arg(long, value_delimiter = ',')]
@@ -410,6 +414,9 @@ async fn run(args: &Args, secret: String, token: String) -> anyhow::Result<()> {
         rows.extend(tokio::task::block_in_place(|| {
             scan::run(args.quick, binary)
         }));
+    }
+    if args.runs("13") && args.measures("keyswap") {
+        rows.extend(leases::run(args.quick, args.keyswap.as_deref()).await);
     }
     if args.runs("14") && args.measures("keyswap") {
         let inputs = fleet::Inputs {
