@@ -72,10 +72,10 @@ pub async fn run(quick: bool, binary: Option<&Path>) -> Vec<Row> {
     }
 }
 
-/// A `keyswap run` of this scenario; killed when dropped.
-struct Keyswap {
-    child: Child,
-    addr: SocketAddr,
+/// A `keyswap run` of a scenario of its own (13, 12); killed when dropped.
+pub struct Keyswap {
+    pub child: Child,
+    pub addr: SocketAddr,
 }
 
 impl Drop for Keyswap {
@@ -97,7 +97,8 @@ async fn measure(sizes: &Sizes, binary: Option<&Path>) -> anyhow::Result<Vec<Row
     let proxy_ca = CertificateAuthority::load_or_create(&dir.path().join("ca"))?;
     let config = dir.path().join("keyswap.yaml");
     std::fs::write(&config, config_text(dir.path(), github.server.port()))?;
-    let keyswap = spawn(binary, &config)?;
+    let static_value = random_token("KSREAL-bench-static-")?;
+    let keyswap = spawn_keyswap_run(binary, &config, &[(STATIC_ENV, static_value)])?;
     let admin = AdminClient::new(AdminTarget::Socket(dir.path().join("admin.sock")));
     let trust = vec![proxy_ca.cert_der().clone()];
 
@@ -227,14 +228,19 @@ fn keyswap_binary(binary: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Starts `keyswap run` and waits for the line that says where it listens.
-fn spawn(binary: Option<&Path>, config: &Path) -> anyhow::Result<Keyswap> {
+/// Starts `keyswap run` with `env` added to its environment (the real values it reads) and
+/// waits for the line that says where it listens.
+pub fn spawn_keyswap_run(
+    binary: Option<&Path>,
+    config: &Path,
+    env: &[(&str, String)],
+) -> anyhow::Result<Keyswap> {
     let mut child = Command::new(keyswap_binary(binary)?)
         .arg("run")
         .arg("--config")
         .arg(config)
         .env("KEYSWAP_LOG", "info")
-        .env(STATIC_ENV, random_token("KSREAL-bench-static-")?)
+        .envs(env.iter().map(|(name, value)| (name, value)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -3,10 +3,10 @@
 //! transparent listener against its explicit one (scenario 8, root only), and what
 //! `keyswap exec`'s sandbox costs against `--no-sandbox` (scenario 9), how fast
 //! `keyswap scan` searches a large working tree for plaintext secrets (scenario 10), what
-//! one task's flood costs another task's requests (scenario 11), what a credential lease
-//! costs: a task's first request with its mint, and memory per lease (scenario 13), and what
-//! a fleet of three replicas sharing a redis-server costs against the in-memory store
-//! (scenario 14).
+//! one task's flood costs another task's requests (scenario 11), what re-signing AWS requests
+//! costs against a header swap (scenario 12), what a credential lease costs: a task's first
+//! request with its mint, and memory per lease (scenario 13), and what a fleet of three
+//! replicas sharing a redis-server costs against the in-memory store (scenario 14).
 //!
 //! ```text
 //! cargo run --release -p keyswap-tests --bin bench -- [--quick] [--out results.json]
@@ -18,6 +18,7 @@
 //! are read from `/proc`. Every request through a proxy carries the placeholder and the
 //! upstream answers 401 unless it received the real value, so a swap happens on every request.
 
+mod aws;
 mod fair;
 mod fleet;
 mod floor;
@@ -72,10 +73,10 @@ struct Args {
     /// Run only these scenarios (0 is the machine floor, 7 keyswap's task lifecycle, 8 the
     /// transparent listener against the explicit one, as root, 9 `keyswap exec`'s sandbox, 10
     /// `keyswap scan` over a large tree, 11 one task's flood against another task's requests,
-    /// 13 credential leases: a task's first request with its mint, memory per lease, 14 a
-    /// fleet of three replicas and Redis against the in-memory store),
-    /// e.g. `--only 1,6`; 3 takes its rate from 1 unless
-    /// `--latency-rate` is given.
+    /// 12 AWS re-signing against a header swap, 13 credential leases: a task's first request
+    /// with its mint, memory per lease, 14 a fleet of three replicas and Redis against the
+    /// in-memory store), e.g. `--only 1,6`; 3 takes its rate from 1 unless `--latency-rate` is
+    /// given.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Measure this keyswap binary instead of the one beside the bench (before/after runs).
@@ -414,6 +415,9 @@ async fn run(args: &Args, secret: String, token: String) -> anyhow::Result<()> {
         rows.extend(tokio::task::block_in_place(|| {
             scan::run(args.quick, binary)
         }));
+    }
+    if args.runs("12") && args.measures("keyswap") {
+        rows.extend(aws::run(args.quick, args.keyswap.as_deref()).await);
     }
     if args.runs("13") && args.measures("keyswap") {
         rows.extend(leases::run(args.quick, args.keyswap.as_deref()).await);
