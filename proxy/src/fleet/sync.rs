@@ -125,10 +125,25 @@ impl Worker {
                 _ = reconcile.tick() => self.reconcile(&mut conn).await?,
                 _ = ping.tick() => {
                     timed(redis::cmd("PING").query_async::<String>(&mut conn)).await?;
+                    self.recover(&mut conn).await?;
                 }
                 _ = stop.changed() => return Ok(()),
             }
         }
+    }
+
+    /// After a call outside this worker (an issue) found the store lost while this session
+    /// still answers: reconciles, then serves again. The session's pub/sub never broke, so no
+    /// message was missed; the reconciliation catches what a failed call may have left.
+    async fn recover(&mut self, conn: &mut MultiplexedConnection) -> Result<(), FleetError> {
+        if self.link.health.state() == StoreState::Connected {
+            return Ok(());
+        }
+        self.flush(conn).await?;
+        self.reconcile(conn).await?;
+        self.link.health.connected();
+        tracing::info!(store = %self.store, "the store answers again");
+        Ok(())
     }
 
     /// Writes the ends made here: the task leaves the store, then the others are told.

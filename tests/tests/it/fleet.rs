@@ -179,3 +179,60 @@ async fn a_replica_cut_off_from_the_store_serves_known_tasks_for_the_grace_then_
     assert_store_clean(&redis, &[&kept.token, &revoked.token]);
     env.assert_no_leaks();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_issue_while_the_store_still_answers_leaves_the_replica_serving() {
+    if !redis_available() {
+        return;
+    }
+    let env = TestEnv::start().await;
+    let ca = fleet_ca(&env);
+    let redis = Redis::start(env.dir.path());
+    let a = Replica::start(&env, "a", &redis.url(), "30s");
+    let known = a.issue(&env).await;
+
+    // Writes pause for longer than one call to the store may take: the issue's write times
+    // out, while reads (the worker's ping, its reconciliation) go on being answered.
+    redis.cli(&["CLIENT", "PAUSE", "1100", "WRITE"]);
+    match a
+        .admin
+        .issue(&IssueRequest {
+            policy: "fleet-agent".into(),
+            ..IssueRequest::default()
+        })
+        .await
+    {
+        Err(ClientError::Api { status, error }) => {
+            assert_eq!(
+                (status.as_u16(), error.reason.as_str()),
+                (503, "store_unavailable")
+            );
+        }
+        Ok(issued) => {
+            env.remember_token(&issued.token);
+            panic!("a task was issued while the store refused writes");
+        }
+        Err(other) => panic!("unexpected answer: {other}"),
+    }
+
+    // The store answers throughout: the replica is back in line (its worker reconciles and
+    // serves again), not left to run out its grace and refuse every task.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let health = a.health().await;
+        if health == (200, "ok store=connected\n".to_string()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica did not come back in line: {health:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fresh = a.issue(&env).await;
+    for task in [&known, &fresh] {
+        let mut conn = intercepted(&a, auth(task), &ca, Alpn::Http1Only).await;
+        assert_eq!(conn.get(&env, API_HOST, "/echo").await.0, 200);
+    }
+    env.assert_no_leaks();
+}
