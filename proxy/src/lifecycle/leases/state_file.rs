@@ -35,6 +35,12 @@ pub fn restore(shared: &Shared) {
             tracing::error!(error = %e, "lease state file; the credentials it named (if any) are not revoked by this start");
             Vec::new()
         }
+        // Said loudly only where it matters: a config without a lease secret mints nothing
+        // (replicas of a fleet often share a directory).
+        Err(e) if !snapshot.config.secrets.iter().any(|s| s.lease.is_some()) => {
+            tracing::info!(error = %e, "no lease state file (no secret is a lease)");
+            return;
+        }
         Err(e) => {
             tracing::warn!(error = %e, "no lease state file: a restart will not revoke the credentials this keyswap mints; give each keyswap its own state_dir");
             return;
