@@ -194,28 +194,10 @@ fn micros(d: std::time::Duration) -> u64 {
 mod tests {
     use super::*;
     use crate::state::tasks::IssuedBy;
-    use keyswap_config::{Budget, HostPattern, Scheme, SwapIn};
-    use std::sync::Arc;
     use std::time::Duration;
 
     fn rule(key: &str) -> Rule {
-        Rule {
-            index: 0,
-            host: HostPattern::parse("api.example.com").unwrap(),
-            port: None,
-            methods: None,
-            paths: None,
-            secrets: Vec::new(),
-            tunnel: false,
-            swap_in: SwapIn::HEADERS_ONLY,
-            headers: None,
-            scheme: Scheme::Https,
-            allow_cleartext: false,
-            approve: None,
-            key: Arc::from(key),
-            budget: Some(Budget { requests: 1 }),
-            rate: None,
-        }
+        crate::lifecycle::budget::tests::rule(key, Some(1), None)
     }
 
     #[test]

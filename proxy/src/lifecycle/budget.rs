@@ -153,13 +153,14 @@ pub fn samples(config: &Config, tasks: &[Arc<LiveTask>]) -> Vec<BudgetSample> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::state::tasks::IssuedBy;
     use keyswap_config::Rate;
     use keyswap_config::{Budget, HostPattern, Scheme, SwapIn};
 
-    fn rule(key: &str, budget: Option<u64>, rate: Option<&str>) -> Rule {
+    /// A rule on api.example.com with `budget` requests and `rate`, keyed `key`.
+    pub(crate) fn rule(key: &str, budget: Option<u64>, rate: Option<&str>) -> Rule {
         Rule {
             index: 0,
             host: HostPattern::parse("api.example.com").unwrap(),
