@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use bytes::Bytes;
-use http::{header, Request, Response};
+use http::{Request, Response};
 
 /// Whether `req` (path and query) is a push (`git-receive-pack`) rather than a fetch.
 pub fn is_push<B>(req: &Request<B>) -> bool {
@@ -57,36 +57,14 @@ pub fn serve(root: &Path, req: &Request<Bytes>) -> Response<Bytes> {
     }
 }
 
-/// A CGI program's output (header lines, a blank line, the body) as an HTTP response.
+/// A CGI program's output as an HTTP response ([`crate::files::cgi_split`]).
 fn cgi_response(out: &[u8]) -> Response<Bytes> {
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, i + 4))
-        .or_else(|| {
-            out.windows(2)
-                .position(|w| w == b"\n\n")
-                .map(|i| (i, i + 2))
-        });
-    let Some((head_end, body_start)) = split else {
-        return answer(502, "no CGI header\n");
-    };
-    let mut builder = Response::builder();
-    for line in String::from_utf8_lossy(&out[..head_end]).lines() {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("status") {
-            let code = value.split(' ').next().and_then(|c| c.parse::<u16>().ok());
-            builder = builder.status(code.unwrap_or(500));
-        } else if let Ok(v) = header::HeaderValue::from_str(value) {
-            builder = builder.header(name.trim(), v);
-        }
+    match crate::files::cgi_split(out) {
+        Some((builder, body)) => builder
+            .body(Bytes::copy_from_slice(body))
+            .unwrap_or_else(|_| answer(502, "bad CGI header\n")),
+        None => answer(502, "no CGI header\n"),
     }
-    builder
-        .body(Bytes::copy_from_slice(&out[body_start..]))
-        .unwrap_or_else(|_| answer(502, "bad CGI header\n"))
 }
 
 /// A plain-text answer; a 401 asks for Basic credentials, as GitHub does for git.

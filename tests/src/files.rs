@@ -134,7 +134,18 @@ async fn git_http_backend(
 
 /// A CGI program's output (header lines, a blank line, the body) as an HTTP response.
 fn cgi_response(out: &[u8]) -> Response<BoxBody> {
-    let split = out
+    match cgi_split(out) {
+        Some((builder, body)) => builder
+            .body(full(body.to_vec()))
+            .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "bad CGI header\n")),
+        None => plain(StatusCode::BAD_GATEWAY, "no CGI header\n"),
+    }
+}
+
+/// A CGI program's output (RFC 3875: header lines, a blank line, the body) split into a
+/// response builder holding its status and headers, and its body; `None` without a blank line.
+pub fn cgi_split(out: &[u8]) -> Option<(http::response::Builder, &[u8])> {
+    let (head_end, body_start) = out
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map(|i| (i, i + 4))
@@ -142,10 +153,7 @@ fn cgi_response(out: &[u8]) -> Response<BoxBody> {
             out.windows(2)
                 .position(|w| w == b"\n\n")
                 .map(|i| (i, i + 2))
-        });
-    let Some((head_end, body_start)) = split else {
-        return plain(StatusCode::BAD_GATEWAY, "no CGI header\n");
-    };
+        })?;
     let mut builder = Response::builder();
     for line in String::from_utf8_lossy(&out[..head_end]).lines() {
         let Some((name, value)) = line.split_once(':') else {
@@ -159,9 +167,7 @@ fn cgi_response(out: &[u8]) -> Response<BoxBody> {
             builder = builder.header(name.trim(), v);
         }
     }
-    builder
-        .body(full(out[body_start..].to_vec()))
-        .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "bad CGI header\n"))
+    Some((builder, &out[body_start..]))
 }
 
 /// A Python script that writes the wheel `ksdemo-0.1-py3-none-any.whl` (one pure-Python

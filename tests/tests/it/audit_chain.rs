@@ -6,12 +6,14 @@
 //! `audit.key_file`, a chain recomputed without the key fails.
 //!
 //! `keyswap audit verify` is run as the real command line (this test binary re-executed as
-//! `keyswap`, see [`keyswap_child`]) for its exit code and output, and as a library call for
+//! `keyswap`, see [`crate::child`]) for its exit code and output, and as a library call for
 //! the exact location of each break.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, Stdio};
+
+use crate::child::keyswap_command;
 use std::sync::mpsc;
 
 use keyswap::admin::client::{AdminClient, AdminTarget};
@@ -22,37 +24,6 @@ use keyswap_tests::client::Alpn;
 use keyswap_tests::config::{ConfigBuilder, Entry, Rule, Secret};
 use keyswap_tests::harness::{bearer, TestEnv, API_HOST, DEFAULT_CONFIG, OTHER_HOST};
 use keyswap_tests::secrets::{GITHUB_PLACEHOLDER, GITHUB_REAL};
-
-/// Set to the arguments (separated by [`ARG_SEP`]) when this binary runs as `keyswap`.
-const CHILD_ARGS: &str = "KS_AUDIT_CHAIN_KEYSWAP_ARGS";
-const ARG_SEP: char = '\u{1f}';
-
-/// Not a test: the entry point when this test binary is re-executed as `keyswap` (with
-/// [`CHILD_ARGS`] set). The suite runs proxies in-process; a signal needs a process of its own.
-#[test]
-#[ignore = "entry point of the keyswap child process, run by the tests below"]
-fn keyswap_child() {
-    let Ok(args) = std::env::var(CHILD_ARGS) else {
-        return;
-    };
-    let argv = std::iter::once("keyswap".to_string()).chain(args.split(ARG_SEP).map(String::from));
-    let cli = <keyswap::cli::Cli as clap::Parser>::parse_from(argv);
-    let code = keyswap::cli::main_with(cli);
-    std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 });
-}
-
-fn keyswap_command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
-    cmd.args([
-        "--exact",
-        "audit_chain::keyswap_child",
-        "--include-ignored",
-        "--nocapture",
-        "--quiet",
-    ])
-    .env(CHILD_ARGS, args.join(&ARG_SEP.to_string()));
-    cmd
-}
 
 /// `keyswap audit verify ARGS...`: exit code and the command's own output line.
 fn verify_cli(args: &[&str]) -> (i32, String) {

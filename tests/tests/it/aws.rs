@@ -207,12 +207,11 @@ impl Ran {
     }
 }
 
-/// boto3 as the agent: a bucket, a small object, 50 MiB streamed up and down, a listing, a
-/// multipart upload. Every response it received is appended to argv[1].
-const BOTO3_AGENT: &str = r#"
-import hashlib, json, os, sys
+/// The start of every boto3 agent: an S3 client whose every response (status, headers, and the
+/// body unless streamed) is appended to argv[1], and the bucket named by argv[2].
+const BOTO3_PRELUDE: &str = r#"
+import json, sys
 import boto3
-from boto3.s3.transfer import TransferConfig
 received = open(sys.argv[1], "ab")
 def keep(http_response=None, model=None, **kw):
     received.write(f"{http_response.status_code}\n".encode())
@@ -223,6 +222,13 @@ def keep(http_response=None, model=None, **kw):
 s3 = boto3.client("s3")
 s3.meta.events.register("after-call", keep)
 bucket = sys.argv[2]
+"#;
+
+/// boto3 as the agent, after [`BOTO3_PRELUDE`]: a bucket, a small object, 50 MiB streamed up
+/// and down, a listing, a multipart upload.
+const BOTO3_AGENT: &str = r#"
+import hashlib, os
+from boto3.s3.transfer import TransferConfig
 s3.create_bucket(Bucket=bucket)
 s3.put_object(Bucket=bucket, Key="hello.txt", Body=b"hello from the agent")
 big = os.urandom(50 * 1024 * 1024)
@@ -264,7 +270,11 @@ async fn boto3_and_aws_cli_work_with_placeholders_only() {
     let received = aws.env.dir.path().join("boto3-received.txt");
     let received_arg = received.display().to_string();
     let ran = aws
-        .python("boto3", BOTO3_AGENT, &[&received_arg, BUCKET])
+        .python(
+            "boto3",
+            &format!("{BOTO3_PRELUDE}{BOTO3_AGENT}"),
+            &[&received_arg, BUCKET],
+        )
         .await;
     assert!(ran.success, "boto3 failed through keyswap: {}", ran.shown());
     let result: serde_json::Value =
@@ -502,21 +512,9 @@ policies:
         secrets: [aws-dev]
 "#;
 
-/// boto3 as the agent with an STS session: a bucket, an object up and down, a listing. Every
-/// response it received is appended to argv[1].
+/// boto3 as the agent with an STS session, after [`BOTO3_PRELUDE`]: a bucket, an object up and
+/// down, a listing.
 const STS_BOTO3_AGENT: &str = r#"
-import json, sys
-import boto3
-received = open(sys.argv[1], "ab")
-def keep(http_response=None, model=None, **kw):
-    received.write(f"{http_response.status_code}\n".encode())
-    for k, v in http_response.headers.items():
-        received.write(f"{k}: {v}\n".encode())
-    if not model.has_streaming_output:
-        received.write(http_response.content + b"\n")
-s3 = boto3.client("s3")
-s3.meta.events.register("after-call", keep)
-bucket = sys.argv[2]
 s3.create_bucket(Bucket=bucket)
 s3.put_object(Bucket=bucket, Key="session.txt", Body=b"written with a minted session")
 got = s3.get_object(Bucket=bucket, Key="session.txt")["Body"].read()
@@ -593,7 +591,7 @@ async fn each_task_signs_with_its_own_sts_session_named_after_it() {
     let mut boto3 = aws.command_as("python3", &a);
     boto3
         .arg("-c")
-        .arg(STS_BOTO3_AGENT)
+        .arg(format!("{BOTO3_PRELUDE}{STS_BOTO3_AGENT}"))
         .args([&received_arg, BUCKET]);
     let ran = aws.run("boto3 with a session", boto3).await;
     assert!(ran.success, "boto3 failed through keyswap: {}", ran.shown());

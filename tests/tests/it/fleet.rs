@@ -30,9 +30,7 @@ async fn a_task_issued_on_one_replica_works_on_all_and_a_revocation_anywhere_clo
     let env = TestEnv::start().await;
     let ca = fleet_ca(&env);
     let redis = Redis::start(env.dir.path());
-    let a = Replica::start(&env, "a", &redis.url(), "30s");
-    let b = Replica::start(&env, "b", &redis.url(), "30s");
-    let c = Replica::start(&env, "c", &redis.url(), "30s");
+    let [a, b, c] = Replica::three(&env, &redis);
 
     // Issued on A, used at once on B and C (each either heard of it or looks it up once).
     let task = a.issue(&env).await;

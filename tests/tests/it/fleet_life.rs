@@ -79,9 +79,7 @@ async fn a_killed_replica_holding_a_lifeline_has_its_task_revoked_on_every_other
     let env = TestEnv::start().await;
     let ca = fleet_ca(&env);
     let redis = Redis::start(env.dir.path());
-    let a = Replica::start(&env, "a", &redis.url(), "30s");
-    let b = Replica::start(&env, "b", &redis.url(), "30s");
-    let c = Replica::start(&env, "c", &redis.url(), "30s");
+    let [a, b, c] = Replica::three(&env, &redis);
 
     // A lifeline closed normally revokes its task everywhere at once, heartbeat and all.
     let (closed, handle) = issue_on(&env, &b, "fleet-agent", true).await;
@@ -176,9 +174,7 @@ async fn approvals_are_answered_through_any_replica_and_the_listing_names_connec
     let env = TestEnv::start().await;
     let ca = fleet_ca(&env);
     let redis = Redis::start(env.dir.path());
-    let a = Replica::start(&env, "a", &redis.url(), "30s");
-    let b = Replica::start(&env, "b", &redis.url(), "30s");
-    let c = Replica::start(&env, "c", &redis.url(), "30s");
+    let [a, b, c] = Replica::three(&env, &redis);
     let (task, _) = issue_on(&env, &a, "fleet-asks", false).await;
     let mut conn = intercepted(&a, auth(&task), &ca, Alpn::Http1Only).await;
 

@@ -1,12 +1,12 @@
 //! What the fleet tests share: a real `redis-server` on a unix socket ([`Redis`]), a relay the
 //! test can cut between one replica and it ([`Relay`]), `keyswap run` replicas as processes of
-//! their own ([`Replica`], re-executing this test binary through [`keyswap_child`]), and the
+//! their own ([`Replica`], re-executing this test binary through [`crate::child`]), and the
 //! connections and checks the tests drive through them.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::Command;
 use std::time::Duration;
 
 use keyswap::admin::client::{AdminClient, AdminTarget};
@@ -22,27 +22,11 @@ use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::watch;
 use tokio::time::{timeout_at, Instant};
 
-/// Set to the arguments (separated by [`ARG_SEP`]) when this binary runs as `keyswap`.
-pub(crate) const CHILD_ARGS: &str = "KS_FLEET_KEYSWAP_ARGS";
-pub(crate) const ARG_SEP: char = '\u{1f}';
+use crate::child::keyswap_command;
 
 /// How long a test waits for an outcome (a connection closing, a replica giving up on its
 /// store): a bound against hanging, not a measurement.
 pub(crate) const BOUND: Duration = Duration::from_secs(60);
-
-/// Not a test: the entry point when this test binary is re-executed as `keyswap` (with
-/// [`CHILD_ARGS`] set). Each replica is a process of its own.
-#[test]
-#[ignore = "entry point of the keyswap child process, run by the tests below"]
-pub(crate) fn keyswap_child() {
-    let Ok(args) = std::env::var(CHILD_ARGS) else {
-        return;
-    };
-    let argv = std::iter::once("keyswap".to_string()).chain(args.split(ARG_SEP).map(String::from));
-    let cli = <keyswap::cli::Cli as clap::Parser>::parse_from(argv);
-    let code = keyswap::cli::main_with(cli);
-    std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 });
-}
 
 /// Whether redis-server runs here (fails under `CI=true` if not).
 pub(crate) fn redis_available() -> bool {
@@ -234,6 +218,11 @@ pub(crate) struct Replica {
 }
 
 impl Replica {
+    /// Replicas a, b and c on `redis`, each with a grace of 30 s.
+    pub(crate) fn three(env: &TestEnv, redis: &Redis) -> [Replica; 3] {
+        ["a", "b", "c"].map(|name| Replica::start(env, name, &redis.url(), "30s"))
+    }
+
     /// Starts replica `name` and waits until it has reached its store.
     pub(crate) fn start(env: &TestEnv, name: &str, store_url: &str, grace: &str) -> Replica {
         Replica::start_with(env, name, store_url, grace, Extra::default())
@@ -250,20 +239,8 @@ impl Replica {
         let config = env.dir.path().join(format!("{name}.yaml"));
         let text = replica_config(env, name, store_url, grace, extra);
         std::fs::write(&config, text).expect("config");
-        let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
-        cmd.args([
-            "--exact",
-            "fleet_support::keyswap_child",
-            "--include-ignored",
-            "--nocapture",
-            "--quiet",
-        ])
-        .env(
-            CHILD_ARGS,
-            ["run", "--config", config.to_str().expect("utf-8 path")].join(&ARG_SEP.to_string()),
-        )
-        .env("KEYSWAP_LOG", "info")
-        .envs(test_env_values());
+        let mut cmd = keyswap_command(&["run", "--config", config.to_str().expect("utf-8 path")]);
+        cmd.env("KEYSWAP_LOG", "info").envs(test_env_values());
         let child = LoggedChild::spawn(cmd);
         let metrics = address_in(&child.wait_for("metrics listening"));
         let addr = address_in(&child.wait_for("keyswap listening"));

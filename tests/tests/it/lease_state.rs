@@ -13,7 +13,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::Command;
 
 use keyswap::admin::client::{AdminClient, AdminTarget};
 use keyswap::api::{IssueRequest, IssuedTask};
@@ -26,38 +26,12 @@ use serde_json::Value;
 
 use crate::leases::{self, command, run, Lab, EXTRA_ENV, POLICIES};
 
-/// Set to the arguments (separated by [`ARG_SEP`]) when this binary runs as `keyswap`.
-const CHILD_ARGS: &str = "KS_LEASE_KEYSWAP_ARGS";
-const ARG_SEP: char = '\u{1f}';
-
-/// Not a test: the entry point when this test binary is re-executed as `keyswap` (with
-/// [`CHILD_ARGS`] set).
-#[test]
-#[ignore = "entry point of the keyswap child process, run by the tests below"]
-fn keyswap_child() {
-    let Ok(args) = std::env::var(CHILD_ARGS) else {
-        return;
-    };
-    let argv = std::iter::once("keyswap".to_string()).chain(args.split(ARG_SEP).map(String::from));
-    let cli = <keyswap::cli::Cli as clap::Parser>::parse_from(argv);
-    let code = keyswap::cli::main_with(cli);
-    std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 });
-}
-
-/// `keyswap ARGS` as a child of this test.
+/// `keyswap ARGS` as a child of this test, with the lab's environment.
 fn keyswap_command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
-    cmd.args([
-        "--exact",
-        "lease_state::keyswap_child",
-        "--include-ignored",
-        "--nocapture",
-        "--quiet",
-    ])
-    .env(CHILD_ARGS, args.join(&ARG_SEP.to_string()))
-    .env("KEYSWAP_LOG", "info")
-    .envs(test_env_values())
-    .envs(EXTRA_ENV.iter().copied());
+    let mut cmd = crate::child::keyswap_command(args);
+    cmd.env("KEYSWAP_LOG", "info")
+        .envs(test_env_values())
+        .envs(EXTRA_ENV.iter().copied());
     cmd
 }
 

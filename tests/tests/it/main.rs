@@ -7,6 +7,7 @@ mod approval;
 mod audit_chain;
 mod aws;
 mod budgets;
+mod child;
 mod clients;
 mod compression;
 mod corporate_proxy;

@@ -20,14 +20,11 @@ use http::header;
 use keyswap::admin::client::{AdminClient, AdminTarget};
 use keyswap::api::{IssueRequest, IssuedTask};
 use keyswap_certs::CertificateAuthority;
-use keyswap_tests::client::{
-    connect_tunnel, empty, pattern_body, request, Alpn, BoxBody, ProxyClientOptions,
-    ProxyConnection, Tunnel,
-};
+use keyswap_tests::client::{empty, pattern_body, request, Alpn, BoxBody, ProxyConnection};
 use keyswap_tests::upstream::{Upstream, UpstreamOptions};
 use rustls::pki_types::CertificateDer;
 
-use crate::leases::{spawn_keyswap_run, Keyswap};
+use crate::leases::{open_tunnel, spawn_keyswap_run, Keyswap};
 use crate::procfs;
 use crate::report::{quantile, sorted, Row, KEYSWAP};
 use crate::scenarios::progress;
@@ -253,20 +250,7 @@ policies:
 
 /// The task's connection to `host` through keyswap (HTTP/1.1).
 async fn open(lab: &Lab, host: &str) -> anyhow::Result<ProxyConnection> {
-    let options = ProxyClientOptions {
-        proxy: lab.keyswap.addr,
-        auth: Some((lab.task.id.clone(), lab.task.token.clone())),
-        connect_to: format!("{host}:443"),
-        sni: None,
-        alpn: Alpn::Http1Only,
-        trust: lab.trust.clone(),
-    };
-    match connect_tunnel(&options).await? {
-        Tunnel::Open(conn) => Ok(conn),
-        Tunnel::Refused { status, reason, .. } => {
-            anyhow::bail!("keyswap refused the tunnel: {status} {reason:?}")
-        }
-    }
+    open_tunnel(lab.keyswap.addr, &lab.task, host, &lab.trust).await
 }
 
 /// A request of `kind` as its agent would send it: signed with the placeholder key pair (the

@@ -109,7 +109,7 @@ async fn measure(sizes: &Sizes, binary: Option<&Path>) -> anyhow::Result<Vec<Row
     let (mut first, mut cached, mut fixed) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..sizes.timed_tasks {
         let task = issue(&admin).await?;
-        let mut conn = open(keyswap.addr, &task, &trust).await?;
+        let mut conn = open_tunnel(keyswap.addr, &task, "api.github.test", &trust).await?;
         first.push(timed(&mut conn, PLACEHOLDER, 200).await?);
         for _ in 0..sizes.per_task {
             cached.push(timed(&mut conn, PLACEHOLDER, 200).await?);
@@ -135,7 +135,7 @@ async fn measure(sizes: &Sizes, binary: Option<&Path>) -> anyhow::Result<Vec<Row
     let before = procfs::rss(pid).context("keyswap's RSS")?;
     let started = Instant::now();
     for task in &tasks {
-        let mut conn = open(keyswap.addr, task, &trust).await?;
+        let mut conn = open_tunnel(keyswap.addr, task, "api.github.test", &trust).await?;
         timed(&mut conn, PLACEHOLDER, 200).await?;
     }
     let minting = started.elapsed();
@@ -276,16 +276,17 @@ async fn issue(admin: &AdminClient) -> anyhow::Result<IssuedTask> {
     Ok(admin.issue(&request).await?)
 }
 
-/// The task's connection to the fake GitHub through keyswap (HTTP/1.1).
-async fn open(
+/// The task's connection to `host`:443 through keyswap (HTTP/1.1), trusting `trust`.
+pub async fn open_tunnel(
     proxy: SocketAddr,
     task: &IssuedTask,
+    host: &str,
     trust: &[rustls::pki_types::CertificateDer<'static>],
 ) -> anyhow::Result<ProxyConnection> {
     let options = ProxyClientOptions {
         proxy,
         auth: Some((task.id.clone(), task.token.clone())),
-        connect_to: "api.github.test:443".into(),
+        connect_to: format!("{host}:443"),
         sni: None,
         alpn: Alpn::Http1Only,
         trust: trust.to_vec(),
